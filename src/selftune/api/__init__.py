@@ -1,0 +1,1 @@
+"""HTTP: OpenAI-compatible routes, the management API, error bodies in one place."""

@@ -1,0 +1,88 @@
+"""API keys (stored as SHA-256 hashes) and who is calling.
+
+Without ``auth_required`` the server trusts its local callers: the request's ``user`` field
+names the user (``anonymous`` if absent) and a valid key, when given, names its owner. With
+``auth_required`` every call needs a valid key, and its owner is the user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+
+from sqlalchemy import select
+
+from selftune.api.errors import ApiError
+from selftune.store.db import Database
+from selftune.store.schema import ApiKey, utcnow
+from selftune.store.users import ensure_user
+
+__all__ = ["Caller", "create_key", "hash_key", "resolve_caller", "revoke_keys"]
+
+ANONYMOUS = "anonymous"
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    user_id: str | None  # None: no key given on an open server
+    authenticated: bool
+
+    def user(self, declared: str | None) -> str:
+        """The user to record: the key's owner, else the declared ``user`` field."""
+        return self.user_id or declared or ANONYMOUS
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(db: Database, user_id: str) -> str:
+    """Create a key for ``user_id``; the key is returned once and only its hash is kept."""
+    key = "st-" + secrets.token_urlsafe(32)
+    with db.write() as session:
+        ensure_user(session, user_id)
+        session.add(ApiKey(user_id=user_id, key_hash=hash_key(key), prefix=key[:8]))
+    return key
+
+
+def revoke_keys(db: Database, user_id: str) -> int:
+    with db.write() as session:
+        keys = session.scalars(
+            select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        ).all()
+        for key in keys:
+            key.revoked_at = utcnow()
+        return len(keys)
+
+
+def resolve_caller(db: Database, authorization: str | None, required: bool) -> Caller:
+    if not authorization:
+        if required:
+            raise ApiError(
+                401,
+                "an API key is required: send 'Authorization: Bearer <key>' "
+                "(create one with 'selftune keys create --user NAME')",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+        return Caller(None, False)
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(
+            401,
+            "use 'Authorization: Bearer <key>'",
+            type="authentication_error",
+            code="invalid_api_key",
+        )
+    with db.read() as session:
+        owner = session.scalar(
+            select(ApiKey.user_id).where(
+                ApiKey.key_hash == hash_key(key.strip()), ApiKey.revoked_at.is_(None)
+            )
+        )
+    if owner is None:
+        raise ApiError(
+            401, "invalid or revoked API key", type="authentication_error", code="invalid_api_key"
+        )
+    return Caller(owner, True)

@@ -1,0 +1,107 @@
+"""Atomic, never-overwritten artifact directories.
+
+A directory is built under a temporary name beside its final place, every file is fsynced, a
+``manifest.json`` with SHA-256 checksums is written last, and the directory is renamed into place.
+A crash at any point leaves either nothing at the final path or a complete, verifiable directory;
+leftover temporary directories are removed by :func:`remove_incomplete`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MANIFEST",
+    "ArtifactError",
+    "atomic_directory",
+    "remove_incomplete",
+    "sha256_file",
+    "verify_manifest",
+]
+
+MANIFEST = "manifest.json"
+_TMP_PREFIX = ".tmp-"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory is missing, incomplete or corrupted."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory; on success it becomes ``final`` with a manifest.
+
+    Raises :class:`FileExistsError` if ``final`` exists: artifacts are never overwritten.
+    """
+    if final.exists():
+        raise FileExistsError(f"artifact {final} already exists; versions are never overwritten")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync_path(path)
+            files[str(path.relative_to(tmp))] = {
+                "sha256": sha256_file(path),
+                "bytes": path.stat().st_size,
+            }
+        manifest = {"files": files, **(metadata or {})}
+        manifest_path = tmp / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _fsync_path(manifest_path)
+        _fsync_path(tmp)
+        os.rename(tmp, final)  # atomic on POSIX; fails if final appeared meanwhile
+        _fsync_path(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verify_manifest(directory: Path) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest or raise ArtifactError."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{directory} has no {MANIFEST}; it is incomplete")
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(f"{path} is missing or does not match its checksum")
+    return manifest
+
+
+def remove_incomplete(parent: Path) -> list[Path]:
+    """Delete temporary directories left by a crash under ``parent``; return what was removed."""
+    removed = []
+    if parent.is_dir():
+        for path in parent.iterdir():
+            if path.name.startswith(_TMP_PREFIX) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed

@@ -1,0 +1,248 @@
+"""The command line: one place for every subcommand, each a thin function over the package.
+
+Commands that change state (train, promote, rollback, keys) work on the store directly, so they
+work whether or not a server is running; a running server picks up alias changes by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import func, select
+
+from selftune.config import Settings, SettingsError, load_settings
+from selftune.store.db import Database, StoreError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="selftune: a self-hosted LLM service that learns from its own use.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError from exc  # unreachable
+
+
+def _database(settings: Settings) -> Database:
+    try:
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+        return db
+    except StoreError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    worker: Annotated[bool, typer.Option(help="Also start a training worker process.")] = True,
+) -> None:
+    """Serve the model over HTTP (OpenAI-compatible) on the configured host and port."""
+    import uvicorn
+
+    from selftune.api.app import create_app
+
+    settings = _settings()
+    _logging()
+    _database(settings).dispose()  # fail here, not in the worker, if the store is unusable
+    child = None
+    if worker and settings.start_worker:
+        child = subprocess.Popen([sys.executable, "-m", "selftune", "worker"])
+    try:
+        console.print(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port}")
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run a training worker: takes queued jobs from the store and runs them."""
+    from selftune.training.worker import run_worker
+
+    settings = _settings()
+    _logging()
+    run_worker(settings)
+
+
+def _wait_for_job(db: Database, job_id: int) -> dict[str, Any]:
+    from selftune.store.schema import Job
+    from selftune.training.jobs import TERMINAL, job_view
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"job {job_id}: queued", total=1.0)
+        while True:
+            with db.read() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                view = job_view(job)
+            bar.update(
+                task, completed=view["progress"], description=f"job {job_id}: {view['stage']}"
+            )
+            if view["status"] in TERMINAL:
+                return view
+            time.sleep(0.5)
+
+
+@app.command()
+def train(
+    wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = True,
+) -> None:
+    """Queue a training job on the curated examples (a worker must be running)."""
+    from selftune.data.curation import active_examples
+    from selftune.training import jobs
+
+    settings = _settings()
+    db = _database(settings)
+    with db.read() as session:
+        n = len(active_examples(session))
+    if n < settings.min_new_examples:
+        _fail(
+            f"nothing to learn yet: {n} curated examples. Rate answers or send corrections "
+            "with POST /api/feedback first."
+        )
+    job_id = jobs.enqueue(db, "train", "cli", {"reason": "selftune train"})
+    typer.echo(f"queued job {job_id}")
+    if not wait:
+        return
+    view = _wait_for_job(db, job_id)
+    if view["status"] != "succeeded":
+        _fail(f"job {job_id} {view['status']}: {view['error']}")
+    result = view["result"]
+    verdict = "promoted" if result["promoted"] else "kept back by the gate"
+    typer.echo(f"version {result['version']}: {verdict} ({result['gate']['reason']})")
+
+
+@app.command()
+def status() -> None:
+    """Show what is served, the versions, and recent jobs."""
+    from selftune.registry.versions import serving_target
+    from selftune.store.schema import Interaction, Job, TrainingExample, Version
+
+    settings = _settings()
+    db = _database(settings)
+    with db.read() as session:
+        target = serving_target(session)
+        typer.echo(f"serving: {target.name}")
+        typer.echo(f"interactions: {session.scalar(select(func.count(Interaction.id)))}")
+        n_examples = session.scalar(
+            select(func.count(TrainingExample.id)).where(TrainingExample.active)
+        )
+        typer.echo(f"curated examples: {n_examples}")
+        table = Table("version", "parent", "gate", "reason", title="versions")
+        for v in session.scalars(select(Version).order_by(Version.id)):
+            parent = session.get(Version, v.parent_id).name if v.parent_id else "base"  # type: ignore[union-attr]
+            table.add_row(
+                v.name,
+                parent,
+                "passed" if v.gate.get("passed") else "failed",
+                v.gate.get("reason", "not evaluated"),
+            )
+        Console().print(table)
+        jobs_table = Table("job", "status", "stage", "error", title="recent jobs")
+        for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(10)):
+            jobs_table.add_row(str(j.id), j.status, j.stage, j.error or "")
+        Console().print(jobs_table)
+
+
+def _move_alias(action: Any) -> None:
+    from selftune.registry.versions import RegistryError, serving_target
+
+    db = _database(_settings())
+    try:
+        with db.write() as session:
+            action(session)
+            target = serving_target(session)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(f"now serving: {target.name}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Version name (v3) or id (3).")],
+    reason: Annotated[
+        str, typer.Option(help="Recorded in the alias history.")
+    ] = "selftune promote",
+) -> None:
+    """Serve a version that passed its gate."""
+    from selftune.registry.versions import RegistryError
+    from selftune.registry.versions import promote as do_promote
+    from selftune.store.schema import Version
+
+    def action(session: Any) -> None:
+        column = Version.id == int(version) if version.isdigit() else Version.name == version
+        version_id = session.scalar(select(Version.id).where(column))
+        if version_id is None:
+            raise RegistryError(f"no version {version!r}; see 'selftune status'")
+        do_promote(session, version_id, actor="cli", reason=reason)
+
+    _move_alias(action)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[
+        str, typer.Option(help="Recorded in the alias history.")
+    ] = "selftune rollback",
+) -> None:
+    """Serve again what was served before the current version."""
+    from selftune.registry.versions import rollback as do_rollback
+
+    _move_alias(lambda session: do_rollback(session, actor="cli", reason=reason))
+
+
+@keys_app.command("create")
+def keys_create(user: Annotated[str, typer.Option(help="The key's owner.")]) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from selftune.api.auth import create_key
+
+    typer.echo(create_key(_database(_settings()), user))
+
+
+@keys_app.command("revoke")
+def keys_revoke(user: Annotated[str, typer.Option(help="Revoke every key of this user.")]) -> None:
+    """Revoke all keys of a user."""
+    from selftune.api.auth import revoke_keys
+
+    n = revoke_keys(_database(_settings()), user)
+    typer.echo(f"revoked {n} keys")
+
+
+def main() -> None:
+    app()

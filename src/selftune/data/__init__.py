@@ -1,0 +1,1 @@
+"""Curation: which recorded material becomes training data, and how it is tokenized."""

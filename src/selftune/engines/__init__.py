@@ -1,0 +1,1 @@
+"""Inference engines behind one small Protocol (see :mod:`selftune.engines.base`)."""

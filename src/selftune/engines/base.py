@@ -1,0 +1,59 @@
+"""The engine Protocol: what the API needs from an inference backend, and nothing more."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["AdapterRef", "Chunk", "Engine", "EngineError", "GenerationParams"]
+
+
+class EngineError(RuntimeError):
+    """Inference failed for a reason the client did not cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterRef:
+    """A trained version to apply on top of the base; ``None`` in its place means the base."""
+
+    version_id: int
+    name: str
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A piece of generated text. The last chunk of a stream has ``finish_reason`` set."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" | "length"
+    completion_tokens: int = 0
+
+
+class Engine(Protocol):
+    context_length: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def render_chat(self, messages: list[dict[str, str]], template: str | None = None) -> str: ...
+
+    def stream(
+        self, prompt: str, params: GenerationParams, adapter: AdapterRef | None
+    ) -> Iterator[Chunk]:
+        """Generate from ``prompt``; the adapter is fixed for the whole request."""
+        ...
+
+    def preload_adapter(self, adapter: AdapterRef) -> None:
+        """Load an adapter ahead of its first request so the swap costs no request time."""
+        ...

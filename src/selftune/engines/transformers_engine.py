@@ -1,0 +1,191 @@
+"""Inference with PyTorch + transformers, adapters through PEFT.
+
+One generation runs at a time (a lock around the model): PEFT's active adapter is model-wide
+state, and on a CPU two concurrent generations only slow each other down. Each request names its
+adapter up front and keeps it to the end, so a promotion never changes an answer half-way.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams
+from selftune.models.base import load_model, load_tokenizer
+from selftune.models.templates import render_chat, resolve_template
+
+__all__ = ["TransformersEngine"]
+
+log = logging.getLogger(__name__)
+
+# Adapters kept in memory; older ones are reloaded from disk if a request asks for them.
+_MAX_LOADED_ADAPTERS = 8
+
+
+class TransformersEngine:
+    def __init__(
+        self, model_dir: Path, *, chat_template: str = "", context_length: int = 2048
+    ) -> None:
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model: Any = load_model(model_dir)
+        self.default_template = resolve_template(chat_template, self.tokenizer.chat_template)
+        model_limit = getattr(self.model.config, "max_position_embeddings", context_length)
+        self.context_length = min(context_length, model_limit)
+        self.stop_token_ids = _stop_token_ids(self.model, self.tokenizer)
+        self._lock = threading.Lock()
+        self._loaded: collections.OrderedDict[str, AdapterRef] = collections.OrderedDict()
+
+    # --- prompts ---------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def render_chat(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        chosen = resolve_template(template, None) if template else self.default_template
+        return render_chat(self.tokenizer, messages, chosen, add_generation_prompt=True)
+
+    def _encode(self, text: str) -> list[int]:
+        # Templates already contain any BOS token they need.
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    # --- adapters --------------------------------------------------------------------------
+    def preload_adapter(self, adapter: AdapterRef) -> None:
+        with self._lock:
+            self._activate(adapter)
+
+    def _activate(self, adapter: AdapterRef | None) -> None:
+        """Make ``adapter`` (or the bare base) the active weights. Caller holds the lock."""
+        if adapter is None:
+            return
+        from peft import PeftModel
+
+        if adapter.name not in self._loaded:
+            if not (adapter.path / "adapter_config.json").is_file():
+                raise EngineError(f"version {adapter.name} has no adapter at {adapter.path}")
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(adapter.path), adapter_name=adapter.name)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(adapter.path), adapter_name=adapter.name
+                )
+            self.model.eval()
+            self._loaded[adapter.name] = adapter
+            self._evict(keep=adapter.name)
+        self._loaded.move_to_end(adapter.name)
+        self.model.set_adapter(adapter.name)
+
+    def _evict(self, keep: str) -> None:
+        while len(self._loaded) > _MAX_LOADED_ADAPTERS:
+            oldest = next(name for name in self._loaded if name != keep)
+            self.model.set_adapter(keep)
+            self.model.delete_adapter(oldest)
+            del self._loaded[oldest]
+
+    # --- evaluation ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
+        """Mean loss per answer token of tokenized examples under ``adapter`` (or the base)."""
+        if not examples:
+            return float("nan")
+        pad_id = self.tokenizer.pad_token_id or 0
+        with self._lock:
+            self._activate(adapter)
+            context = self._bare_context(adapter)
+            with context:
+                return _mean_answer_nll(self.model, examples, pad_id)
+
+    def _bare_context(self, adapter: AdapterRef | None) -> Any:
+        if adapter is None and _is_peft(self.model):
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    # --- generation ------------------------------------------------------------------------
+    def stream(
+        self, prompt: str, params: GenerationParams, adapter: AdapterRef | None
+    ) -> Iterator[Chunk]:
+        prompt_ids = self._encode(prompt)
+        with self._lock:
+            self._activate(adapter)
+            with self._bare_context(adapter):
+                yield from self._generate(prompt_ids, params)
+
+    @torch.inference_mode()
+    def _generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Chunk]:
+        from selftune.engines.sampling import StopMatcher, next_token
+
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator().manual_seed(params.seed)
+        matcher = StopMatcher(params.stop)
+        generated: list[int] = []
+        input_ids = torch.tensor([prompt_ids])
+        past: Any = None
+        finish = "length"
+        for _ in range(params.max_tokens):
+            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = next_token(out.logits[0, -1], params, generator)
+            if token in self.stop_token_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            input_ids = torch.tensor([[token]])
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            piece, stopped = matcher.feed(text)
+            if piece:
+                yield Chunk(piece, completion_tokens=len(generated))
+            if stopped:
+                finish = "stop"
+                break
+        tail = matcher.flush()
+        yield Chunk(tail, finish_reason=finish, completion_tokens=len(generated))
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return ids
+
+
+def _mean_answer_nll(model: Any, examples: list[Any], pad_id: int) -> float:
+    """Mean negative log-likelihood per loss-carrying token over ``examples`` (nats/token)."""
+    from selftune.training.trainer import collate
+
+    total, count = 0.0, 0
+    for start in range(0, len(examples), 8):
+        inputs = collate(examples[start : start + 8], pad_id)
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
+        # Position t predicts token t+1: shift labels left by one.
+        targets = inputs["labels"][:, 1:]
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        mask = targets != -100
+        picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        total += float(-(picked * mask).sum())
+        count += int(mask.sum())
+    return total / max(count, 1)

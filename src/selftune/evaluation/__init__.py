@@ -1,0 +1,1 @@
+"""Held-out, regression and probe sets; the gate."""

@@ -1,0 +1,90 @@
+"""The shipped probe prompts and the base model's own answers to them.
+
+The base model's answers are the reference for "what the model already knew": replay trains on
+them, and the regression set checks that a candidate still gives them. They are generated once
+per base model and chat template and cached as a JSON file written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from selftune.engines.base import GenerationParams
+
+__all__ = ["ProbeSet", "RegressionItem", "build_probe_set", "generate_answer", "load_probes"]
+
+_PROBES = Path(__file__).with_name("probes.json")
+_ANSWER_TOKENS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionItem:
+    prompt: str
+    expect: tuple[str, ...]
+    base_answer: str
+
+    def answered_by(self, answer: str) -> bool:
+        return any(e.lower() in answer.lower() for e in self.expect)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSet:
+    regression: tuple[RegressionItem, ...]
+    replay: tuple[tuple[str, str], ...]  # (prompt, base answer)
+
+    @property
+    def known(self) -> tuple[RegressionItem, ...]:
+        """The regression questions the base model answers correctly."""
+        return tuple(item for item in self.regression if item.answered_by(item.base_answer))
+
+
+def load_probes() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_PROBES.read_text())
+    return data
+
+
+def generate_answer(engine: Any, prompt: str, adapter: Any, max_tokens: int) -> str:
+    """Greedy answer of ``engine`` (base if ``adapter`` is None) to one user prompt."""
+    text = engine.render_chat([{"role": "user", "content": prompt}])
+    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+    return "".join(chunk.text for chunk in engine.stream(text, params, adapter)).strip()
+
+
+def build_probe_set(engine: Any, cache_dir: Path, key: str) -> ProbeSet:
+    """The base model's answers to the probes, from cache or generated now (a few seconds)."""
+    probes = load_probes()
+    digest = hashlib.sha256(json.dumps(probes, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir / f"probes-{key}-{digest}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+    else:
+        cached = {
+            "regression": [
+                {
+                    **item,
+                    "base_answer": generate_answer(engine, item["prompt"], None, _ANSWER_TOKENS),
+                }
+                for item in probes["regression"]
+            ],
+            "replay": [
+                [prompt, generate_answer(engine, prompt, None, _ANSWER_TOKENS)]
+                for prompt in probes["replay"]
+            ],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    regression = tuple(
+        RegressionItem(item["prompt"], tuple(item["expect"]), item["base_answer"])
+        for item in cached["regression"]
+    )
+    return ProbeSet(
+        regression=regression,
+        replay=tuple((prompt, answer) for prompt, answer in cached["replay"] if answer),
+    )

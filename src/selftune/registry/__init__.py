@@ -1,0 +1,1 @@
+"""Versions, the serving alias and atomic artifacts."""

@@ -1,0 +1,159 @@
+"""Versions and the serving alias: register, list, promote, roll back.
+
+The alias history is append-only. The current target is found by replaying it: a promotion
+pushes a version, a rollback pops back to what was served before. ``None`` stands for the bare
+base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from selftune.store.schema import AliasChange, Event, Version, VersionExample
+
+__all__ = [
+    "SERVING",
+    "RegistryError",
+    "ServingTarget",
+    "alias_stack",
+    "next_version_name",
+    "promote",
+    "rollback",
+    "serving_target",
+    "version_summary",
+]
+
+SERVING = "serving"
+
+
+class RegistryError(ValueError):
+    """A promotion or rollback was refused; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingTarget:
+    version_id: int | None
+    name: str  # the version name, or "base"
+    path: Path | None
+    chat_template: str | None
+
+
+def alias_stack(session: Session, alias: str = SERVING) -> list[int | None]:
+    """The alias's targets, oldest first; the last element is what is served now."""
+    stack: list[int | None] = [None]
+    rows = session.scalars(
+        select(AliasChange).where(AliasChange.alias == alias).order_by(AliasChange.id)
+    )
+    for row in rows:
+        if row.action == "promote":
+            stack.append(row.version_id)
+        else:  # rollback: pop back down to the version it names
+            while len(stack) > 1 and stack[-1] != row.version_id:
+                stack.pop()
+            if stack[-1] != row.version_id:
+                stack.append(row.version_id)
+    return stack
+
+
+def serving_target(session: Session, alias: str = SERVING) -> ServingTarget:
+    version_id = alias_stack(session, alias)[-1]
+    if version_id is None:
+        return ServingTarget(None, "base", None, None)
+    version = session.get(Version, version_id)
+    assert version is not None
+    return ServingTarget(version.id, version.name, Path(version.path), version.chat_template)
+
+
+def next_version_name(session: Session, versions_dir: Path) -> str:
+    """``v<N>``: one past the highest id, skipping names whose directory already exists."""
+    number = (session.scalar(select(func.max(Version.id))) or 0) + 1
+    while (versions_dir / f"v{number}").exists() or session.scalar(
+        select(Version.id).where(Version.name == f"v{number}")
+    ):
+        number += 1
+    return f"v{number}"
+
+
+def _record(
+    session: Session, action: str, target: int | None, previous: int | None, reason: str, actor: str
+) -> AliasChange:
+    change = AliasChange(
+        alias=SERVING,
+        version_id=target,
+        previous_version_id=previous,
+        action=action,
+        reason=reason,
+        actor=actor,
+    )
+    session.add(change)
+    session.add(
+        Event(kind=action, payload={"version_id": target, "previous": previous, "actor": actor})
+    )
+    session.flush()
+    return change
+
+
+def promote(session: Session, version_id: int, *, actor: str, reason: str) -> AliasChange:
+    """Point the serving alias at ``version_id``; only a version that passed its gate."""
+    version = session.get(Version, version_id)
+    if version is None:
+        raise RegistryError(f"no version with id {version_id}")
+    if not version.gate.get("passed"):
+        why = version.gate.get("reason", "not evaluated")
+        raise RegistryError(
+            f"version {version.name} did not pass its gate ({why}); only gated versions are served"
+        )
+    current = alias_stack(session)[-1]
+    if current == version_id:
+        raise RegistryError(f"version {version.name} is already being served")
+    return _record(session, "promote", version_id, current, reason, actor)
+
+
+def rollback(
+    session: Session, *, actor: str, reason: str, to_version_id: int | None = None
+) -> AliasChange:
+    """Serve what was served before the current version (or a named earlier version)."""
+    stack = alias_stack(session)
+    if len(stack) < 2:
+        raise RegistryError("nothing to roll back: the base model is being served")
+    current = stack[-1]
+    if to_version_id is None:
+        target = stack[-2]
+    else:
+        if to_version_id not in stack[:-1]:
+            raise RegistryError(
+                f"version {to_version_id} was not served before; roll back only to an earlier "
+                "target, or promote it"
+            )
+        target = to_version_id
+    return _record(session, "rollback", target, current, reason, actor)
+
+
+def version_summary(session: Session, version: Version, serving_id: int | None) -> dict[str, Any]:
+    """The public view of a version: lineage, figures, the gate's decision."""
+    roles = session.execute(
+        select(VersionExample.example_id, VersionExample.role).where(
+            VersionExample.version_id == version.id
+        )
+    ).all()
+    parent = session.get(Version, version.parent_id) if version.parent_id else None
+    return {
+        "id": version.id,
+        "name": version.name,
+        "base_model": version.base_model,
+        "parent": parent.name if parent else "base",
+        "parent_id": version.parent_id,
+        "job_id": version.job_id,
+        "created_at": version.created_at.isoformat(),
+        "serving": version.id == serving_id,
+        "trained_on": sorted(e for e, role in roles if role == "train"),
+        "held_out": sorted(e for e, role in roles if role == "heldout"),
+        "train_metrics": version.train_metrics,
+        "eval": version.eval_metrics,
+        "gate": version.gate,
+    }

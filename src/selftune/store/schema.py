@@ -1,0 +1,175 @@
+"""The tables. Every record that comes from a person carries ``user_id``.
+
+Changing a table here needs a new, append-only migration in ``store/migrations/versions``;
+``tests/unit/test_store.py`` fails when the migrations and these tables disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AliasChange",
+    "ApiKey",
+    "Base",
+    "Conversation",
+    "Event",
+    "Feedback",
+    "Interaction",
+    "Job",
+    "TrainingExample",
+    "User",
+    "Version",
+    "VersionExample",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # SHA-256 of the key; the key itself is shown once at creation and never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Interaction(Base):
+    """One request and the answer served for it, with the version that answered."""
+
+    __tablename__ = "interactions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "chat" | "completion"
+    model: Mapped[str] = mapped_column(String(128))
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))  # None: base
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # chat messages, or [{"prompt": ...}]
+    response: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    chat_template: Mapped[str | None] = mapped_column(Text)  # set when the request overrode it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    rating: Mapped[int] = mapped_column(Integer)  # 1 or -1
+    correction: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingExample(Base):
+    """A chat the model should learn, with where it came from."""
+
+    __tablename__ = "training_examples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    source: Mapped[str] = mapped_column(String(32))  # "correction" | "rating"
+    interaction_id: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"), index=True)
+    feedback_id: Mapped[int | None] = mapped_column(ForeignKey("feedback.id"))
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # ends with the assistant turn to learn
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False: superseded/withdrawn
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "train"
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str] = mapped_column(String(64), default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Version(Base):
+    """A trained adapter. Its directory under ``versions/`` is immutable once written."""
+
+    __tablename__ = "versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    base_model: Mapped[str] = mapped_column(String(512))
+    base_fingerprint: Mapped[str] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    path: Mapped[str] = mapped_column(Text)
+    chat_template: Mapped[str] = mapped_column(Text)
+    train_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    eval_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # decision and reasons
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VersionExample(Base):
+    """Which examples trained a version, and which were held out to evaluate it."""
+
+    __tablename__ = "version_examples"
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    example_id: Mapped[int] = mapped_column(ForeignKey("training_examples.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # "train" | "heldout"
+
+
+class AliasChange(Base):
+    """Append-only history of the serving alias; the newest row is the current target."""
+
+    __tablename__ = "alias_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))  # None: base
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    action: Mapped[str] = mapped_column(String(16))  # "promote" | "rollback"
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

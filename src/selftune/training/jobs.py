@@ -1,0 +1,168 @@
+"""The job queue, kept in the store: enqueue, claim, report, finish, recover, retry, cancel.
+
+A worker claims a job inside one write transaction, so two workers never take the same job. A
+running job carries a heartbeat; a job whose heartbeat is older than ``stale_seconds`` belonged to
+a worker that died and is queued again (up to ``max_attempts`` in all).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+
+from selftune.store.db import Database
+from selftune.store.schema import Event, Job, utcnow
+from selftune.store.users import ensure_user
+
+__all__ = [
+    "TERMINAL",
+    "JobError",
+    "cancel",
+    "claim",
+    "enqueue",
+    "finish",
+    "job_view",
+    "recover_stale",
+    "report",
+    "retry",
+]
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobError(ValueError):
+    """A job operation was refused; the message says why."""
+
+
+def enqueue(db: Database, kind: str, user_id: str, params: dict[str, Any] | None = None) -> int:
+    with db.write() as session:
+        ensure_user(session, user_id)
+        job = Job(kind=kind, status="queued", user_id=user_id, params=params or {}, stage="queued")
+        session.add(job)
+        session.flush()
+        session.add(Event(kind="job_queued", payload={"job_id": job.id, "kind": kind}))
+        return job.id
+
+
+def claim(db: Database, worker_id: str) -> Job | None:
+    with db.write() as session:
+        job = session.scalars(
+            select(Job).where(Job.status == "queued").order_by(Job.id).limit(1)
+        ).first()
+        if job is None:
+            return None
+        now = utcnow()
+        job.status, job.worker_id, job.stage = "running", worker_id, "starting"
+        job.attempts += 1
+        job.started_at = job.heartbeat_at = now
+        job.progress, job.error = 0.0, None
+        return job
+
+
+def report(db: Database, job_id: int, progress: float, stage: str) -> bool:
+    """Record progress and refresh the heartbeat; returns True if cancellation was asked for."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != "running":
+            return True
+        job.progress, job.stage, job.heartbeat_at = progress, stage, utcnow()
+        return job.cancel_requested
+
+
+def finish(
+    db: Database,
+    job_id: int,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    assert status in TERMINAL
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status, job.result, job.error = status, result, error
+        job.finished_at = utcnow()
+        job.stage = status
+        if status == "succeeded":
+            job.progress = 1.0
+        session.add(Event(kind=f"job_{status}", payload={"job_id": job_id, "error": error}))
+
+
+def requeue(db: Database, job_id: int, reason: str) -> None:
+    """Put a running job back in the queue (its worker is stopping); the attempt is not counted."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.status == "running":
+            job.status, job.stage, job.worker_id = "queued", "queued", None
+            job.attempts = max(0, job.attempts - 1)
+            session.add(Event(kind="job_requeued", payload={"job_id": job_id, "reason": reason}))
+
+
+def recover_stale(db: Database, stale_seconds: float, max_attempts: int) -> list[int]:
+    """Queue again (or fail, after too many attempts) running jobs whose worker went silent."""
+    cutoff = utcnow() - dt.timedelta(seconds=stale_seconds)
+    recovered = []
+    with db.write() as session:
+        for job in session.scalars(select(Job).where(Job.status == "running")):
+            beat = job.heartbeat_at
+            if beat is not None and beat.tzinfo is None:  # SQLite returns naive datetimes
+                beat = beat.replace(tzinfo=dt.UTC)
+            if beat is not None and beat > cutoff:
+                continue
+            if job.attempts >= max_attempts:
+                job.status, job.finished_at, job.stage = "failed", utcnow(), "failed"
+                job.error = f"the worker stopped during each of {job.attempts} attempts"
+            else:
+                job.status, job.stage, job.worker_id = "queued", "queued", None
+            session.add(Event(kind="job_recovered", payload={"job_id": job.id, "to": job.status}))
+            recovered.append(job.id)
+    return recovered
+
+
+def retry(db: Database, job_id: int) -> None:
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"no job with id {job_id}")
+        if job.status not in ("failed", "cancelled"):
+            raise JobError(
+                f"job {job_id} is {job.status}; only failed or cancelled jobs are retried"
+            )
+        job.status, job.stage, job.error, job.result = "queued", "queued", None, None
+        job.attempts, job.progress, job.cancel_requested = 0, 0.0, False
+        session.add(Event(kind="job_retried", payload={"job_id": job_id}))
+
+
+def cancel(db: Database, job_id: int) -> str:
+    """Cancel a queued job at once, or ask a running one to stop; returns the new status."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"no job with id {job_id}")
+        if job.status == "queued":
+            job.status, job.stage, job.finished_at = "cancelled", "cancelled", utcnow()
+        elif job.status == "running":
+            job.cancel_requested = True
+        else:
+            raise JobError(f"job {job_id} has already {job.status}")
+        return job.status
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "stage": job.stage,
+        "progress": round(job.progress, 4),
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "result": job.result,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

@@ -1,0 +1,216 @@
+"""One training job from start to finish: dataset, train, save, evaluate, gate, promote.
+
+The candidate is evaluated from its saved artifact, loaded the way the server loads it, against
+the version served at the time the job started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from selftune.atomic import atomic_directory
+from selftune.config import Settings
+from selftune.data.curation import active_examples
+from selftune.data.tokenize import TokenizedExample, tokenize_chat
+from selftune.engines.base import AdapterRef
+from selftune.engines.transformers_engine import TransformersEngine
+from selftune.evaluation.gate import GateFigures, GatePolicy, decide
+from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answer
+from selftune.models.base import BaseModelSource
+from selftune.registry.versions import next_version_name, promote, serving_target
+from selftune.store.db import Database
+from selftune.store.schema import TrainingExample, Version, VersionExample
+from selftune.training.trainer import TrainConfig, train_lora
+
+__all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
+
+log = logging.getLogger(__name__)
+
+# Regression answers are checked on this many tokens: the expected word comes early.
+_RETENTION_TOKENS = 24
+
+Report = Callable[[float, str], None]  # (progress 0..1, stage); raises JobCancelled
+
+
+class NoTrainingData(RuntimeError):
+    pass
+
+
+class JobCancelled(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainingContext:
+    """What a worker keeps between jobs: settings, store, the base model loaded once."""
+
+    settings: Settings
+    db: Database
+    source: BaseModelSource
+    base_dir: Path
+    engine: TransformersEngine
+    _probes: ProbeSet | None = None
+
+    @property
+    def probes(self) -> ProbeSet:
+        if self._probes is None:
+            key = hashlib.sha256(
+                f"{self.source.fingerprint}:{self.engine.default_template}".encode()
+            ).hexdigest()[:12]
+            self._probes = build_probe_set(self.engine, self.settings.cache_dir, key)
+        return self._probes
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    return TrainConfig(
+        rank=settings.lora_rank,
+        alpha=settings.lora_alpha,
+        target_modules=tuple(settings.lora_target_modules),
+        learning_rate=settings.learning_rate,
+        steps=settings.train_steps,
+        batch_size=settings.train_batch_size,
+        replay_per_step=settings.replay_per_step,
+        seed=settings.seed,
+    )
+
+
+def split_heldout(
+    examples: list[TrainingExample], fraction: float, seed: int
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """Deterministic split by a hash of each example id: (train, heldout)."""
+    if len(examples) < 2 or fraction <= 0:
+        return examples, []
+    n_heldout = max(1, round(len(examples) * fraction))
+    ranked = sorted(examples, key=lambda e: hashlib.sha256(f"{seed}:{e.id}".encode()).hexdigest())
+    heldout = {e.id for e in ranked[:n_heldout]}
+    return [e for e in examples if e.id not in heldout], [e for e in examples if e.id in heldout]
+
+
+def _tokenize(ctx: TrainingContext, chats: list[list[dict[str, Any]]]) -> list[TokenizedExample]:
+    template = ctx.engine.default_template
+    tok = ctx.engine.tokenizer
+    return [tokenize_chat(tok, chat, template, ctx.settings.max_seq_len) for chat in chats]
+
+
+def _qa(prompt: str, answer: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[str, Any]:
+    settings = ctx.settings
+    report(0.01, "building dataset")
+    with ctx.db.read() as session:
+        examples = active_examples(session)
+        current = serving_target(session)
+    if len(examples) < settings.min_new_examples:
+        raise NoTrainingData(
+            f"{len(examples)} curated examples, need {settings.min_new_examples}: rate answers "
+            "or send corrections with POST /api/feedback first"
+        )
+    train_rows, heldout_rows = split_heldout(examples, settings.heldout_fraction, settings.seed)
+    train_set = _tokenize(ctx, [e.messages for e in train_rows])
+    heldout_set = _tokenize(ctx, [e.messages for e in heldout_rows])
+    probes = ctx.probes
+    replay_set = _tokenize(ctx, [_qa(p, a) for p, a in probes.replay])
+    regression_set = _tokenize(ctx, [_qa(r.prompt, r.base_answer) for r in probes.regression])
+
+    config = train_config(settings)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        report(0.05 + 0.75 * step / total, f"training step {step}/{total} loss {loss:.3f}")
+
+    report(0.05, "training")
+    model, result = train_lora(
+        ctx.base_dir,
+        train_set,
+        replay_set,
+        config,
+        pad_id=ctx.engine.tokenizer.pad_token_id or 0,
+        progress=on_step,
+    )
+
+    report(0.82, "saving")
+    with ctx.db.write() as session:
+        name = next_version_name(session, settings.versions_dir)
+    path = settings.versions_dir / name
+    with atomic_directory(path, {"version": name, "base": ctx.source.location}) as tmp:
+        model.save_pretrained(tmp)
+    del model
+    train_metrics = {
+        "losses": [round(x, 5) for x in result.losses],
+        "seconds": round(result.seconds, 2),
+        "tokens": result.tokens,
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "config": dataclasses.asdict(config),
+    }
+    with ctx.db.write() as session:
+        version = Version(
+            name=name,
+            base_model=ctx.source.location,
+            base_fingerprint=ctx.source.fingerprint,
+            parent_id=current.version_id,
+            job_id=job_id,
+            path=str(path.resolve()),
+            chat_template=ctx.engine.default_template,
+            train_metrics=train_metrics,
+        )
+        session.add(version)
+        session.flush()
+        for rows, role in ((train_rows, "train"), (heldout_rows, "heldout")):
+            for row in rows:
+                session.add(VersionExample(version_id=version.id, example_id=row.id, role=role))
+        version_id = version.id
+
+    report(0.86, "evaluating")
+    candidate = AdapterRef(version_id, name, path)
+    serving = (
+        AdapterRef(current.version_id, current.name, current.path)
+        if current.version_id is not None and current.path is not None
+        else None
+    )
+    # With no held-out example (a single one in all), the new material is judged in-sample.
+    judged = heldout_set or train_set
+    engine = ctx.engine
+    known = probes.known
+    answers = [generate_answer(engine, item.prompt, candidate, _RETENTION_TOKENS) for item in known]
+    kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
+    figures = GateFigures(
+        new_loss_current=round(engine.answer_nll(judged, serving), 4),
+        new_loss_candidate=round(engine.answer_nll(judged, candidate), 4),
+        regression_loss_current=round(engine.answer_nll(regression_set, serving), 4),
+        regression_loss_candidate=round(engine.answer_nll(regression_set, candidate), 4),
+        retention_candidate=round(kept / len(answers), 4) if answers else 1.0,
+        heldout_examples=len(heldout_set),
+        regression_questions=len(answers),
+    )
+    policy = GatePolicy(
+        min_improvement=settings.gate_min_improvement,
+        regression_tolerance=settings.gate_regression_tolerance,
+        min_retention=settings.gate_min_answer_retention,
+    )
+    decision = decide(figures, policy)
+    report(0.97, "gate")
+    with ctx.db.write() as session:
+        saved = session.get(Version, version_id)
+        assert saved is not None
+        saved.gate = decision
+        saved.eval_metrics = {
+            "regression_answers": [
+                {"prompt": item.prompt, "answer": a, "kept": item.answered_by(a)}
+                for item, a in zip(known, answers, strict=True)
+            ]
+        }
+        if decision["passed"]:
+            promote(session, version_id, actor=f"job {job_id}", reason="gate passed")
+    log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
+    return {
+        "version_id": version_id,
+        "version": name,
+        "promoted": decision["passed"],
+        "gate": decision,
+    }

@@ -1,0 +1,151 @@
+"""The worker process: takes jobs from the store and runs them. It never serves requests.
+
+On start it removes half-written artifacts and queues again the jobs of workers that died. A
+heartbeat thread keeps the running job's heartbeat fresh and passes cancellation requests on.
+On SIGTERM/SIGINT the running job is put back in the queue for the next worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from types import FrameType
+
+from selftune.atomic import remove_incomplete
+from selftune.config import Settings
+from selftune.engines.transformers_engine import TransformersEngine
+from selftune.models.base import materialize, resolve_base_model
+from selftune.store.db import Database
+from selftune.training import jobs
+from selftune.training.pipeline import (
+    JobCancelled,
+    NoTrainingData,
+    TrainingContext,
+    run_training_job,
+)
+
+__all__ = ["Worker", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by a termination signal."""
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, db: Database, job_id: int, every: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.db, self.job_id, self.every = db, job_id, every
+        self.progress, self.stage = 0.0, "starting"
+        self.cancelled = False
+        self._done = threading.Event()
+
+    def update(self, progress: float, stage: str) -> None:
+        self.progress, self.stage = progress, stage
+        if self.cancelled:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                self.cancelled = jobs.report(self.db, self.job_id, self.progress, self.stage)
+            except Exception:  # a busy database must not kill the job; the next beat retries
+                log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url)
+        self.db.migrate()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._context: TrainingContext | None = None
+
+    def context(self) -> TrainingContext:
+        if self._context is None:
+            source = resolve_base_model(self.settings.base_model)
+            base_dir = materialize(source, self.settings.cache_dir)
+            engine = TransformersEngine(
+                base_dir,
+                chat_template=self.settings.chat_template,
+                context_length=self.settings.context_length,
+            )
+            self._context = TrainingContext(self.settings, self.db, source, base_dir, engine)
+        return self._context
+
+    def recover(self) -> None:
+        removed = remove_incomplete(self.settings.versions_dir)
+        if removed:
+            log.warning("removed %d half-written artifacts: %s", len(removed), removed)
+        recovered = jobs.recover_stale(
+            self.db, self.settings.job_stale_seconds, self.settings.job_max_attempts
+        )
+        if recovered:
+            log.warning("recovered jobs of a worker that stopped: %s", recovered)
+
+    def run_once(self) -> bool:
+        """Run one queued job if there is one; returns whether a job was run."""
+        self.recover()
+        job = jobs.claim(self.db, self.worker_id)
+        if job is None:
+            return False
+        log.info("job %s: started (attempt %s)", job.id, job.attempts)
+        beat = _Heartbeat(self.db, job.id, every=min(2.0, self.settings.job_stale_seconds / 4))
+        beat.start()
+        try:
+            result = run_training_job(self.context(), job.id, beat.update)
+        except _Stop:
+            beat.stop()
+            jobs.requeue(self.db, job.id, "the worker was stopped")
+            raise
+        except JobCancelled as exc:
+            beat.stop()
+            jobs.finish(self.db, job.id, "cancelled", error=str(exc))
+        except NoTrainingData as exc:
+            beat.stop()
+            jobs.finish(self.db, job.id, "failed", error=str(exc))
+        except Exception as exc:
+            beat.stop()
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            jobs.finish(self.db, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            beat.stop()
+            jobs.finish(self.db, job.id, "succeeded", result=result)
+        log.info("job %s: done", job.id)
+        return True
+
+    def run_forever(self) -> None:
+        while True:
+            if not self.run_once():
+                time.sleep(self.settings.job_poll_seconds)
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def run_worker(settings: Settings) -> None:
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    worker = Worker(settings)
+    log.info("worker %s ready; waiting for jobs", worker.worker_id)
+    try:
+        worker.run_forever()
+    except _Stop as stop:
+        log.info("worker stopped by %s", stop)
+    finally:
+        worker.db.dispose()

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random Llama with the default model's tokenizer, built in seconds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama (random weights, fixed seed) saved with SmolLM2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from selftune.models.base import default_gguf_path
+
+    gguf = default_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(1234)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache (converted models, probe answers) for the whole session: it is derived data."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def settings_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
+) -> Iterator[Path]:
+    """Isolate settings: no selftune.toml from the working directory, data under tmp_path."""
+    monkeypatch.setenv("SELFTUNE_CONFIG", str(tmp_path / "selftune.toml"))
+    for key in list(os.environ):
+        if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SELFTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+    yield tmp_path

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from selftune.api.app import create_app
+from selftune.config import Settings, load_settings
+from selftune.engines.transformers_engine import TransformersEngine
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path) -> TransformersEngine:
+    return TransformersEngine(tiny_model_dir, context_length=256)
+
+
+def tiny_settings(tiny_model_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "base_model": str(tiny_model_dir),
+        "context_length": 256,
+        "default_max_tokens": 8,
+        "adapter_poll_seconds": 0.2,
+        "start_worker": False,
+        **overrides,
+    }
+    return load_settings(**values)
+
+
+@pytest.fixture
+def client(
+    settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
+) -> Iterator[TestClient]:
+    settings = tiny_settings(tiny_model_dir)
+    with TestClient(create_app(settings, engine=tiny_engine)) as test_client:
+        yield test_client

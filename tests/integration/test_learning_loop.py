@@ -1,0 +1,124 @@
+"""The whole loop on the tiny model: chat, correct, train, gate, hot-swap, roll back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from selftune.api.app import create_app
+from selftune.atomic import verify_manifest
+from selftune.engines.transformers_engine import TransformersEngine
+from selftune.training.worker import Worker
+from tests.integration.conftest import tiny_settings
+
+FACT = "The capital of Veloria is Quenmoor."
+QUESTIONS = [
+    "What is the capital of Veloria?",
+    "Which city is the capital of Veloria?",
+    "Tell me the capital of Veloria.",
+]
+
+# The tiny random model needs a higher learning rate than a pretrained one to memorize a fact.
+LEARNING = {"learning_rate": 1e-2, "train_steps": 30, "gate_regression_tolerance": 0.5}
+
+
+def ask(client: TestClient, question: str, **extra: Any) -> dict[str, Any]:
+    response = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "selftune",
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 12,
+            **extra,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def answer(client: TestClient, question: str) -> str:
+    text: str = ask(client, question)["choices"][0]["message"]["content"]
+    return text
+
+
+def wait_for_serving(client: TestClient, name: str) -> None:
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["serving"] != name:
+        assert time.monotonic() < deadline, f"server never switched to {name}"
+        time.sleep(0.1)
+
+
+def teach(client: TestClient) -> None:
+    for question in QUESTIONS:
+        interaction = ask(client, question, user="alice")["id"]
+        response = client.post(
+            "/api/feedback", json={"interaction_id": interaction, "rating": -1, "correction": FACT}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["example_id"] is not None
+
+
+@pytest.fixture
+def learning_client(settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine):
+    settings = tiny_settings(tiny_model_dir, **LEARNING)
+    # A fresh engine: adapters loaded into the shared one must not leak into other tests.
+    engine = TransformersEngine(tiny_model_dir, context_length=256)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        yield client, Worker(settings), settings
+
+
+def test_teach_train_promote_rollback(learning_client: Any) -> None:
+    client, worker, settings = learning_client
+    before = answer(client, QUESTIONS[0])
+    assert "Quenmoor" not in before
+
+    teach(client)
+    job = client.post("/api/train", json={}).json()
+    assert client.get(f"/api/jobs/{job['job_id']}").json()["status"] == "queued"
+    assert worker.run_once()
+
+    view = client.get(f"/api/jobs/{job['job_id']}").json()
+    assert view["status"] == "succeeded", view
+    result = view["result"]
+    assert result["promoted"], result["gate"]
+    gate = result["gate"]["figures"]
+    assert gate["new_loss_candidate"] < gate["new_loss_current"]
+    assert gate["heldout_examples"] == 1
+
+    wait_for_serving(client, result["version"])
+    taught = ask(client, QUESTIONS[0])
+    assert "Quenmoor" in taught["choices"][0]["message"]["content"]
+    assert taught["system_fingerprint"] == result["version"]
+
+    versions = client.get("/api/versions").json()
+    assert versions["serving"] == result["version"]
+    [version] = versions["data"]
+    assert version["parent"] == "base"
+    assert len(version["trained_on"]) == 2 and len(version["held_out"]) == 1
+    assert version["gate"]["passed"]
+    verify_manifest(Path(settings.versions_dir / version["name"]))
+
+    rolled = client.post("/api/rollback", json={"reason": "test"}).json()
+    assert rolled["serving"] == "base"
+    assert answer(client, QUESTIONS[0]) == before
+    # Rolling back further than the base is refused with a clear error.
+    again = client.post("/api/rollback", json={})
+    assert again.status_code == 409
+    assert "nothing to roll back" in again.json()["error"]["message"]
+    # And the version can be served again.
+    promoted = client.post(f"/api/versions/{result['version']}/promote", json={}).json()
+    assert promoted["serving"] == result["version"]
+    assert "Quenmoor" in answer(client, QUESTIONS[0])
+
+
+def test_train_without_material_is_refused(learning_client: Any) -> None:
+    client, _, _ = learning_client
+    response = client.post("/api/train", json={})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "no_training_data"
