@@ -1,0 +1,101 @@
+"""With auth_required, keys identify users and no user reaches another's records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from selftune.api.app import create_app
+from selftune.api.auth import create_key, hash_key, revoke_keys
+from selftune.engines.transformers_engine import TransformersEngine
+from selftune.store.schema import ApiKey, Interaction
+from tests.integration.conftest import tiny_settings
+
+CHAT = {"model": "selftune", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture
+def secured(
+    settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
+) -> Iterator[tuple[TestClient, dict[str, str], dict[str, str]]]:
+    settings = tiny_settings(tiny_model_dir, auth_required=True)
+    app = create_app(settings, engine=tiny_engine)
+    db = app.state.selftune.db
+    alice = {"Authorization": f"Bearer {create_key(db, 'alice')}"}
+    bob = {"Authorization": f"Bearer {create_key(db, 'bob')}"}
+    with TestClient(app) as client:
+        yield client, alice, bob
+
+
+def test_keys_are_required_and_stored_hashed(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, _ = secured
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    wrong = client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    key = alice["Authorization"].split()[1]
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    with db.read() as session:
+        stored = session.scalars(select(ApiKey.key_hash)).all()
+    assert hash_key(key) in stored and key not in stored
+
+
+def test_the_key_owner_is_the_recorded_user(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, _ = secured
+    body = client.post(
+        "/v1/chat/completions", json={**CHAT, "user": "mallory"}, headers=alice
+    ).json()
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    with db.read() as session:
+        assert session.get(Interaction, body["id"]).user_id == "alice"  # type: ignore[union-attr]
+
+
+def test_users_cannot_touch_each_others_records(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, bob = secured
+    interaction = client.post("/v1/chat/completions", json=CHAT, headers=alice).json()["id"]
+    feedback = {"interaction_id": interaction, "rating": -1, "correction": "Hello!"}
+    stolen = client.post("/api/feedback", json=feedback, headers=bob)
+    assert stolen.status_code == 404  # bob cannot even learn that the id exists
+    assert client.post("/api/feedback", json=feedback, headers=alice).status_code == 200
+
+    job = client.post("/api/train", json={}, headers=alice).json()["job_id"]
+    assert client.get(f"/api/jobs/{job}", headers=bob).status_code == 404
+    assert client.get("/api/jobs", headers=bob).json()["data"] == []
+    assert client.get(f"/api/jobs/{job}", headers=alice).json()["status"] == "queued"
+
+
+def test_revoked_keys_stop_working(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, _ = secured
+    assert client.get("/v1/models", headers=alice).status_code == 200
+    revoke_keys(client.app.state.selftune.db, "alice")  # type: ignore[attr-defined]
+    assert client.get("/v1/models", headers=alice).status_code == 401
+
+
+def test_feedback_validation(secured: tuple[TestClient, dict[str, str], dict[str, str]]) -> None:
+    client, alice, _ = secured
+    interaction = client.post("/v1/chat/completions", json=CHAT, headers=alice).json()["id"]
+    for bad in (
+        {"interaction_id": interaction, "rating": 5},
+        {"interaction_id": interaction, "rating": 1, "correction": ""},
+        {"interaction_id": interaction},
+    ):
+        response = client.post("/api/feedback", json=bad, headers=alice)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    missing = client.post(
+        "/api/feedback", json={"interaction_id": "chatcmpl-x", "rating": 1}, headers=alice
+    )
+    assert missing.status_code == 404
