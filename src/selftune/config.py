@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Replay sequences (the base model's own answers) in each training batch, "
         "so the adapter keeps what the model already knew.",
+    )
+    train_precision: Literal["auto", "float32", "bf16"] = Field(
+        "auto",
+        description="Matrix precision in training: 'bf16' autocasts to bfloat16 (adapter "
+        "weights stay float32); 'auto' uses bf16 where the CPU or GPU computes it natively.",
     )
     seed: int = Field(0, description="Seed for data splits and training.")
     heldout_fraction: float = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
-from selftune.training.trainer import TrainConfig, train_lora
+from selftune.training.trainer import TrainConfig, train_lora, use_bf16
 
 __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
 
@@ -76,6 +77,7 @@ def train_config(settings: Settings) -> TrainConfig:
         batch_size=settings.train_batch_size,
         replay_per_step=settings.replay_per_step,
         seed=settings.seed,
+        bf16=use_bf16(settings.train_precision),
     )
 
 
@@ -103,6 +105,7 @@ def _qa(prompt: str, answer: str) -> list[dict[str, Any]]:
 
 def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[str, Any]:
     settings = ctx.settings
+    clock = _StageClock()
     report(0.01, "building dataset")
     with ctx.db.read() as session:
         examples = active_examples(session)
@@ -120,6 +123,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     regression_set = _tokenize(ctx, [_qa(r.prompt, r.base_answer) for r in probes.regression])
 
     config = train_config(settings)
+    clock.lap("dataset")
 
     def on_step(step: int, total: int, loss: float) -> None:
         report(0.05 + 0.75 * step / total, f"training step {step}/{total} loss {loss:.3f}")
@@ -134,6 +138,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         progress=on_step,
     )
 
+    clock.lap("train")
     report(0.82, "saving")
     with ctx.db.write() as session:
         name = next_version_name(session, settings.versions_dir)
@@ -166,6 +171,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
                 session.add(VersionExample(version_id=version.id, example_id=row.id, role=role))
         version_id = version.id
 
+    clock.lap("save")
     report(0.86, "evaluating")
     candidate = AdapterRef(version_id, name, path)
     serving = (
@@ -194,6 +200,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         min_retention=settings.gate_min_answer_retention,
     )
     decision = decide(figures, policy)
+    clock.lap("evaluate")
     report(0.97, "gate")
     with ctx.db.write() as session:
         saved = session.get(Version, version_id)
@@ -207,10 +214,25 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         }
         if decision["passed"]:
             promote(session, version_id, actor=f"job {job_id}", reason="gate passed")
+    clock.lap("gate")
     log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
     return {
         "version_id": version_id,
         "version": name,
         "promoted": decision["passed"],
         "gate": decision,
+        "seconds": clock.laps,
     }
+
+
+class _StageClock:
+    """Seconds spent in each stage, for the job's result and the latency benchmark."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 3)
+        self._last = now

@@ -20,7 +20,18 @@ import torch
 from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample
 from selftune.models.base import load_model
 
-__all__ = ["TrainConfig", "TrainResult", "collate", "train_lora"]
+__all__ = ["TrainConfig", "TrainResult", "collate", "train_lora", "use_bf16"]
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether to autocast to bfloat16: asked for, or 'auto' on a CPU with native bf16."""
+    if precision != "auto":
+        return precision == "bf16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,8 +142,10 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     worker = Worker(settings)
-    log.info("worker %s ready; waiting for jobs", worker.worker_id)
     try:
+        # Load the model and the base model's probe answers now, not in the first job.
+        worker.context().probes  # noqa: B018
+        log.info("worker %s ready; waiting for jobs", worker.worker_id)
         worker.run_forever()
     except _Stop as stop:
         log.info("worker stopped by %s", stop)

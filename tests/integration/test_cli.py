@@ -1,0 +1,50 @@
+"""The command line: clear messages and non-zero exits on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from selftune.cli import app
+
+runner = CliRunner()
+
+
+def test_status_on_a_fresh_store(settings_env: Path) -> None:
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0, result.output
+    assert "serving: base" in result.output
+
+
+def test_train_without_material_fails_clearly(settings_env: Path) -> None:
+    result = runner.invoke(app, ["train", "--no-wait"])
+    assert result.exit_code == 1
+    assert "nothing to learn yet" in result.output
+
+
+def test_promote_and_rollback_refuse_clearly(settings_env: Path) -> None:
+    promote = runner.invoke(app, ["promote", "v9"])
+    assert promote.exit_code == 1
+    assert "no version 'v9'" in promote.output
+    rollback = runner.invoke(app, ["rollback"])
+    assert rollback.exit_code == 1
+    assert "nothing to roll back" in rollback.output
+
+
+def test_invalid_settings_exit_2_naming_the_field(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SELFTUNE_PORT", "99999")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "port" in result.output
+
+
+def test_keys_create_prints_a_key_once(settings_env: Path) -> None:
+    result = runner.invoke(app, ["keys", "create", "--user", "dana"])
+    assert result.exit_code == 0
+    assert result.output.strip().startswith("st-")
+    revoked = runner.invoke(app, ["keys", "revoke", "--user", "dana"])
+    assert "revoked 1 keys" in revoked.output
