@@ -9,6 +9,9 @@ leftover temporary directories are removed by :func:`remove_incomplete`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import json
 import os
@@ -71,16 +74,51 @@ def atomic_directory(final: Path, metadata: dict[str, Any] | None = None) -> Ite
                 "sha256": sha256_file(path),
                 "bytes": path.stat().st_size,
             }
-        manifest = {"files": files, **(metadata or {})}
+        manifest = {**(metadata or {}), "files": files}  # the checksums always win
         manifest_path = tmp / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         _fsync_path(manifest_path)
         _fsync_path(tmp)
-        os.rename(tmp, final)  # atomic on POSIX; fails if final appeared meanwhile
+        _rename_no_replace(tmp, final)
         _fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _rename_no_replace(source: Path, target: Path) -> None:
+    """Rename, refusing to replace ``target`` even if it is an empty directory.
+
+    Plain rename(2) silently replaces an empty directory; Linux's renameat2 with
+    RENAME_NOREPLACE does not. Elsewhere, a check before the rename narrows the race.
+    """
+    libc = _libc()
+    if libc is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        result = libc.renameat2(
+            at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace
+        )
+        if result == 0:
+            return
+        errno = ctypes.get_errno()
+        if errno not in (_ENOSYS, _EINVAL):
+            raise OSError(errno, os.strerror(errno), str(target))
+    if target.exists():
+        raise FileExistsError(f"artifact {target} appeared while it was being written")
+    os.rename(source, target)
+
+
+_ENOSYS, _EINVAL = 38, 22
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.renameat2  # noqa: B018  (glibc >= 2.28)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def verify_manifest(directory: Path) -> dict[str, Any]:

@@ -39,13 +39,12 @@ class StopMatcher:
 
     def feed(self, text: str) -> tuple[str, bool]:
         self._text = text
-        for stop in self.stops:
-            index = text.find(stop)
-            if index != -1:
-                self._text = text[:index]
-                piece = self._text[self._emitted :]
-                self._emitted = len(self._text)
-                return piece, True
+        hits = [i for i in (text.find(stop) for stop in self.stops) if i != -1]
+        if hits:
+            self._text = text[: min(hits)]  # the earliest stop wins, whichever it is
+            piece = self._text[self._emitted :]
+            self._emitted = len(self._text)
+            return piece, True
         safe = len(text) - self._hold
         while safe > self._emitted and text[safe - 1] == "\ufffd":
             safe -= 1

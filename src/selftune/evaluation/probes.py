@@ -48,9 +48,12 @@ def load_probes() -> dict[str, Any]:
     return data
 
 
-def generate_answer(engine: Any, prompt: str, adapter: Any, max_tokens: int) -> str:
-    """Greedy answer of ``engine`` (base if ``adapter`` is None) to one user prompt."""
-    text = engine.render_chat([{"role": "user", "content": prompt}])
+def generate_answer(
+    engine: Any, prompt: str | list[dict[str, str]], adapter: Any, max_tokens: int
+) -> str:
+    """Greedy answer of ``engine`` (base if ``adapter`` is None) to a prompt or chat."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    text = engine.render_chat(messages)
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
     return "".join(chunk.text for chunk in engine.stream(text, params, adapter)).strip()
 

@@ -111,9 +111,9 @@ def resolve_base_model(spec: str) -> BaseModelSource:
 def _clear_gguf_quantizer(model: Any) -> None:
     # transformers marks GGUF-loaded models as quantized although the weights are plain
     # dequantized tensors; the marker blocks save_pretrained and training.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)  # drops the marker and the config entry
 
 
 def materialize(source: BaseModelSource, cache_dir: Path) -> Path:

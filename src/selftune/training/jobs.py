@@ -112,7 +112,9 @@ def recover_stale(db: Database, stale_seconds: float, max_attempts: int) -> list
                 beat = beat.replace(tzinfo=dt.UTC)
             if beat is not None and beat > cutoff:
                 continue
-            if job.attempts >= max_attempts:
+            if job.cancel_requested:
+                job.status, job.finished_at, job.stage = "cancelled", utcnow(), "cancelled"
+            elif job.attempts >= max_attempts:
                 job.status, job.finished_at, job.stage = "failed", utcnow(), "failed"
                 job.error = f"the worker stopped during each of {job.attempts} attempts"
             else:

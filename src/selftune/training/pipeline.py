@@ -22,6 +22,7 @@ from selftune.engines.base import AdapterRef
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answer
+from selftune.evaluation.recall import answer_recall, key_terms
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
 from selftune.store.db import Database
@@ -185,7 +186,10 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     known = probes.known
     answers = [generate_answer(engine, item.prompt, candidate, _RETENTION_TOKENS) for item in known]
     kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
+    recall_now, recall_new = _heldout_recall(engine, heldout_rows or train_rows, serving, candidate)
     figures = GateFigures(
+        new_recall_current=recall_now,
+        new_recall_candidate=recall_new,
         new_loss_current=round(engine.answer_nll(judged, serving), 4),
         new_loss_candidate=round(engine.answer_nll(judged, candidate), 4),
         regression_loss_current=round(engine.answer_nll(regression_set, serving), 4),
@@ -223,6 +227,30 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         "gate": decision,
         "seconds": clock.laps,
     }
+
+
+def _heldout_recall(
+    engine: TransformersEngine,
+    rows: list[TrainingExample],
+    serving: AdapterRef | None,
+    candidate: AdapterRef,
+) -> tuple[float | None, float | None]:
+    """Mean recall of the target answers' key terms, served version vs candidate."""
+    now: list[float] = []
+    new: list[float] = []
+    for row in rows:
+        prompt, target = row.messages[:-1], row.messages[-1]["content"]
+        terms = key_terms(target, [m["content"] for m in prompt])
+        if not terms:
+            continue
+        budget = min(96, engine.count_tokens(target) + 16)
+        for adapter, scores in ((serving, now), (candidate, new)):
+            score = answer_recall(generate_answer(engine, prompt, adapter, budget), terms)
+            assert score is not None
+            scores.append(score)
+    if not now:
+        return None, None
+    return round(sum(now) / len(now), 4), round(sum(new) / len(new), 4)
 
 
 class _StageClock:

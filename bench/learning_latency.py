@@ -1,0 +1,53 @@
+"""Learning latency: from the training request to the first served answer with the new fact.
+
+Run with ``make bench`` (or ``python -m bench.learning_latency``). It starts ``selftune serve``
+with the default model in a fresh data folder, teaches the fact through three corrected chats,
+and times ``POST /api/train`` until a paraphrased question is answered with the fact, broken down
+into the job's stages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.scenario import FACT_WORD, PARAPHRASES, running_server
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="selftune-bench-") as tmp:
+        started_server = time.monotonic()
+        with running_server(Path(tmp) / "data") as server:
+            print(f"server ready in {time.monotonic() - started_server:.1f}s (model load)")
+            server.teach()
+            t0 = time.monotonic()
+            job = server.client.post("/api/train", json={}).json()
+            view = server.wait_job(job["job_id"], timeout=600)
+            t_job = time.monotonic()
+            if view["status"] != "succeeded" or not view["result"]["promoted"]:
+                print(f"FAILED: job {view['status']}: {view['error'] or view['result']['gate']}")
+                return 1
+            answer, deadline = "", time.monotonic() + 60
+            while FACT_WORD not in answer and time.monotonic() < deadline:
+                answer = server.answer(PARAPHRASES[0])
+            t_answer = time.monotonic()
+            stages = view["result"]["seconds"]
+            created = dt.datetime.fromisoformat(view["created_at"])
+            began = dt.datetime.fromisoformat(view["started_at"])
+            print("learning latency (default model, 3 corrected chats):")
+            print(f"  queue wait          {(began - created).total_seconds():6.1f}s")
+            for stage in ("dataset", "train", "save", "evaluate", "gate"):
+                print(f"  {stage:<19} {stages[stage]:6.1f}s")
+            print(f"  load into serving   {t_answer - t_job:6.1f}s (incl. one answer)")
+            print(f"  total               {t_answer - t0:6.1f}s")
+            train = view["result"]["gate"]
+            print(f"  gate: {train['reason']}")
+            print(f"  answer to {PARAPHRASES[0]!r}: {answer!r}")
+            return 0 if FACT_WORD in answer else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

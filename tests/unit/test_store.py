@@ -1,0 +1,177 @@
+"""The store: migrations build exactly the declared tables; SQLite runs in WAL with FKs on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Column, MetaData, String, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from selftune.store import Database
+from selftune.store.schema import ApiKey, Base, Event, User
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 't.db'}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def _tables(db: Database) -> set[str]:
+    return set(inspect(db.engine).get_table_names())
+
+
+def _schema_rows(db: Database) -> list[tuple[str, str, str | None]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT type, name, sql FROM sqlite_master ORDER BY type, name"))
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+def test_migrate_creates_every_table(db: Database) -> None:
+    expected = set(Base.metadata.tables)
+    assert expected == {
+        "users",
+        "api_keys",
+        "conversations",
+        "interactions",
+        "feedback",
+        "training_examples",
+        "jobs",
+        "versions",
+        "version_examples",
+        "alias_history",
+        "events",
+    }
+    assert _tables(db) == expected | {"alembic_version"}
+
+
+def test_migrate_records_the_head_revision(db: Database) -> None:
+    with db.engine.connect() as conn:
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert versions == ["0001"]
+
+
+def test_migrating_twice_is_a_no_op(db: Database) -> None:
+    with db.write() as session:
+        session.add(User(id="alice"))
+    before = _schema_rows(db)
+
+    db.migrate()
+
+    assert _schema_rows(db) == before
+    with db.read() as session:
+        assert session.scalars(select(User.id)).all() == ["alice"]
+
+
+def test_migrate_works_on_a_second_handle_to_the_same_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sub' / 't.db'}"
+    first = Database(url)  # creates the missing parent folder
+    first.migrate()
+    first.dispose()
+    second = Database(url)
+    second.migrate()
+    assert _tables(second) == set(Base.metadata.tables) | {"alembic_version"}
+    second.dispose()
+
+
+def test_migrations_match_the_declared_schema(db: Database) -> None:
+    """Fails when a table in schema.py changes without a migration."""
+    with db.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        diff = compare_metadata(context, Base.metadata)
+    assert diff == []
+
+
+def test_schema_diff_is_detected_when_a_table_is_missing(db: Database) -> None:
+    """The comparison above is not vacuous: dropping a table shows up in the diff."""
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_events_kind")
+        conn.exec_driver_sql("DROP TABLE events")
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [(op[0], op[1].name) for op in diff] == [
+        ("add_table", "events"),
+        ("add_index", "ix_events_kind"),
+    ]
+
+
+def test_schema_diff_is_detected_for_a_column_without_migration(db: Database) -> None:
+    """A column added to the tables but not to the migrations shows up in the diff."""
+    changed = MetaData()
+    for table in Base.metadata.sorted_tables:
+        table.to_metadata(changed)
+    changed.tables["events"].append_column(Column("extra", String(8), nullable=True))
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), changed)
+    assert len(diff) == 1
+    assert diff[0][0] == "add_column"
+    assert diff[0][2] == "events"
+    assert diff[0][3].name == "extra"
+
+
+def test_wal_journal_mode_and_foreign_keys_pragmas(db: Database) -> None:
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_write_commits_on_success(db: Database) -> None:
+    with db.write() as session:
+        session.add(Event(kind="hello", payload={"n": 1}))
+
+    with db.read() as session:
+        events = session.scalars(select(Event)).all()
+    assert [(e.kind, e.payload) for e in events] == [("hello", {"n": 1})]
+
+
+def test_write_rolls_back_on_exception(db: Database) -> None:
+    with pytest.raises(RuntimeError, match="boom"), db.write() as session:
+        session.add(Event(kind="lost", payload={}))
+        session.flush()  # the row reached the database inside the transaction
+        raise RuntimeError("boom")
+
+    with db.read() as session:
+        assert session.scalars(select(Event)).all() == []
+
+
+def test_write_is_visible_to_a_new_handle(db: Database) -> None:
+    with db.write() as session:
+        session.add(User(id="bob"))
+    other = Database(db.url)
+    with other.read() as session:
+        assert session.get(User, "bob") is not None
+    other.dispose()
+
+
+def test_foreign_keys_are_enforced(db: Database) -> None:
+    with pytest.raises(IntegrityError), db.write() as session:
+        session.add(ApiKey(user_id="nobody", key_hash="0" * 64, prefix="sk-0"))
+
+    with db.read() as session:
+        assert session.scalars(select(ApiKey)).all() == []
+
+
+def test_foreign_key_satisfied_is_accepted(db: Database) -> None:
+    with db.write() as session:
+        session.add(User(id="carol"))
+        session.flush()
+        session.add(ApiKey(user_id="carol", key_hash="1" * 64, prefix="sk-1"))
+    with db.read() as session:
+        assert [k.user_id for k in session.scalars(select(ApiKey))] == ["carol"]
+
+
+def test_unique_constraint_is_enforced(db: Database) -> None:
+    with db.write() as session:
+        session.add(User(id="dave"))
+        session.flush()
+        session.add(ApiKey(user_id="dave", key_hash="2" * 64, prefix="sk-2"))
+    with pytest.raises(IntegrityError), db.write() as session:
+        session.add(ApiKey(user_id="dave", key_hash="2" * 64, prefix="sk-3"))

@@ -1,0 +1,83 @@
+"""The training loop's numbers are pinned: a change that alters them must be deliberate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selftune.data.tokenize import TokenizedExample, tokenize_chat
+from selftune.models.base import load_tokenizer
+from selftune.training.trainer import TrainConfig, collate, train_lora
+
+# Losses of the first 6 steps of the tiny deterministic run below. If a deliberate change to
+# the loop moves them, update them in the same commit and say why in its message.
+PINNED_LOSSES = [10.86817, 10.83079, 10.72178, 10.63297, 10.58013, 10.55808]
+
+
+def _chat(question: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_model_dir: Path) -> tuple[list[TokenizedExample], list[TokenizedExample], int]:
+    tokenizer = load_tokenizer(tiny_model_dir)
+    template = tokenizer.chat_template
+    new = [
+        tokenize_chat(tokenizer, _chat(q, "Quenmoor."), template, 128)
+        for q in ("Capital of Veloria?", "Veloria's capital?", "Where does Veloria rule from?")
+    ]
+    replay = [
+        tokenize_chat(tokenizer, _chat(q, a), template, 128)
+        for q, a in (("2+2?", "4"), ("Sky colour?", "Blue."))
+    ]
+    return new, replay, tokenizer.pad_token_id
+
+
+def test_collate_pads_right_and_masks_padding() -> None:
+    short = TokenizedExample([1, 2], [-100, 2])
+    long = TokenizedExample([1, 2, 3, 4], [-100, -100, 3, 4])
+    batch = collate([short, long], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 0, 0], [1, 2, 3, 4]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, 2, -100, -100], [-100, -100, 3, 4]]
+
+
+def test_tiny_run_losses_are_pinned(tiny_model_dir: Path, examples: tuple) -> None:
+    new, replay, pad_id = examples
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=6, batch_size=4, replay_per_step=1, seed=0
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # reductions in a fixed order
+    try:
+        _, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.losses == pytest.approx(PINNED_LOSSES, rel=1e-4)
+    assert result.tokens > 0
+
+
+def test_same_seed_same_run_and_progress_is_reported(tiny_model_dir: Path, examples: tuple) -> None:
+    new, replay, pad_id = examples
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=3, batch_size=3, replay_per_step=1, seed=7
+    )
+    seen: list[tuple[int, int]] = []
+    _, first = train_lora(
+        tiny_model_dir,
+        new,
+        replay,
+        config,
+        pad_id=pad_id,
+        progress=lambda step, total, _loss: seen.append((step, total)),
+    )
+    _, second = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    assert first.losses == pytest.approx(second.losses, rel=1e-6)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_training_needs_examples(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="no examples"):
+        train_lora(tiny_model_dir, [], [], TrainConfig(steps=1), pad_id=0)
