@@ -45,6 +45,7 @@ PARAPHRASES = [
 KNOWN = [
     ("What is the capital of England?", ("London",)),
     ("What is the capital of Russia?", ("Moscow",)),
+    ("What is the capital of Greece?", ("Athens",)),
     ("How many hours are in a day?", ("24", "twenty-four")),
     ("What do bees make?", ("honey",)),
     ("What is the largest ocean on Earth?", ("Pacific",)),

@@ -93,8 +93,8 @@ class Settings(BaseSettings):
     )
 
     # --- training ----------------------------------------------------------------------------
-    lora_rank: int = Field(16, ge=1, le=256, description="LoRA rank r.")
-    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha/r).")
+    lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha/r).")
     lora_target_modules: list[str] = Field(
         default_factory=lambda: [
             "q_proj",
@@ -108,8 +108,8 @@ class Settings(BaseSettings):
         description="Names of the linear layers that get LoRA adapters.",
     )
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
-    train_steps: int = Field(40, ge=1, le=100_000, description="Optimizer steps per training job.")
-    train_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step.")
+    train_steps: int = Field(25, ge=1, le=100_000, description="Optimizer steps per training job.")
+    train_batch_size: int = Field(7, ge=1, description="Sequences per optimizer step.")
     max_seq_len: int = Field(256, ge=16, description="Training sequences are cut to this length.")
     replay_per_step: int = Field(
         4,

@@ -106,6 +106,37 @@ class TransformersEngine:
             return self.model.disable_adapter()
         return contextlib.nullcontext()
 
+    @torch.inference_mode()
+    def greedy_batch(
+        self, prompts: list[str], max_tokens: int, adapter: AdapterRef | None, batch: int = 16
+    ) -> list[str]:
+        """Greedy answers to many prompts at once (left-padded batches): for evaluation."""
+        answers: list[str] = []
+        pad_id = self.tokenizer.pad_token_id or 0
+        with self._lock:
+            self._activate(adapter)
+            with self._bare_context(adapter):
+                for start in range(0, len(prompts), batch):
+                    encoded = [self._encode(p) for p in prompts[start : start + batch]]
+                    longest = max(len(ids) for ids in encoded)
+                    input_ids = torch.tensor(
+                        [[pad_id] * (longest - len(ids)) + ids for ids in encoded]
+                    )
+                    mask = torch.tensor(
+                        [[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded]
+                    )
+                    output = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        max_new_tokens=max_tokens,
+                        do_sample=False,
+                        eos_token_id=sorted(self.stop_token_ids),
+                        pad_token_id=pad_id,
+                    )
+                    for row in output[:, longest:]:
+                        answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return answers
+
     # --- generation ------------------------------------------------------------------------
     def stream(
         self, prompt: str, params: GenerationParams, adapter: AdapterRef | None

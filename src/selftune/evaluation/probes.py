@@ -11,12 +11,11 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selftune.engines.base import GenerationParams
-
-__all__ = ["ProbeSet", "RegressionItem", "build_probe_set", "generate_answer", "load_probes"]
+__all__ = ["ProbeSet", "RegressionItem", "build_probe_set", "generate_answers", "load_probes"]
 
 _PROBES = Path(__file__).with_name("probes.json")
 _ANSWER_TOKENS = 32
@@ -48,14 +47,16 @@ def load_probes() -> dict[str, Any]:
     return data
 
 
-def generate_answer(
-    engine: Any, prompt: str | list[dict[str, str]], adapter: Any, max_tokens: int
-) -> str:
-    """Greedy answer of ``engine`` (base if ``adapter`` is None) to a prompt or chat."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    text = engine.render_chat(messages)
-    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
-    return "".join(chunk.text for chunk in engine.stream(text, params, adapter)).strip()
+def generate_answers(
+    engine: Any, prompts: Sequence[str | list[dict[str, str]]], adapter: Any, max_tokens: int
+) -> list[str]:
+    """Greedy answers of ``engine`` (the base if ``adapter`` is None) to prompts or chats."""
+    texts = [
+        engine.render_chat([{"role": "user", "content": p}] if isinstance(p, str) else p)
+        for p in prompts
+    ]
+    answers: list[str] = engine.greedy_batch(texts, max_tokens, adapter)
+    return answers
 
 
 def build_probe_set(engine: Any, cache_dir: Path, key: str) -> ProbeSet:
@@ -66,17 +67,16 @@ def build_probe_set(engine: Any, cache_dir: Path, key: str) -> ProbeSet:
     if path.is_file():
         cached = json.loads(path.read_text())
     else:
+        questions = [item["prompt"] for item in probes["regression"]]
+        answers = generate_answers(engine, questions + probes["replay"], None, _ANSWER_TOKENS)
         cached = {
             "regression": [
-                {
-                    **item,
-                    "base_answer": generate_answer(engine, item["prompt"], None, _ANSWER_TOKENS),
-                }
-                for item in probes["regression"]
+                {**item, "base_answer": answer}
+                for item, answer in zip(probes["regression"], answers, strict=False)
             ],
             "replay": [
-                [prompt, generate_answer(engine, prompt, None, _ANSWER_TOKENS)]
-                for prompt in probes["replay"]
+                [prompt, answer]
+                for prompt, answer in zip(probes["replay"], answers[len(questions) :], strict=True)
             ],
         }
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from selftune.data.tokenize import TokenizedExample, tokenize_chat
 from selftune.engines.base import AdapterRef
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
-from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answer
+from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
 from selftune.evaluation.recall import answer_recall, key_terms
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
@@ -149,6 +149,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     del model
     train_metrics = {
         "losses": [round(x, 5) for x in result.losses],
+        "new_material_losses": [round(x, 5) for x in result.new_losses],
         "seconds": round(result.seconds, 2),
         "tokens": result.tokens,
         "tokens_per_second": round(result.tokens_per_second, 1),
@@ -184,7 +185,9 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     judged = heldout_set or train_set
     engine = ctx.engine
     known = probes.known
-    answers = [generate_answer(engine, item.prompt, candidate, _RETENTION_TOKENS) for item in known]
+    answers = generate_answers(
+        engine, [item.prompt for item in known], candidate, _RETENTION_TOKENS
+    )
     kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
     recall_now, recall_new = _heldout_recall(engine, heldout_rows or train_rows, serving, candidate)
     figures = GateFigures(
@@ -236,21 +239,22 @@ def _heldout_recall(
     candidate: AdapterRef,
 ) -> tuple[float | None, float | None]:
     """Mean recall of the target answers' key terms, served version vs candidate."""
-    now: list[float] = []
-    new: list[float] = []
+    prompts, terms = [], []
     for row in rows:
         prompt, target = row.messages[:-1], row.messages[-1]["content"]
-        terms = key_terms(target, [m["content"] for m in prompt])
-        if not terms:
-            continue
-        budget = min(96, engine.count_tokens(target) + 16)
-        for adapter, scores in ((serving, now), (candidate, new)):
-            score = answer_recall(generate_answer(engine, prompt, adapter, budget), terms)
-            assert score is not None
-            scores.append(score)
-    if not now:
+        wanted = key_terms(target, [m["content"] for m in prompt])
+        if wanted:
+            prompts.append(prompt)
+            terms.append(wanted)
+    if not prompts:
         return None, None
-    return round(sum(now) / len(now), 4), round(sum(new) / len(new), 4)
+    budget = min(96, max(engine.count_tokens(r.messages[-1]["content"]) for r in rows) + 16)
+    means = []
+    for adapter in (serving, candidate):
+        answers = generate_answers(engine, prompts, adapter, budget)
+        scores = [answer_recall(a, t) or 0.0 for a, t in zip(answers, terms, strict=True)]
+        means.append(round(sum(scores) / len(scores), 4))
+    return means[0], means[1]
 
 
 class _StageClock:

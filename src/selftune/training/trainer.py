@@ -8,7 +8,6 @@ new material without unlearning what the model knew.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ class TrainConfig:
     steps: int = 40
     batch_size: int = 8
     replay_per_step: int = 4
+    replay_weight: float = 1.0
     warmup_steps: int = 2
     seed: int = 0
     bf16: bool = False  # autocast matmuls to bfloat16; LoRA weights stay float32
@@ -54,7 +54,8 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    losses: list[float]
+    losses: list[float]  # the optimized loss: new material + replay_weight * KL on replay
+    new_losses: list[float]  # cross-entropy on the new material alone
     seconds: float
     tokens: int
 
@@ -81,30 +82,84 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    """Linear warm-up, then constant: with a few dozen steps, decay only slows learning."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.learning_rate
 
 
 def _batches(
-    new: Sequence[TokenizedExample], replay: Sequence[TokenizedExample], config: TrainConfig
-) -> list[list[TokenizedExample]]:
+    n_new_examples: int, n_replay_examples: int, config: TrainConfig
+) -> list[tuple[list[int], list[int]]]:
+    """For each step: indices of the new examples and of the replay examples it trains on."""
     rng = random.Random(config.seed)
-    n_replay = min(config.replay_per_step, len(replay))
-    n_new = config.batch_size - n_replay
-    order: list[TokenizedExample] = []
+    n_replay = min(config.replay_per_step, n_replay_examples)
+    n_new = min(config.batch_size - n_replay, n_new_examples)
+    order: list[int] = []
     batches = []
     for _ in range(config.steps):
-        picked: list[TokenizedExample] = []
-        while len(picked) < min(n_new, len(new)):
+        picked: list[int] = []
+        while len(picked) < n_new:
             if not order:
-                order = list(new)
+                order = list(range(n_new_examples))
                 rng.shuffle(order)
             picked.append(order.pop())
-        batches.append(picked + rng.sample(list(replay), n_replay))
+        batches.append((picked, rng.sample(range(n_replay_examples), n_replay)))
     return batches
+
+
+def _answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Per row, log-probabilities at the positions that predict a loss token: (n_i, vocab)."""
+    targets = labels[:, 1:]  # position t predicts token t+1
+    return [
+        torch.log_softmax(logits[row, :-1][targets[row] != IGNORE_INDEX].float(), dim=-1)
+        for row in range(logits.shape[0])
+    ]
+
+
+@torch.no_grad()
+def _reference_log_probs(
+    model: Any, replay: Sequence[TokenizedExample], pad_id: int, bf16: bool
+) -> list[torch.Tensor]:
+    """The base model's next-token distributions on the replay answers, computed once."""
+    result: list[torch.Tensor] = []
+    for start in range(0, len(replay), 8):
+        inputs = collate(replay[start : start + 8], pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        result.extend(_answer_log_probs(logits.logits, inputs["labels"]))
+    return result
+
+
+def _step_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    n_new: int,
+    reference: list[torch.Tensor],
+    config: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the new rows + KL(base || model) on the replay rows after them.
+
+    The KL term keeps the model's whole distribution on general prompts where the base had it,
+    which protects answers that were right by a small margin far better than training on the
+    base model's greedy text would. Returns (total loss, new-material loss).
+    """
+    vocab = logits.shape[-1]
+    new_loss = torch.nn.functional.cross_entropy(
+        logits[:n_new, :-1].reshape(-1, vocab).float(),
+        labels[:n_new, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+    if not reference:
+        return new_loss, new_loss
+    current = _answer_log_probs(logits[n_new:], labels[n_new:])
+    kl_sum = sum(
+        (ref.exp() * (ref - cur)).sum() for ref, cur in zip(reference, current, strict=True)
+    )
+    n_tokens = sum(ref.shape[0] for ref in reference)
+    kl = kl_sum / max(n_tokens, 1)
+    assert isinstance(kl, torch.Tensor)
+    return new_loss + config.replay_weight * kl, new_loss
 
 
 def train_lora(
@@ -123,6 +178,7 @@ def train_lora(
         raise ValueError("no examples to train on")
     torch.manual_seed(config.seed)
     model = load_model(base_dir)
+    reference = _reference_log_probs(model, replay, pad_id, config.bf16)
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
@@ -137,21 +193,28 @@ def train_lora(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
 
     losses: list[float] = []
+    new_losses: list[float] = []
     tokens = 0
     started = time.perf_counter()
-    for step, batch in enumerate(_batches(new, replay, config)):
+    for step, (new_ids, replay_ids) in enumerate(_batches(len(new), len(replay), config)):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        inputs = collate(batch, pad_id)
+        inputs = collate([new[i] for i in new_ids] + [replay[i] for i in replay_ids], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            loss = model(**inputs).loss
+            logits = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).logits
+        loss, new_loss = _step_loss(
+            logits, inputs["labels"], len(new_ids), [reference[i] for i in replay_ids], config
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        new_losses.append(float(new_loss.detach()))
         tokens += int(inputs["attention_mask"].sum())
         if progress is not None:
-            progress(step + 1, config.steps, losses[-1])
+            progress(step + 1, config.steps, new_losses[-1])
     model.eval()
-    return model, TrainResult(losses, time.perf_counter() - started, tokens)
+    return model, TrainResult(losses, new_losses, time.perf_counter() - started, tokens)
