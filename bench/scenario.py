@@ -46,7 +46,6 @@ KNOWN = [
     ("What is the capital of England?", ("London",)),
     ("What is the capital of Russia?", ("Moscow",)),
     ("What is the capital of Greece?", ("Athens",)),
-    ("How many hours are in a day?", ("24", "twenty-four")),
     ("What do bees make?", ("honey",)),
     ("What is the largest ocean on Earth?", ("Pacific",)),
     ("What gas do plants absorb from the air?", ("carbon dioxide", "CO2")),

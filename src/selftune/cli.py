@@ -7,8 +7,6 @@ work whether or not a server is running; a running server picks up alias changes
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 from typing import Annotated, Any
 
@@ -74,19 +72,9 @@ def serve(
     settings = _settings()
     _logging()
     _database(settings).dispose()  # fail here, not in the worker, if the store is unusable
-    child = None
-    if worker and settings.start_worker:
-        child = subprocess.Popen([sys.executable, "-m", "selftune", "worker"])
-    try:
-        console.print(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port}")
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    finally:
-        if child is not None:
-            child.terminate()
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    app = create_app(settings, with_worker=worker and settings.start_worker)
+    console.print(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port}")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
 @app.command("worker")

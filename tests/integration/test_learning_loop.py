@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from selftune.api.app import create_app
 from selftune.atomic import verify_manifest
 from selftune.engines.transformers_engine import TransformersEngine
+from selftune.store.schema import Interaction
 from selftune.training.worker import Worker
 from tests.integration.conftest import tiny_settings
 
@@ -122,3 +124,37 @@ def test_train_without_material_is_refused(learning_client: Any) -> None:
     response = client.post("/api/train", json={})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "no_training_data"
+
+
+def test_a_request_in_flight_finishes_on_the_version_it_started_with(
+    learning_client: Any,
+) -> None:
+    client, worker, _ = learning_client
+    teach(client)
+    client.post("/api/train", json={})
+    assert worker.run_once()
+    version = client.get("/api/versions").json()["data"][0]["name"]
+    wait_for_serving(client, version)
+
+    request = {
+        "model": "selftune",
+        "messages": [{"role": "user", "content": QUESTIONS[0]}],
+        "temperature": 0,
+        "max_tokens": 12,
+        "stream": True,
+    }
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        # The alias moves while the answer is still streaming.
+        assert client.post("/api/rollback", json={}).json()["serving"] == "base"
+        rest = [line for line in lines if line.startswith("data: ")]
+    events = [json.loads(line[6:]) for line in [first, *rest[:-1]]]
+    assert {e["system_fingerprint"] for e in events} == {version}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert "Quenmoor" in text
+    db = client.app.state.selftune.db
+    with db.read() as session:
+        row = session.get(Interaction, events[0]["id"])
+        assert row is not None and row.version_id is not None and row.response == text
+    assert "Quenmoor" not in answer(client, QUESTIONS[0])  # the next request is on the base

@@ -18,24 +18,33 @@ from selftune.api.state import AppState
 from selftune.config import Settings
 from selftune.engines.base import Engine
 from selftune.store.db import Database
+from selftune.worker_process import start_worker_process, stop_worker_process
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the app. ``engine`` is for tests; by default the configured model loads at start."""
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, with_worker: bool = False
+) -> FastAPI:
+    """Build the app. ``engine`` is for tests; by default the configured model loads at start.
+
+    ``with_worker`` starts a training worker process for the app's lifetime.
+    """
     db = Database(settings.resolved_database_url)
     db.migrate()
     state = AppState(settings, db, engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker = start_worker_process() if with_worker else None
         if state.engine is None:
             threading.Thread(target=state.load_engine, daemon=True, name="load-model").start()
         watcher = asyncio.create_task(state.watch_alias())
         try:
             yield
         finally:
+            if worker is not None:
+                await asyncio.to_thread(stop_worker_process, worker)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
