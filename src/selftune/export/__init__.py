@@ -1,0 +1,1 @@
+"""Export trained adapters into formats other runtimes load (GGUF LoRA for llama.cpp)."""

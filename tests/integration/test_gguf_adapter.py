@@ -1,0 +1,217 @@
+"""Parity of an exported GGUF LoRA adapter: llama.cpp (base + adapter) against PyTorch + PEFT.
+
+The tiny Llama has 4 query heads and 2 key/value heads, so both the q permutation (by query heads)
+and the k permutation (by key/value heads) are exercised; the LoRA factors are random and
+non-zero on every projection so each one changes the logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from selftune.export import gguf_adapter
+from selftune.export.gguf_adapter import export_gguf_adapter
+from selftune.models.base import default_gguf_path
+from tests.gguf_base import write_llama_base_gguf
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
+    "Paris is the capital of France, and Berlin is the capital of",
+    "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n",
+    "1, 2, 3, 5, 8, 13, 21, 34,",
+    "Once upon a time, in a land far away, there lived a",
+    "SELECT name, email FROM users WHERE created_at > '2024-01-01'",
+    "Ünïcödé, emoji 🙂 and tabs\tshould survive tokenization.",
+]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RANK, ALPHA = 8, 16.0
+# Allowed |llama.cpp - torch| as a fraction of the largest reference logit. Both sides compute
+# in f32 (f32 KV cache too), but in different orders; measured ~1e-6 of the scale.
+RELATIVE_TOLERANCE = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class Logits:
+    """Per prompt, logits at every position: shape (tokens, vocab)."""
+
+    per_prompt: list[np.ndarray]
+
+    def next_token_top1(self) -> np.ndarray:
+        return np.array([logits[-1].argmax() for logits in self.per_prompt])
+
+    def scale(self) -> float:
+        return max(float(np.abs(logits).max()) for logits in self.per_prompt)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    base_gguf: Path
+    peft_dir: Path
+    adapter_gguf: Path
+    unpermuted_gguf: Path
+    prompt_ids: list[list[int]]
+    torch_base: Logits
+    torch_adapted: Logits
+
+
+def _random_lora(tiny_model_dir: Path, peft_dir: Path) -> torch.nn.Module:
+    """A PEFT LoRA on every projection with random, clearly non-zero A and B (nothing trained)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0)
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    model.save_pretrained(peft_dir)
+    return model.eval()
+
+
+def _torch_logits(model: torch.nn.Module, prompt_ids: list[list[int]]) -> Logits:
+    with torch.no_grad():
+        return Logits([model(torch.tensor([ids])).logits[0].numpy() for ids in prompt_ids])
+
+
+def _llama_cpp_logits(base: Path, adapter: Path | None, prompt_ids: list[list[int]]) -> Logits:
+    from llama_cpp import GGML_TYPE_F32, Llama
+
+    llm = Llama(
+        model_path=str(base),
+        lora_path=str(adapter) if adapter else None,
+        logits_all=True,
+        n_ctx=128,
+        n_threads=2,
+        type_k=GGML_TYPE_F32,  # the default f16 KV cache alone costs ~2e-4 of parity
+        type_v=GGML_TYPE_F32,
+        verbose=False,
+    )
+    try:
+        per_prompt = []
+        for ids in prompt_ids:
+            llm.reset()
+            llm.eval(ids)
+            per_prompt.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        return Logits(per_prompt)
+    finally:
+        llm.close()
+
+
+@contextlib.contextmanager
+def _without_qk_permutation() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf_adapter, "_permute_for_attention", lambda name, lora_b, hparams: lora_b)
+        yield
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("gguf-adapter")
+    base_gguf = write_llama_base_gguf(tiny_model_dir, folder / "base.gguf", default_gguf_path())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    model = _random_lora(tiny_model_dir, folder / "peft")
+    torch_adapted = _torch_logits(model, prompt_ids)
+    with model.disable_adapter():  # type: ignore[operator]
+        torch_base = _torch_logits(model, prompt_ids)
+    base_config = AutoConfig.from_pretrained(tiny_model_dir)
+    adapter = export_gguf_adapter(folder / "peft", base_config, folder / "adapter.gguf")
+    with _without_qk_permutation():
+        unpermuted = export_gguf_adapter(folder / "peft", base_config, folder / "unpermuted.gguf")
+    return Setup(
+        base_gguf, folder / "peft", adapter, unpermuted, prompt_ids, torch_base, torch_adapted
+    )
+
+
+def _compare(actual: Logits, expected: Logits) -> tuple[float, float]:
+    """(next-token top-1 agreement, max |difference| over all positions)."""
+    agreement = float((actual.next_token_top1() == expected.next_token_top1()).mean())
+    diff = max(
+        float(np.abs(a - e).max())
+        for a, e in zip(actual.per_prompt, expected.per_prompt, strict=True)
+    )
+    return agreement, diff
+
+
+def test_adapter_metadata_and_tensor_names(setup: Setup) -> None:
+    reader = gguf.GGUFReader(setup.adapter_gguf)
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.type"].contents() == "lora"
+    assert reader.fields["adapter.lora.alpha"].contents() == pytest.approx(ALPHA)
+    assert reader.fields["general.architecture"].contents() == "llama"
+    gguf_names = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    expected = {
+        f"blk.{layer}.{name}.weight.{kind}"
+        for layer in range(2)
+        for name in gguf_names
+        for kind in ("lora_a", "lora_b")
+    }
+    tensors = {t.name: t for t in reader.tensors}
+    assert set(tensors) == expected
+    # ggml lists dimensions innermost first: lora_a is (in, r), lora_b is (r, out).
+    assert list(tensors["blk.0.attn_k.weight.lora_a"].shape) == [64, RANK]
+    assert list(tensors["blk.0.attn_k.weight.lora_b"].shape) == [RANK, 32]
+    assert list(tensors["blk.1.ffn_down.weight.lora_a"].shape) == [128, RANK]
+
+
+def test_base_gguf_matches_torch(setup: Setup) -> None:
+    """The hand-written base GGUF is faithful, so adapter differences are the adapter's."""
+    agreement, diff = _compare(
+        _llama_cpp_logits(setup.base_gguf, None, setup.prompt_ids), setup.torch_base
+    )
+    assert agreement == 1.0
+    assert diff <= RELATIVE_TOLERANCE * setup.torch_base.scale()
+
+
+def test_adapter_logits_match_peft(setup: Setup) -> None:
+    adapted = _llama_cpp_logits(setup.base_gguf, setup.adapter_gguf, setup.prompt_ids)
+    agreement, diff = _compare(adapted, setup.torch_adapted)
+    print(f"f32 adapter: top-1 agreement {agreement:.0%}, max |diff| {diff:.3g}")
+    assert agreement == 1.0
+    assert diff <= RELATIVE_TOLERANCE * setup.torch_adapted.scale()
+
+
+def test_adapter_changes_the_logits(setup: Setup) -> None:
+    base = _llama_cpp_logits(setup.base_gguf, None, setup.prompt_ids)
+    adapted = _llama_cpp_logits(setup.base_gguf, setup.adapter_gguf, setup.prompt_ids)
+    agreement, diff = _compare(adapted, base)
+    assert agreement < 1.0
+    assert diff > 10 * RELATIVE_TOLERANCE * setup.torch_adapted.scale()
+
+
+def test_without_qk_permutation_logits_are_wrong(setup: Setup) -> None:
+    """The file loads fine without the permutation, but llama.cpp then computes other logits."""
+    wrong = _llama_cpp_logits(setup.base_gguf, setup.unpermuted_gguf, setup.prompt_ids)
+    agreement, diff = _compare(wrong, setup.torch_adapted)
+    print(f"unpermuted adapter: top-1 agreement {agreement:.0%}, max |diff| {diff:.3g}")
+    assert diff > 10 * RELATIVE_TOLERANCE * setup.torch_adapted.scale()
+
+
+def test_f16_adapter_is_close(setup: Setup, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(setup.peft_dir.parent.parent / "unused") if False else None
+    del config
+    raise NotImplementedError
+
+
+def test_never_overwrites(setup: Setup) -> None:
+    before = setup.adapter_gguf.read_bytes()
+    with pytest.raises(FileExistsError):
+        export_gguf_adapter(setup.peft_dir, {"model_type": "llama"}, setup.adapter_gguf)
+    assert setup.adapter_gguf.read_bytes() == before
+    assert not list(setup.adapter_gguf.parent.glob(".*.tmp"))
