@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
@@ -18,9 +21,12 @@ import pytest
 import torch
 
 from selftune.export import gguf_adapter
-from selftune.export.gguf_adapter import export_gguf_adapter
+from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.models.base import default_gguf_path
 from tests.gguf_base import write_llama_base_gguf
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -33,7 +39,7 @@ PROMPTS = [
     "Ünïcödé, emoji 🙂 and tabs\tshould survive tokenization.",
 ]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RANK, ALPHA = 8, 16.0
+RANK, ALPHA = 8, 16
 # Allowed |llama.cpp - torch| as a fraction of the largest reference logit. Both sides compute
 # in f32 (f32 KV cache too), but in different orders; measured ~1e-6 of the scale.
 RELATIVE_TOLERANCE = 1e-2
@@ -56,6 +62,7 @@ class Logits:
 class Setup:
     base_gguf: Path
     peft_dir: Path
+    base_config: dict[str, Any]
     adapter_gguf: Path
     unpermuted_gguf: Path
     prompt_ids: list[list[int]]
@@ -63,7 +70,7 @@ class Setup:
     torch_adapted: Logits
 
 
-def _random_lora(tiny_model_dir: Path, peft_dir: Path) -> torch.nn.Module:
+def _random_lora(tiny_model_dir: Path, peft_dir: Path) -> PeftModel:
     """A PEFT LoRA on every projection with random, clearly non-zero A and B (nothing trained)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -76,7 +83,7 @@ def _random_lora(tiny_model_dir: Path, peft_dir: Path) -> torch.nn.Module:
         for name, param in model.named_parameters():
             if "lora_A" in name or "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    model.save_pretrained(peft_dir)
+    model.save_pretrained(str(peft_dir))
     return model.eval()
 
 
@@ -93,7 +100,8 @@ def _llama_cpp_logits(base: Path, adapter: Path | None, prompt_ids: list[list[in
         lora_path=str(adapter) if adapter else None,
         logits_all=True,
         n_ctx=128,
-        n_threads=2,
+        n_threads=1,  # tiny model; a second thread only spins when the CPUs are shared
+        n_threads_batch=1,
         type_k=GGML_TYPE_F32,  # the default f16 KV cache alone costs ~2e-4 of parity
         type_v=GGML_TYPE_F32,
         verbose=False,
@@ -126,14 +134,21 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     model = _random_lora(tiny_model_dir, folder / "peft")
     torch_adapted = _torch_logits(model, prompt_ids)
-    with model.disable_adapter():  # type: ignore[operator]
+    with model.disable_adapter():
         torch_base = _torch_logits(model, prompt_ids)
-    base_config = AutoConfig.from_pretrained(tiny_model_dir)
+    base_config = AutoConfig.from_pretrained(tiny_model_dir)  # a PretrainedConfig here
     adapter = export_gguf_adapter(folder / "peft", base_config, folder / "adapter.gguf")
     with _without_qk_permutation():
         unpermuted = export_gguf_adapter(folder / "peft", base_config, folder / "unpermuted.gguf")
     return Setup(
-        base_gguf, folder / "peft", adapter, unpermuted, prompt_ids, torch_base, torch_adapted
+        base_gguf=base_gguf,
+        peft_dir=folder / "peft",
+        base_config=base_config.to_dict(),  # the other tests pass a plain dict
+        adapter_gguf=adapter,
+        unpermuted_gguf=unpermuted,
+        prompt_ids=prompt_ids,
+        torch_base=torch_base,
+        torch_adapted=torch_adapted,
     )
 
 
@@ -202,11 +217,34 @@ def test_without_qk_permutation_logits_are_wrong(setup: Setup) -> None:
 
 
 def test_f16_adapter_is_close(setup: Setup, tmp_path: Path) -> None:
-    from transformers import AutoConfig
+    adapter = export_gguf_adapter(
+        setup.peft_dir, setup.base_config, tmp_path / "adapter-f16.gguf", dtype="f16"
+    )
+    adapted = _llama_cpp_logits(setup.base_gguf, adapter, setup.prompt_ids)
+    agreement, diff = _compare(adapted, setup.torch_adapted)
+    print(f"f16 adapter: top-1 agreement {agreement:.0%}, max |diff| {diff:.3g}")
+    assert agreement == 1.0
+    assert diff <= RELATIVE_TOLERANCE * setup.torch_adapted.scale()
 
-    config = AutoConfig.from_pretrained(setup.peft_dir.parent.parent / "unused") if False else None
-    del config
-    raise NotImplementedError
+
+@pytest.mark.parametrize(
+    ("config_change", "base_config"),
+    [
+        ({"use_dora": True}, {"model_type": "llama"}),
+        ({"lora_alpha": 0}, {"model_type": "llama"}),
+        ({}, {"model_type": "gpt2"}),
+    ],
+)
+def test_refuses_what_gguf_lora_cannot_hold(
+    setup: Setup, tmp_path: Path, config_change: dict[str, object], base_config: dict[str, object]
+) -> None:
+    peft_dir = tmp_path / "peft"
+    shutil.copytree(setup.peft_dir, peft_dir)
+    config_path = peft_dir / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **config_change}))
+    with pytest.raises(AdapterExportError):
+        export_gguf_adapter(peft_dir, {**setup.base_config, **base_config}, tmp_path / "a.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_never_overwrites(setup: Setup) -> None:

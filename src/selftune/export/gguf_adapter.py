@@ -103,8 +103,7 @@ def _architecture(hparams: Mapping[str, Any]) -> tuple[gguf.MODEL_ARCH, bool]:
     model_type = str(hparams.get("model_type", ""))
     if model_type not in _ARCHITECTURES:
         raise AdapterExportError(
-            f"GGUF adapter export supports model types {sorted(_ARCHITECTURES)}, "
-            f"not {model_type!r}"
+            f"GGUF adapter export supports model types {sorted(_ARCHITECTURES)}, not {model_type!r}"
         )
     return _ARCHITECTURES[model_type]
 
@@ -174,6 +173,7 @@ def _write_atomically(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an exported adapter is meant to be shared
         _write_gguf(tmp, arch_name, alpha, tensors)
         _fsync(tmp)
         _link_no_replace(tmp, out_path)
@@ -204,7 +204,9 @@ def _link_no_replace(source: Path, target: Path) -> None:
         raise FileExistsError(f"{target} appeared while the adapter was being exported") from None
     except OSError:  # a filesystem without hard links: a check right before replace must do
         if target.exists():
-            raise FileExistsError(f"{target} appeared while the adapter was being exported") from None
+            raise FileExistsError(
+                f"{target} appeared while the adapter was being exported"
+            ) from None
         os.replace(source, target)
 
 
