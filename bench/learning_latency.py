@@ -21,7 +21,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="selftune-bench-") as tmp:
         started_server = time.monotonic()
         with running_server(Path(tmp) / "data") as server:
-            print(f"server ready in {time.monotonic() - started_server:.1f}s (model load)")
+            ready = time.monotonic() - started_server
+            print(f"server and worker ready in {ready:.1f}s (model load, base answers to probes)")
             server.teach()
             t0 = time.monotonic()
             job = server.client.post("/api/train", json={}).json()

@@ -121,10 +121,14 @@ def _wait_healthy(client: httpx.Client, process: subprocess.Popen[bytes], timeou
         if process.poll() is not None:
             raise RuntimeError(f"selftune serve exited with {process.returncode}")
         with contextlib.suppress(httpx.TransportError):
-            if client.get("/health").status_code == 200:
+            health = client.get("/health")
+            # Ready when the model is loaded and a worker has warmed up to take jobs.
+            if health.status_code == 200 and any(
+                w["state"] in ("ready", "busy") for w in health.json()["workers"]
+            ):
                 return
         if time.monotonic() > deadline:
-            raise TimeoutError("the server did not become healthy")
+            raise TimeoutError("the server and its worker did not become ready")
         time.sleep(0.5)
 
 

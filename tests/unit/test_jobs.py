@@ -380,3 +380,12 @@ def test_recover_stale_cancels_a_job_whose_cancel_was_requested(db: Database) ->
 
     assert _job(db, job_id).status == "cancelled"
     assert jobs.claim(db, "new-worker") is None
+
+
+def test_worker_presence(db: Database) -> None:
+    from selftune.training.presence import live_workers, mark_worker
+
+    mark_worker(db, "host:1", "starting")
+    mark_worker(db, "host:2", "ready")
+    mark_worker(db, "host:2", "stopped")
+    assert live_workers(db) == [{"id": "host:1", "state": "starting"}]

@@ -47,6 +47,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
         "version_examples",
         "alias_history",
         "events",
+        "workers",
     }
     assert _tables(db) == expected | {"alembic_version"}
 
@@ -54,7 +55,27 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0001"]
+    assert versions == ["0002"]
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from selftune.store.db import _MIGRATIONS
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with db.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with db.write() as session:
+        session.add(User(id="old-user"))
+    db.migrate()
+    with db.read() as session:
+        assert session.get(User, "old-user") is not None
+    assert "workers" in _tables(db)
 
 
 def test_migrating_twice_is_a_no_op(db: Database) -> None:

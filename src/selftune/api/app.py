@@ -18,6 +18,7 @@ from selftune.api.state import AppState
 from selftune.config import Settings
 from selftune.engines.base import Engine
 from selftune.store.db import Database
+from selftune.training.presence import live_workers
 from selftune.worker_process import start_worker_process, stop_worker_process
 
 __all__ = ["create_app"]
@@ -62,6 +63,7 @@ def create_app(
             status = "error" if state.load_error else "loading"
             body = {"status": status, "error": state.load_error}
             return JSONResponse(body, status_code=503)
-        return {"status": "ok", "serving": state.serving.name}
+        workers = await asyncio.to_thread(live_workers, state.db)
+        return {"status": "ok", "serving": state.serving.name, "workers": workers}
 
     return app

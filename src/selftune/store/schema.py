@@ -25,12 +25,19 @@ __all__ = [
     "User",
     "Version",
     "VersionExample",
+    "Worker",
+    "as_utc",
     "utcnow",
 ]
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every time in the store is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -165,6 +172,16 @@ class AliasChange(Base):
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Worker(Base):
+    """A training worker process, so the server can tell whether anyone will take its jobs."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    state: Mapped[str] = mapped_column(String(16))  # "starting" | "ready" | "busy" | "stopped"
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Event(Base):

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from selftune.store.db import Database
-from selftune.store.schema import Event, Job, utcnow
+from selftune.store.schema import Event, Job, as_utc, utcnow
 from selftune.store.users import ensure_user
 
 __all__ = [
@@ -107,10 +107,7 @@ def recover_stale(db: Database, stale_seconds: float, max_attempts: int) -> list
     recovered = []
     with db.write() as session:
         for job in session.scalars(select(Job).where(Job.status == "running")):
-            beat = job.heartbeat_at
-            if beat is not None and beat.tzinfo is None:  # SQLite returns naive datetimes
-                beat = beat.replace(tzinfo=dt.UTC)
-            if beat is not None and beat > cutoff:
+            if job.heartbeat_at is not None and as_utc(job.heartbeat_at) > cutoff:
                 continue
             if job.cancel_requested:
                 job.status, job.finished_at, job.stage = "cancelled", utcnow(), "cancelled"

@@ -28,6 +28,7 @@ from selftune.training.pipeline import (
     TrainingContext,
     run_training_job,
 )
+from selftune.training.presence import PRESENCE_SECONDS, mark_worker
 
 __all__ = ["Worker", "run_worker"]
 
@@ -39,9 +40,9 @@ class _Stop(BaseException):
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, db: Database, job_id: int, every: float) -> None:
+    def __init__(self, db: Database, job_id: int, every: float, worker_id: str) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{job_id}")
-        self.db, self.job_id, self.every = db, job_id, every
+        self.db, self.job_id, self.every, self.worker_id = db, job_id, every, worker_id
         self.progress, self.stage = 0.0, "starting"
         self.cancelled = False
         self._done = threading.Event()
@@ -55,6 +56,7 @@ class _Heartbeat(threading.Thread):
         while not self._done.wait(self.every):
             try:
                 self.cancelled = jobs.report(self.db, self.job_id, self.progress, self.stage)
+                mark_worker(self.db, self.worker_id, "busy")
             except Exception:  # a busy database must not kill the job; the next beat retries
                 log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
 
@@ -100,7 +102,8 @@ class Worker:
         if job is None:
             return False
         log.info("job %s: started (attempt %s)", job.id, job.attempts)
-        beat = _Heartbeat(self.db, job.id, every=min(2.0, self.settings.job_stale_seconds / 4))
+        every = min(2.0, self.settings.job_stale_seconds / 4)
+        beat = _Heartbeat(self.db, job.id, every, self.worker_id)
         beat.start()
         try:
             result = run_training_job(self.context(), job.id, beat.update)
@@ -125,8 +128,14 @@ class Worker:
         return True
 
     def run_forever(self) -> None:
+        last_mark = 0.0
         while True:
-            if not self.run_once():
+            if time.monotonic() - last_mark > PRESENCE_SECONDS / 2:
+                mark_worker(self.db, self.worker_id, "ready")
+                last_mark = time.monotonic()
+            if self.run_once():
+                last_mark = 0.0
+            else:
                 time.sleep(self.settings.job_poll_seconds)
 
 
@@ -142,6 +151,7 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     worker = Worker(settings)
+    mark_worker(worker.db, worker.worker_id, "starting")
     try:
         # Load the model and the base model's probe answers now, not in the first job.
         worker.context().probes  # noqa: B018
@@ -150,4 +160,5 @@ def run_worker(settings: Settings) -> None:
     except _Stop as stop:
         log.info("worker stopped by %s", stop)
     finally:
+        mark_worker(worker.db, worker.worker_id, "stopped")
         worker.db.dispose()
