@@ -104,7 +104,12 @@ def test_teach_train_promote_rollback(learning_client: Any) -> None:
     assert version["parent"] == "base"
     assert len(version["trained_on"]) == 2 and len(version["held_out"]) == 1
     assert version["gate"]["passed"]
-    verify_manifest(Path(settings.versions_dir / version["name"]))
+    manifest = verify_manifest(Path(settings.versions_dir / version["name"]))
+    # The PEFT folder and the same adapter as a GGUF LoRA for llama.cpp, both checksummed.
+    assert {"adapter_model.safetensors", "adapter_config.json", "adapter.gguf"} <= set(
+        manifest["files"]
+    )
+    assert manifest["gguf_adapter"] == "adapter.gguf"
 
     rolled = client.post("/api/rollback", json={"reason": "test"}).json()
     assert rolled["serving"] == "base"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from selftune.engines.transformers_engine import TransformersEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
 from selftune.evaluation.recall import answer_recall, key_terms
+from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
 from selftune.store.db import Database
@@ -33,6 +35,7 @@ __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_jo
 
 log = logging.getLogger(__name__)
 
+GGUF_ADAPTER = "adapter.gguf"
 # Regression answers are checked on this many tokens: the expected word comes early.
 _RETENTION_TOKENS = 24
 
@@ -144,8 +147,10 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     with ctx.db.write() as session:
         name = next_version_name(session, settings.versions_dir)
     path = settings.versions_dir / name
-    with atomic_directory(path, {"version": name, "base": ctx.source.location}) as tmp:
-        model.save_pretrained(tmp)
+    metadata: dict[str, Any] = {"version": name, "base": ctx.source.location}
+    with atomic_directory(path, metadata) as tmp:
+        model.save_pretrained(tmp)  # the PEFT folder, for PEFT, vLLM and LoRAX users
+        metadata["gguf_adapter"] = _export_gguf(tmp, ctx.base_dir)
     del model
     train_metrics = {
         "losses": [round(x, 5) for x in result.losses],
@@ -230,6 +235,17 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         "gate": decision,
         "seconds": clock.laps,
     }
+
+
+def _export_gguf(peft_dir: Path, base_dir: Path) -> str | None:
+    """The same adapter as a GGUF LoRA for llama.cpp (``--lora``), where the base supports it."""
+    base_config = json.loads((base_dir / "config.json").read_text())
+    try:
+        export_gguf_adapter(peft_dir, base_config, peft_dir / GGUF_ADAPTER)
+    except AdapterExportError as exc:
+        log.warning("no GGUF adapter for this version: %s", exc)
+        return None
+    return GGUF_ADAPTER
 
 
 def _heldout_recall(
