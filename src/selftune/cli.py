@@ -114,6 +114,7 @@ def train(
     """Queue a training job on the curated examples (a worker must be running)."""
     from selftune.data.curation import active_examples
     from selftune.training import jobs
+    from selftune.training.presence import live_workers
 
     settings = _settings()
     db = _database(settings)
@@ -126,6 +127,11 @@ def train(
         )
     job_id = jobs.enqueue(db, "train", "cli", {"reason": "selftune train"})
     typer.echo(f"queued job {job_id}")
+    if not live_workers(db):
+        console.print(
+            "[yellow]no training worker is running:[/yellow] the job waits until one starts "
+            "('selftune worker', or 'selftune serve' which starts one)"
+        )
     if not wait:
         return
     view = _wait_for_job(db, job_id)

@@ -1,0 +1,349 @@
+"""Training throughput: selftune's LoRA trainer against a textbook PEFT loop, and the CPU's peak.
+
+Run with ``make bench`` (or ``python -m bench.training_throughput``). Learning latency is mostly
+training time, so this benchmark answers whether the trainer uses the machine well, in one run so
+that every figure is measured under the same (often shared, noisy) load:
+
+1. The machine's matrix-multiply peak: ``torch.matmul`` GFLOP/s in float32 and bfloat16 on
+   shapes like the default model's (2048x576 @ 576x1536) and on a large square one, best of a few
+   repeats, torch's default thread count. The higher of the two shapes is the "peak".
+2. Tokens per second (non-pad tokens) of ``train_lora`` with the production ``TrainConfig``
+   (``train_config(load_settings())``), against a textbook baseline: transformers + PEFT
+   ``get_peft_model`` with the same rank/alpha/targets, float32, AdamW, and the plain loop
+   ``loss = model(**batch).loss; loss.backward(); opt.step(); opt.zero_grad()``. Both see the
+   same batches of the same tokenized chats, with the same batch size, steps and seed; the first
+   steps are warm-up and not timed. The selftune trainer also runs in the other precision
+   (float32 if production autocasts to bf16), so the table shows what autocast itself buys.
+   Replay is off (an empty replay list): the baseline has no KL term, and with replay the trainer
+   would do extra work per token that the baseline does not.
+3. Achieved FLOP/s as a share of the measured peaks. With LoRA the frozen weights get no
+   gradient, so a token costs 2N FLOPs forward plus 2N backward (gradient w.r.t. activations
+   only), where N counts the weights of every frozen linear layer including the LM head; the
+   adapters are trained fully (forward, activation and weight gradients): 6 * N_lora. So
+   ``training FLOPs = tokens * (4 * N_frozen + 6 * N_lora)``; attention scores (<2% at these
+   lengths) and elementwise work are left out, so the shares are slight underestimates. Tokens are
+   the non-pad ones: padding costs compute but is not useful work.
+4. The loss after the same steps, on the last batch and over all examples, so that speed never
+   silently costs quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftune.config import load_settings
+from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_chat
+from selftune.models.base import load_model, load_tokenizer, materialize, resolve_base_model
+from selftune.models.templates import resolve_template
+from selftune.training.pipeline import train_config
+from selftune.training.trainer import TrainConfig, collate, train_lora
+
+# The trainer's own batch plan: the baseline must see exactly the batches the trainer sees.
+# Private, so a change of its signature breaks this benchmark loudly rather than silently.
+from selftune.training.trainer import _batches as trainer_batches
+
+BATCH_SIZE = 4
+WARMUP_STEPS = 2  # not timed: first calls allocate buffers and pick kernels
+TIMED_STEPS = 10
+N_EXAMPLES = 32
+PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048))  # (m, k, n): model-like and large
+PEAK_REPEATS = 5
+
+_NAMES = ["Arlen", "Brisa", "Corvin", "Dalia", "Emeric", "Fenna", "Galen", "Hester"]
+_FACTS = [
+    ("Which city does {n} live in?", "{n} lives in the harbour city of {v}.", "Quenmoor"),
+    ("What is {n}'s favourite colour?", "{n}'s favourite colour is {v}, without a doubt.", "teal"),
+    ("What instrument does {n} play?", "{n} plays the {v} every evening after dinner.", "cello"),
+    ("What does {n} do for a living?", "{n} works as a {v} at the old observatory.", "glazier"),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+    dtype: torch.dtype
+    shape: tuple[int, int, int]
+    gflops: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One trainer's figures. ``step_ends`` are perf_counter times at the end of each step."""
+
+    name: str
+    precision: str
+    step_ends: list[float]
+    step_tokens: list[int]
+    last_loss: float
+    eval_loss: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.step_tokens[WARMUP_STEPS:])
+
+    @property
+    def seconds(self) -> float:
+        return self.step_ends[-1] - self.step_ends[WARMUP_STEPS - 1]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def matmul_peaks() -> list[Peak]:
+    """Best-of-N ``torch.matmul`` GFLOP/s per dtype and shape: the ceiling training can reach."""
+    peaks = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, k, n in PEAK_SHAPES:
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel
+            best = float("inf")
+            for _ in range(PEAK_REPEATS):
+                started = time.perf_counter()
+                torch.matmul(a, b)
+                best = min(best, time.perf_counter() - started)
+            peaks.append(Peak(dtype, (m, k, n), 2 * m * k * n / best / 1e9))
+    return peaks
+
+
+def build_examples(tokenizer: Any, template: str, max_len: int) -> list[TokenizedExample]:
+    """Short synthetic Q/A chats about made-up people, rendered as training would render them."""
+    rng = random.Random(0)
+    values = {
+        "Quenmoor": ["Quenmoor", "Talvaro", "Brindlemere", "Oskeny"],
+        "teal": ["teal", "ochre", "crimson", "slate grey"],
+        "cello": ["cello", "bassoon", "hurdy-gurdy", "harp"],
+        "glazier": ["glazier", "cartographer", "beekeeper", "clockmaker"],
+    }
+    examples = []
+    for name in _NAMES:
+        for question, answer, key in _FACTS:
+            value = rng.choice(values[key])
+            chat = [
+                {"role": "user", "content": question.format(n=name)},
+                {"role": "assistant", "content": answer.format(n=name, v=value)},
+            ]
+            examples.append(tokenize_chat(tokenizer, chat, template, max_len))
+    return examples[:N_EXAMPLES]
+
+
+def linear_weights(model: torch.nn.Module) -> int:
+    """Weights of every ``nn.Linear`` (the LM head included): the matmul work per token / 2."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+@torch.no_grad()
+def eval_loss(model: Any, examples: Sequence[TokenizedExample], pad_id: int) -> float:
+    """Token-weighted cross-entropy on the answers of all examples, float32, no autocast."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), 8):
+        inputs = collate(examples[start : start + 8], pad_id)
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits = logits.logits[:, :-1].float()
+        labels = inputs["labels"][:, 1:]
+        total += float(
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+        )
+        count += int((labels != IGNORE_INDEX).sum())
+    return total / count
+
+
+def run_selftune(
+    base_dir: Path,
+    examples: Sequence[TokenizedExample],
+    config: TrainConfig,
+    step_tokens: list[int],
+    pad_id: int,
+) -> Run:
+    """``train_lora`` as the pipeline calls it; steps are timed through its progress callback."""
+    step_ends: list[float] = []
+    model, result = train_lora(
+        base_dir,
+        examples,
+        [],
+        config,
+        pad_id=pad_id,
+        progress=lambda _step, _total, _loss: step_ends.append(time.perf_counter()),
+    )
+    if result.tokens != sum(step_tokens):  # proves the baseline's batches are the trainer's
+        raise RuntimeError(f"trainer saw {result.tokens} tokens, expected {sum(step_tokens)}")
+    precision = "bf16 autocast" if config.bf16 else "float32"
+    return Run(
+        "selftune train_lora",
+        precision,
+        step_ends,
+        step_tokens,
+        result.new_losses[-1],
+        eval_loss(model, examples, pad_id),
+    )
+
+
+def run_baseline(
+    base_dir: Path,
+    examples: Sequence[TokenizedExample],
+    config: TrainConfig,
+    batches: Sequence[Sequence[int]],
+    step_tokens: list[int],
+    pad_id: int,
+) -> Run:
+    """The textbook loop: PEFT LoRA, float32, AdamW, no schedule, no clipping, HF's own loss."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)  # as train_lora does before loading: same adapter init
+    model = get_peft_model(
+        load_model(base_dir),
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
+            target_modules=list(config.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    model.train()
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
+    )
+    step_ends: list[float] = []
+    loss = torch.tensor(0.0)
+    for ids in batches:
+        batch = collate([examples[i] for i in ids], pad_id)
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        float(loss)
+        step_ends.append(time.perf_counter())
+    return Run(
+        "textbook PEFT loop",
+        "float32",
+        step_ends,
+        step_tokens,
+        float(loss),
+        eval_loss(model, examples, pad_id),
+    )
+
+
+def _timed(label: str, fn: Callable[[], Run]) -> Run:
+    started = time.perf_counter()
+    run = fn()
+    print(f"  {label}: {time.perf_counter() - started:.0f}s", flush=True)
+    return run
+
+
+def main() -> int:
+    settings = load_settings()
+    base_dir = materialize(resolve_base_model(settings.base_model), settings.cache_dir)
+    tokenizer = load_tokenizer(base_dir)
+    pad_id = tokenizer.pad_token_id or 0
+    template = resolve_template(settings.chat_template or None, tokenizer.chat_template)
+    examples = build_examples(tokenizer, template, settings.max_seq_len)
+
+    production = dataclasses.replace(
+        train_config(settings),
+        batch_size=BATCH_SIZE,
+        steps=WARMUP_STEPS + TIMED_STEPS,
+        replay_per_step=0,
+    )
+    other = dataclasses.replace(production, bf16=not production.bf16)
+    batches = [new for new, _replay in trainer_batches(len(examples), 0, production)]
+    step_tokens = [sum(len(examples[i].input_ids) for i in ids) for ids in batches]
+    padded = sum(BATCH_SIZE * max(len(examples[i].input_ids) for i in ids) for ids in batches)
+
+    print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
+    print("measuring:", flush=True)
+    started = time.perf_counter()
+    peaks = matmul_peaks()
+    print(f"  matmul peaks: {time.perf_counter() - started:.0f}s", flush=True)
+    runs = [
+        _timed(
+            "baseline",
+            lambda: run_baseline(base_dir, examples, production, batches, step_tokens, pad_id),
+        ),
+        _timed(
+            "selftune (production)",
+            lambda: run_selftune(base_dir, examples, production, step_tokens, pad_id),
+        ),
+        _timed(
+            "selftune (other precision)",
+            lambda: run_selftune(base_dir, examples, other, step_tokens, pad_id),
+        ),
+    ]
+
+    probe = load_model(base_dir)
+    n_frozen = linear_weights(probe)
+    n_lora = sum(
+        (config.rank * (m.in_features + m.out_features))
+        for name, m in probe.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in production.target_modules
+    )
+    del probe
+    flops_per_token = 4 * n_frozen + 6 * n_lora
+    peak_fp32 = max(p.gflops for p in peaks if p.dtype == torch.float32)
+    peak_bf16 = max(p.gflops for p in peaks if p.dtype == torch.bfloat16)
+
+    print()
+    print("matmul peak (torch.matmul, best of 5):")
+    for p in peaks:
+        m, k, n = p.shape
+        dtype = str(p.dtype).removeprefix("torch.")
+        print(f"  {dtype:<9} {m}x{k} @ {k}x{n:<5} {p.gflops:7.1f} GFLOP/s")
+    print()
+    config = production
+    print(
+        f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)}; "
+        f"lr {config.learning_rate:g}; batch {BATCH_SIZE} x {N_EXAMPLES} synthetic Q/A chats; "
+        f"{TIMED_STEPS} timed steps after {WARMUP_STEPS} warm-up; seed {config.seed}"
+    )
+    print(
+        f"replay: none (empty replay list, so no KL term in either); "
+        f"{sum(step_tokens[WARMUP_STEPS:])} non-pad tokens timed, "
+        f"padding {1 - sum(step_tokens) / padded:.0%} of computed positions"
+    )
+    print(
+        f"FLOPs/token = 4*N_frozen + 6*N_lora = 4*{n_frozen / 1e6:.1f}M + 6*{n_lora / 1e6:.2f}M "
+        f"= {flops_per_token / 1e9:.3f} GFLOP (frozen linears incl. LM head; attention and "
+        "elementwise work left out)"
+    )
+    print()
+    header = (
+        f"  {'trainer':<20} {'precision':<14} {'tokens/s':>8} {'vs base':>7} {'GFLOP/s':>8} "
+        f"{'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9}"
+    )
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    baseline = runs[0]
+    for run in runs:
+        gflops = run.tokens_per_second * flops_per_token / 1e9
+        tag = " (prod)" if run is runs[1] else ""
+        print(
+            f"  {run.name:<20} {run.precision + tag:<14} {run.tokens_per_second:8.0f} "
+            f"{run.tokens_per_second / baseline.tokens_per_second:6.2f}x {gflops:8.1f} "
+            f"{gflops / peak_fp32:7.1%} {gflops / peak_bf16:7.1%} "
+            f"{run.last_loss:9.3f} {run.eval_loss:9.3f}"
+        )
+    print()
+    print(
+        "  last loss: the last step's batch; eval loss: all examples after training, float32. "
+        "The textbook loop has no lr warm-up or grad clipping, so losses differ slightly."
+    )
+    print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
