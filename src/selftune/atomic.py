@@ -25,6 +25,7 @@ __all__ = [
     "MANIFEST",
     "ArtifactError",
     "atomic_directory",
+    "fsync_path",
     "remove_incomplete",
     "sha256_file",
     "verify_manifest",
@@ -46,7 +47,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -69,7 +70,7 @@ def atomic_directory(final: Path, metadata: dict[str, Any] | None = None) -> Ite
         yield tmp
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            _fsync_path(path)
+            fsync_path(path)
             files[str(path.relative_to(tmp))] = {
                 "sha256": sha256_file(path),
                 "bytes": path.stat().st_size,
@@ -77,10 +78,10 @@ def atomic_directory(final: Path, metadata: dict[str, Any] | None = None) -> Ite
         manifest = {**(metadata or {}), "files": files}  # the checksums always win
         manifest_path = tmp / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _fsync_path(manifest_path)
-        _fsync_path(tmp)
+        fsync_path(manifest_path)
+        fsync_path(tmp)
         _rename_no_replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,14 +12,6 @@ from selftune.store import Database
 from selftune.store.schema import Event, Job, User, utcnow
 from selftune.training import jobs
 from selftune.training.jobs import JobError
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 't.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def _job(db: Database, job_id: int) -> Job:

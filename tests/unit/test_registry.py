@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,6 @@ from selftune.store import Database
 from selftune.store.schema import AliasChange, Event, Version
 
 Row = tuple[Any, ...]
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 't.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def _add_version(

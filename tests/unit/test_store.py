@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from sqlalchemy.exc import IntegrityError
 
 from selftune.store import Database
 from selftune.store.schema import ApiKey, Base, Event, User
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 't.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def _tables(db: Database) -> set[str]:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import gguf
 import numpy as np
 
+from selftune.atomic import fsync_path
+
 if TYPE_CHECKING:
     import torch
 
@@ -175,9 +177,9 @@ def _write_atomically(
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; an exported adapter is meant to be shared
         _write_gguf(tmp, arch_name, alpha, tensors)
-        _fsync(tmp)
+        fsync_path(tmp)
         _link_no_replace(tmp, out_path)
-        _fsync(out_path.parent)
+        fsync_path(out_path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -208,11 +210,3 @@ def _link_no_replace(source: Path, target: Path) -> None:
                 f"{target} appeared while the adapter was being exported"
             ) from None
         os.replace(source, target)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
