@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import learning_latency
+from bench import learning_latency, training_throughput
 
-sys.exit(learning_latency.main())
+status = learning_latency.main()
+print()
+status = training_throughput.main() or status
+sys.exit(status)

@@ -4,9 +4,11 @@ Run with ``make bench`` (or ``python -m bench.training_throughput``). Learning l
 training time, so this benchmark answers whether the trainer uses the machine well, in one run so
 that every figure is measured under the same (often shared, noisy) load:
 
-1. The machine's matrix-multiply peak: ``torch.matmul`` GFLOP/s in float32 and bfloat16 on
-   shapes like the default model's (2048x576 @ 576x1536) and on a large square one, best of a few
-   repeats, torch's default thread count. The higher of the two shapes is the "peak".
+1. The machine's matrix-multiply peak: ``torch.matmul`` GFLOP/s in float32 and bfloat16 on the
+   default model's MLP shape at 2048 tokens (2048x576 @ 576x1536), a large square one, and the
+   MLP shape at one training batch of tokens (256 rows), best of a few repeats with torch's
+   default thread count, measured before, between and after the trainers. The best shape of each
+   dtype is its "peak".
 2. Tokens per second (non-pad tokens) of ``train_lora`` with the production ``TrainConfig``
    (``train_config(load_settings())``), against a textbook baseline: transformers + PEFT
    ``get_peft_model`` with the same rank/alpha/targets, float32, AdamW, and the plain loop
@@ -25,14 +27,22 @@ that every figure is measured under the same (often shared, noisy) load:
    the non-pad ones: padding costs compute but is not useful work.
 4. The loss after the same steps, on the last batch and over all examples, so that speed never
    silently costs quality.
+
+The machine is shared: another process computing at the same time oversubscribes the cores and
+can slow single steps tenfold. So the trainers run interleaved, twice when time allows, each
+reported by its faster run and by its median step, and the output says how much CPU other
+processes took meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,15 +64,35 @@ BATCH_SIZE = 4
 WARMUP_STEPS = 2  # not timed: first calls allocate buffers and pick kernels
 TIMED_STEPS = 10
 N_EXAMPLES = 32
-PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048))  # (m, k, n): model-like and large
+# (m, k, n): the model's MLP shape at 2048 tokens, a large square one, and the MLP shape at one
+# training batch's worth of tokens (the ceiling the trainer's matmuls can actually reach).
+PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048), (256, 576, 1536))
 PEAK_REPEATS = 5
+ROUNDS = 2  # each trainer runs this often, interleaved; the fastest run is reported
+ROUND_BUDGET_S = 100.0  # a first round slower than this (a busy machine) skips the second
 
 _NAMES = ["Arlen", "Brisa", "Corvin", "Dalia", "Emeric", "Fenna", "Galen", "Hester"]
-_FACTS = [
-    ("Which city does {n} live in?", "{n} lives in the harbour city of {v}.", "Quenmoor"),
-    ("What is {n}'s favourite colour?", "{n}'s favourite colour is {v}, without a doubt.", "teal"),
-    ("What instrument does {n} play?", "{n} plays the {v} every evening after dinner.", "cello"),
-    ("What does {n} do for a living?", "{n} works as a {v} at the old observatory.", "glazier"),
+_FACTS = [  # (question, answer, values the answer picks from)
+    (
+        "Which city does {n} live in?",
+        "{n} lives in the harbour city of {v}.",
+        ("Quenmoor", "Talvaro", "Brindlemere", "Oskeny"),
+    ),
+    (
+        "What is {n}'s favourite colour?",
+        "{n}'s favourite colour is {v}, without a doubt.",
+        ("teal", "ochre", "crimson", "slate grey"),
+    ),
+    (
+        "What instrument does {n} play?",
+        "{n} plays the {v} every evening after dinner.",
+        ("cello", "bassoon", "hurdy-gurdy", "harp"),
+    ),
+    (
+        "What does {n} do for a living?",
+        "{n} works as a {v} at the old observatory.",
+        ("glazier", "cartographer", "beekeeper", "clockmaker"),
+    ),
 ]
 
 
@@ -85,20 +115,25 @@ class Run:
     eval_loss: float
 
     @property
-    def tokens(self) -> int:
-        return sum(self.step_tokens[WARMUP_STEPS:])
-
-    @property
-    def seconds(self) -> float:
-        return self.step_ends[-1] - self.step_ends[WARMUP_STEPS - 1]
+    def step_rates(self) -> list[float]:
+        """Tokens/s of each timed step (the warm-up steps left out)."""
+        return [
+            self.step_tokens[i] / (self.step_ends[i] - self.step_ends[i - 1])
+            for i in range(WARMUP_STEPS, len(self.step_ends))
+        ]
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds
+        """The median step's rate: a step slowed by another process's burst does not count."""
+        return statistics.median(self.step_rates)
 
 
 def matmul_peaks() -> list[Peak]:
-    """Best-of-N ``torch.matmul`` GFLOP/s per dtype and shape: the ceiling training can reach."""
+    """Best-of-N ``torch.matmul`` GFLOP/s per dtype and shape: the ceiling training can reach.
+
+    Measured again between and after the training rounds, keeping the best: a burst from another
+    process during one measurement would otherwise understate the peak and flatter the trainers.
+    """
     peaks = []
     for dtype in (torch.float32, torch.bfloat16):
         for m, k, n in PEAK_SHAPES:
@@ -116,16 +151,10 @@ def matmul_peaks() -> list[Peak]:
 def build_examples(tokenizer: Any, template: str, max_len: int) -> list[TokenizedExample]:
     """Short synthetic Q/A chats about made-up people, rendered as training would render them."""
     rng = random.Random(0)
-    values = {
-        "Quenmoor": ["Quenmoor", "Talvaro", "Brindlemere", "Oskeny"],
-        "teal": ["teal", "ochre", "crimson", "slate grey"],
-        "cello": ["cello", "bassoon", "hurdy-gurdy", "harp"],
-        "glazier": ["glazier", "cartographer", "beekeeper", "clockmaker"],
-    }
     examples = []
     for name in _NAMES:
-        for question, answer, key in _FACTS:
-            value = rng.choice(values[key])
+        for question, answer, values in _FACTS:
+            value = rng.choice(values)
             chat = [
                 {"role": "user", "content": question.format(n=name)},
                 {"role": "assistant", "content": answer.format(n=name, v=value)},
@@ -182,7 +211,7 @@ def run_selftune(
         raise RuntimeError(f"trainer saw {result.tokens} tokens, expected {sum(step_tokens)}")
     precision = "bf16 autocast" if config.bf16 else "float32"
     return Run(
-        "selftune train_lora",
+        "train_lora",
         precision,
         step_ends,
         step_tokens,
@@ -199,7 +228,11 @@ def run_baseline(
     step_tokens: list[int],
     pad_id: int,
 ) -> Run:
-    """The textbook loop: PEFT LoRA, float32, AdamW, no schedule, no clipping, HF's own loss."""
+    """The textbook loop: PEFT LoRA, float32, AdamW, the model's own loss.
+
+    AdamW keeps torch's defaults, the lr is constant and gradients are not clipped: what a first
+    implementation looks like. It sees the trainer's batches, collated by the same code.
+    """
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)  # as train_lora does before loading: same adapter init
@@ -219,33 +252,56 @@ def run_baseline(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
     )
     step_ends: list[float] = []
-    loss = torch.tensor(0.0)
+    losses: list[float] = []
     for ids in batches:
         batch = collate([examples[i] for i in ids], pad_id)
         loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
-        float(loss)
+        losses.append(float(loss.detach()))
         step_ends.append(time.perf_counter())
     return Run(
         "textbook PEFT loop",
         "float32",
         step_ends,
         step_tokens,
-        float(loss),
+        losses[-1],
         eval_loss(model, examples, pad_id),
     )
 
 
-def _timed(label: str, fn: Callable[[], Run]) -> Run:
-    started = time.perf_counter()
-    run = fn()
-    print(f"  {label}: {time.perf_counter() - started:.0f}s", flush=True)
-    return run
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait; guest time is already inside user
+    return sum(fields) - idle, sum(fields)
+
+
+class CpuShare:
+    """Share of the machine's CPU time used by other processes between start and ``other()``.
+
+    Another process computing at the same time oversubscribes the cores and can slow steps by
+    10x or more (OpenMP threads wait on each other), so the table says when that happened.
+    """
+
+    def __init__(self) -> None:
+        self._busy, self._total = _busy_jiffies()
+        self._own = sum(os.times()[:2])
+
+    def other(self) -> float | None:
+        busy, total = _busy_jiffies()
+        if total <= self._total:
+            return None
+        own = (sum(os.times()[:2]) - self._own) * os.sysconf("SC_CLK_TCK")
+        return max(0.0, (busy - self._busy - own) / (total - self._total))
 
 
 def main() -> int:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     settings = load_settings()
     base_dir = materialize(resolve_base_model(settings.base_model), settings.cache_dir)
     tokenizer = load_tokenizer(base_dir)
@@ -263,86 +319,114 @@ def main() -> int:
     batches = [new for new, _replay in trainer_batches(len(examples), 0, production)]
     step_tokens = [sum(len(examples[i].input_ids) for i in ids) for ids in batches]
     padded = sum(BATCH_SIZE * max(len(examples[i].input_ids) for i in ids) for ids in batches)
-
-    print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
-    print("measuring:", flush=True)
-    started = time.perf_counter()
-    peaks = matmul_peaks()
-    print(f"  matmul peaks: {time.perf_counter() - started:.0f}s", flush=True)
-    runs = [
-        _timed(
-            "baseline",
-            lambda: run_baseline(base_dir, examples, production, batches, step_tokens, pad_id),
-        ),
-        _timed(
-            "selftune (production)",
-            lambda: run_selftune(base_dir, examples, production, step_tokens, pad_id),
-        ),
-        _timed(
-            "selftune (other precision)",
-            lambda: run_selftune(base_dir, examples, other, step_tokens, pad_id),
-        ),
-    ]
-
     probe = load_model(base_dir)
     n_frozen = linear_weights(probe)
     n_lora = sum(
-        (config.rank * (m.in_features + m.out_features))
+        production.rank * (m.in_features + m.out_features)
         for name, m in probe.named_modules()
         if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in production.target_modules
     )
     del probe
     flops_per_token = 4 * n_frozen + 6 * n_lora
+
+    print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
+    print("measuring (trainers interleaved, each's fastest run kept):", flush=True)
+    cpu = CpuShare()
+    started = time.perf_counter()
+    peaks = matmul_peaks()
+    print(f"  matmul peaks {time.perf_counter() - started:.0f}s", flush=True)
+    trainers: list[tuple[str, Callable[[], Run]]] = [
+        (
+            "baseline",
+            lambda: run_baseline(base_dir, examples, production, batches, step_tokens, pad_id),
+        ),
+        ("selftune", lambda: run_selftune(base_dir, examples, production, step_tokens, pad_id)),
+        ("selftune-other", lambda: run_selftune(base_dir, examples, other, step_tokens, pad_id)),
+    ]
+    rounds: dict[str, list[Run]] = {label: [] for label, _ in trainers}
+    for round_ in range(ROUNDS):
+        round_started = time.perf_counter()
+        for label, fn in trainers if round_ % 2 == 0 else trainers[::-1]:
+            started = time.perf_counter()
+            rounds[label].append(fn())
+            print(f"  {label} {time.perf_counter() - started:.0f}s", flush=True)
+        peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
+        if time.perf_counter() - round_started > ROUND_BUDGET_S:
+            print("  (machine busy: no further rounds, to keep the benchmark short)")
+            break
+    contention = cpu.other()
+    runs = [max(rounds[label], key=lambda run: run.tokens_per_second) for label, _ in trainers]
+    _report(peaks, runs, production, step_tokens, padded, n_frozen, n_lora, flops_per_token)
+    if contention is not None:
+        note = ": figures unreliable, rerun on a quiet machine" if contention > 0.1 else ""
+        print(f"other processes used {contention:.0%} of the CPUs during the run{note}")
+    print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
+    return 0
+
+
+def _best_peak(a: Peak, b: Peak) -> Peak:
+    return a if a.gflops >= b.gflops else b
+
+
+def _report(
+    peaks: Sequence[Peak],
+    runs: Sequence[Run],
+    config: TrainConfig,
+    step_tokens: Sequence[int],
+    padded: int,
+    n_frozen: int,
+    n_lora: int,
+    flops_per_token: int,
+) -> None:
+    """Print the peaks, the set-up, and one table row per trainer (the first is the baseline)."""
     peak_fp32 = max(p.gflops for p in peaks if p.dtype == torch.float32)
     peak_bf16 = max(p.gflops for p in peaks if p.dtype == torch.bfloat16)
-
     print()
-    print("matmul peak (torch.matmul, best of 5):")
+    print(
+        f"matmul peak (torch.matmul, best of {PEAK_REPEATS} at each of several points in the run):"
+    )
     for p in peaks:
         m, k, n = p.shape
         dtype = str(p.dtype).removeprefix("torch.")
-        print(f"  {dtype:<9} {m}x{k} @ {k}x{n:<5} {p.gflops:7.1f} GFLOP/s")
+        print(f"  {dtype:<9} {f'{m}x{k} @ {k}x{n}':<22} {p.gflops:7.1f} GFLOP/s")
+    print(f"  peak used below: float32 {peak_fp32:.0f}, bfloat16 {peak_bf16:.0f} GFLOP/s")
     print()
-    config = production
     print(
-        f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)}; "
-        f"lr {config.learning_rate:g}; batch {BATCH_SIZE} x {N_EXAMPLES} synthetic Q/A chats; "
-        f"{TIMED_STEPS} timed steps after {WARMUP_STEPS} warm-up; seed {config.seed}"
-    )
-    print(
-        f"replay: none (empty replay list, so no KL term in either); "
-        f"{sum(step_tokens[WARMUP_STEPS:])} non-pad tokens timed, "
-        f"padding {1 - sum(step_tokens) / padded:.0%} of computed positions"
-    )
-    print(
+        f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)}\n"
+        f"lr {config.learning_rate:g}; batch {BATCH_SIZE} from {N_EXAMPLES} synthetic Q/A chats; "
+        f"{TIMED_STEPS} timed steps after {WARMUP_STEPS} warm-up; seed {config.seed}\n"
+        "replay: none (an empty replay list, so no KL term in either trainer)\n"
+        f"{sum(step_tokens[WARMUP_STEPS:])} non-pad tokens timed; padding is "
+        f"{1 - sum(step_tokens) / padded:.0%} of the computed positions\n"
         f"FLOPs/token = 4*N_frozen + 6*N_lora = 4*{n_frozen / 1e6:.1f}M + 6*{n_lora / 1e6:.2f}M "
-        f"= {flops_per_token / 1e9:.3f} GFLOP (frozen linears incl. LM head; attention and "
-        "elementwise work left out)"
+        f"= {flops_per_token / 1e9:.3f} GFLOP\n"
+        "  (N_frozen: every linear layer incl. the LM head; attention scores and elementwise work "
+        "left out)\n"
+        "tokens/s: the median timed step's non-pad tokens per second"
     )
     print()
     header = (
-        f"  {'trainer':<20} {'precision':<14} {'tokens/s':>8} {'vs base':>7} {'GFLOP/s':>8} "
+        f"  {'trainer':<21} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'GFLOP/s':>7} "
         f"{'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9}"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
     baseline = runs[0]
-    for run in runs:
+    for index, run in enumerate(runs):
         gflops = run.tokens_per_second * flops_per_token / 1e9
-        tag = " (prod)" if run is runs[1] else ""
+        name = run.name + (" (prod)" if index == 1 else "")
         print(
-            f"  {run.name:<20} {run.precision + tag:<14} {run.tokens_per_second:8.0f} "
-            f"{run.tokens_per_second / baseline.tokens_per_second:6.2f}x {gflops:8.1f} "
+            f"  {name:<21} {run.precision:<13} {run.tokens_per_second:8.0f} "
+            f"{run.tokens_per_second / baseline.tokens_per_second:6.2f}x {gflops:7.1f} "
             f"{gflops / peak_fp32:7.1%} {gflops / peak_bf16:7.1%} "
             f"{run.last_loss:9.3f} {run.eval_loss:9.3f}"
         )
     print()
     print(
-        "  last loss: the last step's batch; eval loss: all examples after training, float32. "
-        "The textbook loop has no lr warm-up or grad clipping, so losses differ slightly."
+        "  last loss: cross-entropy on the last step's batch; eval loss: on all examples after\n"
+        "  training, float32. The textbook loop has no lr warm-up or gradient clipping, so its\n"
+        "  losses differ slightly."
     )
-    print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
-    return 0
 
 
 if __name__ == "__main__":
