@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,12 +136,20 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def remove_incomplete(parent: Path) -> list[Path]:
-    """Delete temporary directories left by a crash under ``parent``; return what was removed."""
+def remove_incomplete(parent: Path, older_than: float = 0.0) -> list[Path]:
+    """Delete temporary directories left by a crash under ``parent``; return what was removed.
+
+    Only those untouched for ``older_than`` seconds: another process may be writing a young one.
+    """
     removed = []
+    cutoff = time.time() - older_than
     if parent.is_dir():
         for path in parent.iterdir():
-            if path.name.startswith(_TMP_PREFIX) and path.is_dir():
+            if (
+                path.name.startswith(_TMP_PREFIX)
+                and path.is_dir()
+                and path.stat().st_mtime <= cutoff
+            ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed

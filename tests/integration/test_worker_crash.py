@@ -87,7 +87,9 @@ def test_killed_worker_leaves_no_version_and_the_job_is_retried(
         p for p in versions.iterdir() if not p.name.startswith(".tmp-")
     ]
     # A crash while an artifact was being written leaves a temporary folder behind.
-    (versions / ".tmp-v1-deadbeef").mkdir(parents=True)
+    leftover = versions / ".tmp-v1-deadbeef"
+    leftover.mkdir(parents=True)
+    os.utime(leftover, (time.time() - 60, time.time() - 60))  # older than a live writer's
 
     # 2. The next worker recovers the job; stopped politely, it gives the job back.
     worker = _start_worker(steps=10_000)

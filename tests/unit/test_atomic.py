@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,14 @@ def test_empty_final_dir_appearing_meanwhile_is_not_overwritten(tmp_path: Path) 
         (tmp / "new.txt").write_text("new")
         final.mkdir()  # claimed by someone else, not yet filled
     assert list(final.iterdir()) == []
+
+
+def test_remove_incomplete_spares_a_folder_being_written(tmp_path: Path) -> None:
+    young = tmp_path / ".tmp-v2-cafe"
+    young.mkdir()
+    old = tmp_path / ".tmp-v1-beef"
+    old.mkdir()
+    past = time.time() - 120
+    os.utime(old, (past, past))
+    assert remove_incomplete(tmp_path, older_than=60) == [old]
+    assert young.exists()

@@ -72,6 +72,7 @@ class Worker:
         self.db.migrate()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._context: TrainingContext | None = None
+        self._swept = False
 
     def context(self) -> TrainingContext:
         if self._context is None:
@@ -86,9 +87,13 @@ class Worker:
         return self._context
 
     def recover(self) -> None:
-        removed = remove_incomplete(self.settings.versions_dir)
-        if removed:
-            log.warning("removed %d half-written artifacts: %s", len(removed), removed)
+        if not self._swept:  # once: a crash left them; live writers' folders are young
+            self._swept = True
+            removed = remove_incomplete(
+                self.settings.versions_dir, older_than=self.settings.job_stale_seconds
+            )
+            if removed:
+                log.warning("removed %d half-written artifacts: %s", len(removed), removed)
         recovered = jobs.recover_stale(
             self.db, self.settings.job_stale_seconds, self.settings.job_max_attempts
         )
