@@ -177,7 +177,14 @@ def train_lora(
     if not new:
         raise ValueError("no examples to train on")
     torch.manual_seed(config.seed)
-    model = load_model(base_dir)
+    # With bf16, the frozen base is stored in bf16 (autocast would re-cast every weight at every
+    # step) and attention runs eagerly (SDPA's bf16 backward is several times slower on CPU).
+    # PEFT keeps the trainable LoRA weights in float32.
+    model = (
+        load_model(base_dir, dtype="bfloat16", attention="eager")
+        if config.bf16
+        else load_model(base_dir)
+    )
     reference = _reference_log_probs(model, replay, pad_id, config.bf16)
     lora = LoraConfig(
         r=config.rank,
