@@ -137,3 +137,18 @@ def test_request_template_override(client: TestClient) -> None:
         row = session.get(Interaction, response.json()["id"])
         assert row is not None and row.chat_template == "llama2"
     _error(client.post("/v1/chat/completions", json={**CHAT, "chat_template": "nonsense"}), 400)
+
+
+def test_concurrent_requests_are_all_answered_and_recorded(client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _count_interactions(client)
+
+    def ask(i: int) -> int:
+        body = {**CHAT, "user": f"u{i}", "max_tokens": 4, "stream": i % 2 == 0}
+        return client.post("/v1/chat/completions", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(ask, range(12)))
+    assert statuses == [200] * 12
+    assert _count_interactions(client) == before + 12
