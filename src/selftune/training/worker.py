@@ -111,23 +111,21 @@ class Worker:
         beat = _Heartbeat(self.db, job.id, every, self.worker_id)
         beat.start()
         try:
-            result = run_training_job(self.context(), job.id, beat.update)
+            try:
+                result = run_training_job(self.context(), job.id, beat.update)
+            finally:
+                beat.stop()  # before the final write, so no late beat follows it
         except _Stop:
-            beat.stop()
             jobs.requeue(self.db, job.id, "the worker was stopped")
             raise
         except JobCancelled as exc:
-            beat.stop()
             jobs.finish(self.db, job.id, "cancelled", error=str(exc))
         except NoTrainingData as exc:
-            beat.stop()
             jobs.finish(self.db, job.id, "failed", error=str(exc))
         except Exception as exc:
-            beat.stop()
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             jobs.finish(self.db, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
         else:
-            beat.stop()
             jobs.finish(self.db, job.id, "succeeded", result=result)
         log.info("job %s: done", job.id)
         return True
