@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ __all__ = [
     "MANIFEST",
     "ArtifactError",
     "atomic_directory",
+    "atomic_file",
     "fsync_path",
     "remove_incomplete",
     "sha256_file",
@@ -54,6 +56,36 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; once the block wrote it, fsync and link it into
+    place. ``os.link`` fails if ``final`` appeared meanwhile (``os.replace`` would silently
+    clobber it), so a file is never overwritten and readers only ever see a complete one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; artifacts are meant to be shared
+        yield tmp
+        fsync_path(tmp)
+        _link_no_replace(tmp, final)
+        fsync_path(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _link_no_replace(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise FileExistsError(f"{target} appeared while it was being written") from None
+    except OSError:  # a filesystem without hard links: a check right before replace must do
+        if target.exists():
+            raise FileExistsError(f"{target} appeared while it was being written") from None
+        os.replace(source, target)
 
 
 @contextlib.contextmanager

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
         description="Inference engine: 'auto' serves a GGUF base (the default model included) "
         "with llama.cpp and any other base with transformers.",
     )
+    gguf_serving: Literal["auto", "file", "f16"] = Field(
+        "auto",
+        description="What llama.cpp serves for a GGUF base. 'file': the file as it is. 'f16': "
+        "a copy converted once to f16, so serving computes with the same weights training "
+        "and the gate used (llama.cpp's quantized kernels also round activations to 8 bits, "
+        "which moves a 135M model's answers). 'auto': 'f16' for quantized bases whose f16 "
+        "copy is at most 2 GiB, else 'file'.",
+    )
     model_name: str = Field(
         "selftune",
         description="The name clients use in the 'model' field to reach the served model.",

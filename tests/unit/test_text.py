@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from selftune.engines.base import GenerationParams
-from selftune.engines.sampling import StopMatcher, next_token
+from selftune.engines.sampling import next_token
+from selftune.engines.stops import StopMatcher
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.models.templates import PRESETS, resolve_template
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["AdapterRef", "Chunk", "Engine", "EngineError", "GenerationParams", "Prompt"]
+__all__ = [
+    "AdapterRef",
+    "Chunk",
+    "Engine",
+    "EngineError",
+    "EvaluatingEngine",
+    "GenerationParams",
+    "Prompt",
+]
 
 
 class EngineError(RuntimeError):
@@ -73,3 +81,17 @@ class Engine(Protocol):
     def preload_adapter(self, adapter: AdapterRef) -> None:
         """Load an adapter ahead of its first request so the swap costs no request time."""
         ...
+
+
+class EvaluatingEngine(Engine, Protocol):
+    """What the training worker needs besides serving: the tokenizer training uses, and cheap
+    greedy answers and answer losses under a given adapter, for the gate."""
+
+    tokenizer: Any  # the Hugging Face tokenizer of the base; training tokenizes with it
+    default_template: str
+
+    def greedy_batch(
+        self, prompts: list[str], max_tokens: int, adapter: AdapterRef | None, batch: int = 16
+    ) -> list[str]: ...
+
+    def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float: ...

@@ -176,7 +176,8 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def _generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Chunk]:
-        from selftune.engines.sampling import StopMatcher, next_token
+        from selftune.engines.sampling import next_token
+        from selftune.engines.stops import StopMatcher
 
         generator = None
         if params.seed is not None:

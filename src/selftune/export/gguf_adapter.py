@@ -11,8 +11,6 @@ but the logits are wrong.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import gguf
 import numpy as np
 
-from selftune.atomic import fsync_path
+from selftune.atomic import atomic_file
 
 if TYPE_CHECKING:
     import torch
@@ -165,23 +163,9 @@ def _permute_for_attention(name: str, lora_b: np.ndarray, hparams: Mapping[str, 
 def _write_atomically(
     out_path: Path, arch_name: str, alpha: float, tensors: Mapping[str, np.ndarray]
 ) -> None:
-    """Write to a temporary file beside ``out_path``, fsync, then link it into place.
-
-    ``os.link`` fails if ``out_path`` appeared meanwhile, so a concurrent export is never clobbered
-    (``os.replace`` would silently replace it); readers only ever see a complete file.
-    """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an exported adapter is meant to be shared
+    """Written beside ``out_path`` and linked into place: never clobbers a concurrent export."""
+    with atomic_file(out_path) as tmp:
         _write_gguf(tmp, arch_name, alpha, tensors)
-        fsync_path(tmp)
-        _link_no_replace(tmp, out_path)
-        fsync_path(out_path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_gguf(
@@ -197,16 +181,3 @@ def _write_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-
-
-def _link_no_replace(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise FileExistsError(f"{target} appeared while the adapter was being exported") from None
-    except OSError:  # a filesystem without hard links: a check right before replace must do
-        if target.exists():
-            raise FileExistsError(
-                f"{target} appeared while the adapter was being exported"
-            ) from None
-        os.replace(source, target)

@@ -19,8 +19,7 @@ from selftune.atomic import atomic_directory
 from selftune.config import Settings
 from selftune.data.curation import active_examples
 from selftune.data.tokenize import TokenizedExample, tokenize_chat
-from selftune.engines.base import AdapterRef
-from selftune.engines.transformers_engine import TransformersEngine
+from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
 from selftune.evaluation.recall import answer_recall, key_terms
@@ -58,14 +57,14 @@ class TrainingContext:
     db: Database
     source: BaseModelSource
     base_dir: Path
-    engine: TransformersEngine
+    engine: EvaluatingEngine
     _probes: ProbeSet | None = None
 
     @property
     def probes(self) -> ProbeSet:
         if self._probes is None:
             key = hashlib.sha256(
-                f"{self.source.fingerprint}:{self.engine.default_template}".encode()
+                f"{self.source.fingerprint}:{self.engine.name}:{self.engine.default_template}".encode()
             ).hexdigest()[:12]
             self._probes = build_probe_set(self.engine, self.settings.cache_dir, key)
         return self._probes
@@ -249,7 +248,7 @@ def _export_gguf(peft_dir: Path, base_dir: Path) -> str | None:
 
 
 def _heldout_recall(
-    engine: TransformersEngine,
+    engine: EvaluatingEngine,
     rows: list[TrainingExample],
     serving: AdapterRef | None,
     candidate: AdapterRef,

@@ -18,7 +18,7 @@ from types import FrameType
 
 from selftune.atomic import remove_incomplete
 from selftune.config import Settings
-from selftune.engines.transformers_engine import TransformersEngine
+from selftune.engines.factory import build_engine
 from selftune.models.base import materialize, resolve_base_model
 from selftune.store.db import Database
 from selftune.training import jobs
@@ -78,11 +78,8 @@ class Worker:
         if self._context is None:
             source = resolve_base_model(self.settings.base_model)
             base_dir = materialize(source, self.settings.cache_dir)
-            engine = TransformersEngine(
-                base_dir,
-                chat_template=self.settings.chat_template,
-                context_length=self.settings.context_length,
-            )
+            # The engine that serves: the gate judges versions as they will be served.
+            engine = build_engine(self.settings, source, base_dir)
             self._context = TrainingContext(self.settings, self.db, source, base_dir, engine)
         return self._context
 

@@ -1,0 +1,436 @@
+"""Inference with llama.cpp (through llama-cpp-python's bindings of its C API).
+
+The base GGUF is loaded once. A version is a GGUF LoRA adapter applied per request with
+``llama_set_adapters_lora``, so switching versions never reloads the base. One request at a time
+runs in the generation context (a lock): llama.cpp contexts are not thread-safe, and on a CPU
+two concurrent decodes only slow each other down. A request sets its adapter when it takes the
+lock and keeps it to its last token, so a promotion never changes an answer half-way.
+
+The KV cache of the previous request is reused for the longest common prompt prefix when the
+adapter is the same (a chat's history, a shared system prompt), as llama.cpp's server does.
+
+Chat templates are rendered with the Hugging Face tokenizer of the same base, the one training
+uses, so serving and training see the same prompt text; llama.cpp tokenizes it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams, Prompt
+from selftune.engines.stops import StopMatcher
+from selftune.models.base import load_tokenizer
+from selftune.models.templates import render_chat, resolve_template
+
+__all__ = ["GGUF_ADAPTER", "LlamaCppEngine", "gguf_adapter_path", "llama_cpp_module"]
+
+log = logging.getLogger(__name__)
+
+GGUF_ADAPTER = "adapter.gguf"
+# Adapters kept loaded; older ones are loaded from disk again if a request names them.
+_MAX_LOADED_ADAPTERS = 8
+_DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
+
+
+def gguf_adapter_path(adapter: AdapterRef) -> Path:
+    return adapter.path / GGUF_ADAPTER
+
+
+def llama_cpp_module() -> Any:
+    """The bindings module, imported on first use: importing it loads the shared library."""
+    import llama_cpp
+
+    # llama.cpp logs every tensor at load time to stderr; keep warnings and errors only.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    return llama_cpp
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        gguf_path: Path,
+        tokenizer_dir: Path,
+        *,
+        chat_template: str = "",
+        context_length: int = 2048,
+        threads: int = 0,
+        f32_kv_cache: bool = False,
+    ) -> None:
+        self.lib = llama_cpp_module()
+        self.f32_kv_cache = f32_kv_cache  # exact parity checks; f16 (the default) serves
+        self.gguf_path = gguf_path
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.default_template = resolve_template(chat_template, self.tokenizer.chat_template)
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self._model = self._load_model(gguf_path)
+        self._vocab = self.lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(self.lib.llama_vocab_n_tokens(self._vocab))
+        self.context_length = min(
+            context_length, int(self.lib.llama_model_n_ctx_train(self._model))
+        )
+        self._ctx = _Context(self, n_ctx=self.context_length, embeddings=False)
+        self._embed_ctx: _Context | None = None
+        self._lock = threading.Lock()
+        self._adapters: OrderedDict[Path, Any] = OrderedDict()
+
+    def _load_model(self, path: Path) -> Any:
+        lib = self.lib
+        params = lib.llama_model_default_params()
+        # llama.cpp's CPU weight repacking crashes (SIGSEGV) on Q4_1 weights as built by
+        # llama-cpp-python 0.3.36 on AVX-512 machines once a batch has two or more tokens.
+        # Without the extra buffer types the weights stay in their file layout; correct output.
+        params.use_extra_bufts = False
+        model = lib.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise EngineError(f"llama.cpp could not load {path}; is it a valid GGUF model?")
+        return model
+
+    def close(self) -> None:
+        with self._lock:
+            for ctx in (self._ctx, self._embed_ctx):
+                if ctx is not None:
+                    ctx.close()
+            self._adapters.clear()  # freed with the model
+            if self._model:
+                self.lib.llama_model_free(self._model)
+                self._model = None
+
+    # --- prompts ---------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        room = len(data) + 8
+        for _ in range(2):
+            buffer = (self.lib.llama_token * room)()
+            n = self.lib.llama_tokenize(
+                self._vocab, data, len(data), buffer, room, add_special, True
+            )
+            if n >= 0:
+                return list(buffer[:n])
+            room = -n
+        raise EngineError("llama.cpp could not tokenize the text")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        ids = (self.lib.llama_token * len(tokens))(*tokens)
+        room = max(64, 8 * len(tokens))
+        for _ in range(2):
+            buffer = ctypes.create_string_buffer(room)
+            n = self.lib.llama_detokenize(self._vocab, ids, len(tokens), buffer, room, False, True)
+            if n >= 0:
+                return buffer.raw[:n].decode("utf-8", errors="replace")
+            room = -n
+        raise EngineError("llama.cpp could not detokenize the tokens")
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as generated text (special tokens render as nothing)."""
+        buffer = ctypes.create_string_buffer(64)
+        n = self.lib.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = self.lib.llama_token_to_piece(self._vocab, token, buffer, -n, 0, False)
+        return buffer.raw[:n]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self._vocab, token))
+
+    def render_chat(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        chosen = resolve_template(template, None) if template else self.default_template
+        return render_chat(self.tokenizer, messages, chosen, add_generation_prompt=True)
+
+    # --- adapters --------------------------------------------------------------------------
+    def preload_adapter(self, adapter: AdapterRef) -> None:
+        with self._lock:
+            self._adapter_handle(adapter)
+
+    def _adapter_handle(self, adapter: AdapterRef) -> Any:
+        """The loaded llama.cpp adapter for ``adapter``; loads it on first use. Holds the lock."""
+        path = gguf_adapter_path(adapter)
+        handle = self._adapters.get(path)
+        if handle is None:
+            if not path.is_file():
+                raise EngineError(
+                    f"version {adapter.name} has no GGUF adapter at {path}; export it with "
+                    "'selftune export' or serve with engine = 'transformers'"
+                )
+            handle = self.lib.llama_adapter_lora_init(self._model, str(path).encode())
+            if not handle:
+                raise EngineError(f"llama.cpp refused the adapter {path} (wrong base model?)")
+            self._adapters[path] = handle
+            self._evict()
+        self._adapters.move_to_end(path)
+        return handle
+
+    def _evict(self) -> None:
+        while len(self._adapters) > _MAX_LOADED_ADAPTERS:
+            _, oldest = self._adapters.popitem(last=False)
+            for ctx in (self._ctx, self._embed_ctx):
+                if ctx is not None and ctx.adapter_handle == oldest:
+                    ctx.set_adapter(None, 1.0)
+            self.lib.llama_adapter_lora_free(oldest)
+
+    def _use(self, ctx: _Context, adapter: AdapterRef | None) -> None:
+        handle = self._adapter_handle(adapter) if adapter is not None else None
+        ctx.set_adapter(handle, adapter.scale if adapter is not None else 1.0)
+
+    # --- generation ------------------------------------------------------------------------
+    def stream(
+        self, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
+    ) -> Iterator[Chunk]:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            ids = [int(self.lib.llama_vocab_bos(self._vocab))]
+        if len(ids) + params.max_tokens > self.context_length:
+            raise EngineError(
+                f"{len(ids)} prompt tokens + {params.max_tokens} to generate exceed the "
+                f"context of {self.context_length}"
+            )
+        with self._lock:
+            self._use(self._ctx, adapter)
+            yield from self._generate(ids, params)
+
+    def _generate(self, ids: list[int], params: GenerationParams) -> Iterator[Chunk]:
+        ctx = self._ctx
+        ctx.prefill(ids)
+        sampler = _Sampler(self.lib, params)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = StopMatcher(params.stop)
+        text, n_generated, finish = "", 0, "length"
+        try:
+            while n_generated < params.max_tokens:
+                token = sampler.sample(ctx.ctx)
+                if self.is_end_of_generation(token):
+                    finish = "stop"
+                    break
+                n_generated += 1
+                text += decoder.decode(self.piece(token))
+                piece, stopped = matcher.feed(text)
+                if piece:
+                    yield Chunk(piece, completion_tokens=n_generated)
+                if stopped:
+                    finish = "stop"
+                    break
+                if n_generated < params.max_tokens:
+                    ctx.append(token)
+        finally:
+            sampler.close()
+        text += decoder.decode(b"", final=True)
+        if finish == "length":
+            matcher.feed(text)
+        yield Chunk(matcher.flush(), finish_reason=finish, completion_tokens=n_generated)
+
+    # --- evaluation ------------------------------------------------------------------------
+    def greedy_batch(
+        self, prompts: list[str], max_tokens: int, adapter: AdapterRef | None, batch: int = 16
+    ) -> list[str]:
+        """Greedy answers to many prompts, as served (the same path as ``stream``)."""
+        params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+        answers = []
+        for prompt in prompts:
+            chunks = self.stream(prompt, params, adapter)
+            answers.append("".join(chunk.text for chunk in chunks).strip())
+        return answers
+
+    def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
+        """Mean loss per answer token of tokenized examples (``input_ids``/``labels``)."""
+        if not examples:
+            return float("nan")
+        total, count = 0.0, 0
+        with self._lock:
+            self._use(self._ctx, adapter)
+            for example in examples:
+                ids = list(example.input_ids)
+                labels = list(example.labels)
+                # Position t predicts token t+1.
+                positions = [t for t in range(len(ids) - 1) if labels[t + 1] != -100]
+                if not positions:
+                    continue
+                logits = self._ctx.logits_at(ids, positions)
+                targets = np.array([ids[t + 1] for t in positions])
+                shifted = logits - logits.max(axis=1, keepdims=True)
+                log_norm = np.log(np.exp(shifted).sum(axis=1))
+                picked = shifted[np.arange(len(positions)), targets]
+                total += float((log_norm - picked).sum())
+                count += len(positions)
+        return total / max(count, 1)
+
+    def next_token_logits(self, ids: list[int], adapter: AdapterRef | None) -> np.ndarray:
+        """Logits after every position of ``ids``: (len(ids), n_vocab); for parity checks."""
+        with self._lock:
+            self._use(self._ctx, adapter)
+            return self._ctx.logits_at(ids, list(range(len(ids))))
+
+    # --- embeddings ------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str], adapter: AdapterRef | None = None) -> list[list[float]]:
+        vectors = []
+        with self._lock:
+            if self._embed_ctx is None:
+                self._embed_ctx = _Context(self, n_ctx=self.context_length, embeddings=True)
+            self._use(self._embed_ctx, adapter)
+            for text in texts:
+                ids = self.tokenize(text) or [int(self.lib.llama_vocab_bos(self._vocab))]
+                if len(ids) > self.context_length:
+                    raise EngineError(
+                        f"the text has {len(ids)} tokens; the embedding context holds "
+                        f"{self.context_length}"
+                    )
+                vectors.append(self._embed_ctx.pooled_embedding(ids))
+        return vectors
+
+
+class _Context:
+    """One llama.cpp context with a reusable batch, and the tokens its KV cache holds."""
+
+    def __init__(self, engine: LlamaCppEngine, *, n_ctx: int, embeddings: bool) -> None:
+        lib = self.lib = engine.lib
+        self.n_vocab = engine.n_vocab
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        # An embedding is pooled over one micro-batch, so the whole text must fit in one.
+        params.n_batch = n_ctx if embeddings else min(n_ctx, 512)
+        params.n_ubatch = params.n_batch if embeddings else min(n_ctx, 512)
+        params.n_threads = params.n_threads_batch = engine.threads
+        params.embeddings = embeddings
+        if embeddings:
+            params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+        params.no_perf = True
+        if engine.f32_kv_cache:
+            # Flash attention on the CPU computes in f16 whatever the cache type is.
+            params.type_k = params.type_v = lib.GGML_TYPE_F32
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = lib.llama_init_from_model(engine._model, params)
+        if not self.ctx:
+            raise EngineError("llama.cpp could not create a context (out of memory?)")
+        self.n_batch = int(params.n_batch)
+        self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.cached: list[int] = []  # tokens whose keys and values the cache holds
+        self.adapter_handle: Any = None
+        self.adapter_scale = 1.0
+
+    def close(self) -> None:
+        if self.ctx:
+            self.lib.llama_batch_free(self.batch)
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+
+    def set_adapter(self, handle: Any, scale: float) -> None:
+        if handle == self.adapter_handle and scale == self.adapter_scale:
+            return
+        if handle is None:
+            status = self.lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            handles = (self.lib.llama_adapter_lora_p_ctypes * 1)(handle)
+            scales = (ctypes.c_float * 1)(scale)
+            status = self.lib.llama_set_adapters_lora(self.ctx, handles, 1, scales)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not apply the adapter (status {status})")
+        self.adapter_handle, self.adapter_scale = handle, scale
+        self.forget()  # keys and values computed under other weights are wrong now
+
+    def forget(self, keep: int = 0) -> None:
+        """Drop the cached positions from ``keep`` on."""
+        if keep == 0 or not self.lib.llama_memory_seq_rm(self.memory, 0, keep, -1):
+            self.lib.llama_memory_clear(self.memory, True)
+            keep = 0
+        del self.cached[keep:]
+
+    def prefill(self, ids: list[int]) -> None:
+        """Evaluate ``ids`` so that the next token can be sampled; reuses a cached prefix."""
+        common = 0
+        limit = min(len(self.cached), len(ids) - 1)  # the last token is evaluated for its logits
+        while common < limit and self.cached[common] == ids[common]:
+            common += 1
+        self.forget(common)
+        self._decode(ids[common:], output_positions=None)
+
+    def append(self, token: int) -> None:
+        self._decode([token], output_positions=None)
+
+    def logits_at(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        """Logits after each position in ``positions`` of ``ids``, evaluated from scratch."""
+        self.forget()
+        return self._decode(ids, output_positions=positions)
+
+    def pooled_embedding(self, ids: list[int]) -> list[float]:
+        self.forget()
+        self._decode(ids, output_positions=None)
+        self.forget()  # an embedding context keeps nothing between texts
+        pointer = self.lib.llama_get_embeddings_seq(self.ctx, 0)
+        if not pointer:
+            raise EngineError("llama.cpp returned no pooled embedding")
+        n_embd = self.lib.llama_model_n_embd(self.lib.llama_get_model(self.ctx))
+        return list(np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(float))
+
+    def _decode(self, ids: list[int], output_positions: list[int] | None) -> np.ndarray:
+        """Append ``ids`` to the cache in batches. Returns the logits of ``output_positions``
+        (indices into ``ids``), or computes only the last position's when it is None."""
+        wanted = set(output_positions or ())
+        rows: list[np.ndarray] = []
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start : start + self.n_batch]
+            last_chunk = start + self.n_batch >= len(ids)
+            flags = [
+                (start + i) in wanted if output_positions is not None else False
+                for i in range(len(chunk))
+            ]
+            if output_positions is None and last_chunk:
+                flags[-1] = True
+            self._fill(chunk, len(self.cached), flags)
+            status = self.lib.llama_decode(self.ctx, self.batch)
+            if status != 0:
+                self.forget()
+                raise EngineError(f"llama.cpp could not evaluate the prompt (status {status})")
+            self.cached.extend(chunk)
+            n_out = sum(flags)
+            if output_positions is not None and n_out:
+                pointer = self.lib.llama_get_logits(self.ctx)
+                rows.append(np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy())
+        if not rows:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        return np.concatenate(rows)
+
+    def _fill(self, tokens: list[int], first_pos: int, flags: list[bool]) -> None:
+        batch = self.batch
+        batch.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = first_pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = flags[i]
+
+
+class _Sampler:
+    """llama.cpp's sampler chain: greedy at temperature 0, else top-p, temperature, draw."""
+
+    def __init__(self, lib: Any, params: GenerationParams) -> None:
+        self.lib = lib
+        self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.temperature <= 0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_greedy())
+            return
+        if params.top_p < 1.0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+        lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_temp(params.temperature))
+        seed = _DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx: Any) -> int:
+        return int(self.lib.llama_sampler_sample(self.chain, ctx, -1))
+
+    def close(self) -> None:
+        self.lib.llama_sampler_free(self.chain)
