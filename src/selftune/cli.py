@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -219,6 +220,70 @@ def rollback(
     from selftune.registry.versions import rollback as do_rollback
 
     _move_alias(lambda session: do_rollback(session, actor="cli", reason=reason))
+
+
+def _version_row(settings: Settings, version: str) -> tuple[str, dict[str, Any]]:
+    """A version's name and what export_version needs from its row (folder, template, base)."""
+    from selftune.store.schema import Version
+
+    with _database(settings).read() as session:
+        column = Version.id == int(version) if version.isdigit() else Version.name == version
+        row = session.scalars(select(Version).where(column)).first()
+        if row is None:
+            _fail(f"no version {version!r}; see 'selftune status' (or export 'base')")
+        assert row is not None
+        return row.name, {
+            "adapter_dir": Path(row.path),
+            "chat_template": row.chat_template,
+            "trained_on": row.base_model,
+        }
+
+
+@app.command("export")
+def export_command(
+    version: Annotated[
+        str, typer.Argument(help="Version name (v3), id (3), or 'base' for the base model alone.")
+    ],
+    fmt: Annotated[
+        # selftune.export.gguf_model.OutputType, spelled out: that module loads numpy and gguf.
+        Literal["f16", "f32", "q8_0", "q4_k_m"],
+        typer.Option("--format", help="GGUF weight type; q4_k_m uses llama.cpp's quantizer."),
+    ] = "f16",
+) -> None:
+    """Write a version merged into its base as one GGUF, with an ollama Modelfile beside it."""
+    from selftune.atomic import ArtifactError
+    from selftune.export.gguf_adapter import AdapterExportError
+    from selftune.export.gguf_model import ModelExportError
+    from selftune.export.merged import BASE, export_version
+    from selftune.export.modelfile import ModelfileError
+    from selftune.models.base import BaseModelError
+
+    settings = _settings()
+    version, found = (version, {}) if version == BASE else _version_row(settings, version)
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(f"exporting {version} ({fmt})", total=1.0)
+
+            def progress(fraction: float, stage: str) -> None:
+                bar.update(task, completed=fraction, description=f"{version} ({fmt}): {stage}")
+
+            result = export_version(settings, version, fmt, progress, **found)
+    except (
+        AdapterExportError,
+        ArtifactError,
+        BaseModelError,
+        FileNotFoundError,
+        ModelExportError,
+        ModelfileError,
+    ) as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+    if result.reused:
+        console.print("an export in this format already exists (verified); not rewritten")
+    typer.echo(f"folder: {result.folder}")
+    typer.echo(f"model: {result.model_path.name} ({result.size_bytes / 1e6:.1f} MB)")
+    typer.echo(f"sha256: {result.sha256}")
 
 
 @keys_app.command("create")

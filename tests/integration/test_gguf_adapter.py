@@ -22,8 +22,8 @@ import torch
 
 from selftune.export import gguf_adapter
 from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
+from selftune.export.gguf_model import write_llama_gguf
 from selftune.models.base import default_gguf_path
-from tests.gguf_base import write_llama_base_gguf
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -129,7 +129,9 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
     from transformers import AutoConfig, AutoTokenizer
 
     folder = tmp_path_factory.mktemp("gguf-adapter")
-    base_gguf = write_llama_base_gguf(tiny_model_dir, folder / "base.gguf", default_gguf_path())
+    base_gguf = write_llama_gguf(
+        tiny_model_dir, folder / "base.gguf", tokenizer_gguf=default_gguf_path()
+    )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     model = _random_lora(tiny_model_dir, folder / "peft")
