@@ -79,7 +79,8 @@ def test_completions_and_models(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "text_completion"
     models = client.get("/v1/models").json()
-    assert [m["id"] for m in models["data"]] == ["selftune"]
+    # The served name, then the bare base (no version has been trained here).
+    assert [m["id"] for m in models["data"]] == ["selftune", "base"]
     assert client.get("/health").json()["status"] == "ok"
 
 

@@ -17,6 +17,7 @@ from selftune.registry.versions import (
     next_version_name,
     promote,
     rollback,
+    rollback_to_base,
     serving_target,
     version_summary,
 )
@@ -248,6 +249,24 @@ def test_alias_history_is_append_only(db: Database) -> None:
         "rollback",
     ]
     assert _serving(db) is None
+
+
+def test_rollback_to_base_from_several_versions_up(db: Database) -> None:
+    v1, v2 = _add_version(db, "v1"), _add_version(db, "v2")
+    _promote(db, v1)
+    _promote(db, v2)
+    with db.write() as session:
+        change = rollback_to_base(session, actor="test", reason="serve the base")
+    assert (change.action, change.version_id, change.previous_version_id) == ("rollback", None, v2)
+    assert _stack(db) == [None]
+    assert _serving(db) is None
+    # Nothing is left to roll back, and the base cannot be "rolled back to" twice.
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        _rollback(db)
+    with db.write() as session, pytest.raises(RegistryError, match="already being served"):
+        rollback_to_base(session, actor="test", reason="again")
+    _promote(db, v1)  # and versions can be promoted again afterwards
+    assert _stack(db) == [None, v1]
 
 
 def test_serving_target_names_the_version_and_its_path(db: Database) -> None:

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from selftune import __version__
-from selftune.api import manage, openai_routes
+from selftune.api import downloads, embeddings, llamacpp_routes, manage, openai_routes, vllm_routes
 from selftune.api.errors import install_error_handlers
 from selftune.api.state import AppState
 from selftune.config import Settings
@@ -55,10 +55,15 @@ def create_app(
     app.state.selftune = state
     install_error_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(llamacpp_routes.router)
+    app.include_router(vllm_routes.router)
+    app.include_router(embeddings.router)
     app.include_router(manage.router)
+    app.include_router(downloads.router)
 
     @app.get("/health")
     async def health(_request: Request) -> Any:
+        # llama.cpp's shape ({"status": "ok"}, 503 while loading), with what serves added.
         if state.engine is None:
             status = "error" if state.load_error else "loading"
             body = {"status": status, "error": state.load_error}

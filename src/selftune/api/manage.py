@@ -10,16 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from selftune.api.auth import Caller, resolve_caller
 from selftune.api.errors import ApiError
-from selftune.api.openai_routes import app_state
 from selftune.api.schemas import FeedbackRequest, PromoteRequest, RollbackRequest, TrainRequest
-from selftune.api.state import AppState
+from selftune.api.state import AppState, app_state
 from selftune.data.curation import active_examples, example_from_feedback
 from selftune.registry import versions as registry
 from selftune.store.schema import Feedback, Interaction, Job, Version
 from selftune.store.users import ensure_user
 from selftune.training import jobs
 
-__all__ = ["router"]
+__all__ = ["move_alias", "resolve_version_id", "router"]
 
 router = APIRouter(prefix="/api")
 
@@ -168,7 +167,7 @@ async def list_versions(request: Request, authorization: str | None = Header(Non
     return await run_in_threadpool(read)
 
 
-def _resolve_version_id(state: AppState, ref: str) -> int:
+def resolve_version_id(state: AppState, ref: str) -> int:
     with state.db.read() as session:
         query = select(Version.id).where(
             Version.id == int(ref) if ref.isdigit() else Version.name == ref
@@ -179,7 +178,9 @@ def _resolve_version_id(state: AppState, ref: str) -> int:
     return version_id
 
 
-async def _move_alias(state: AppState, action: Any) -> dict[str, Any]:
+async def move_alias(state: AppState, action: Any) -> dict[str, Any]:
+    """Run ``action(session)`` on the serving alias, then serve its new target right away."""
+
     def write() -> None:
         try:
             with state.db.write() as session:
@@ -201,9 +202,9 @@ async def promote_version(
 ) -> Any:
     state = app_state(request)
     caller = await _caller(state, authorization)
-    version_id = await run_in_threadpool(_resolve_version_id, state, ref)
+    version_id = await run_in_threadpool(resolve_version_id, state, ref)
     reason = body.reason if body else "promoted through the API"
-    return await _move_alias(
+    return await move_alias(
         state, lambda s: registry.promote(s, version_id, actor=caller.user(None), reason=reason)
     )
 
@@ -215,7 +216,7 @@ async def rollback(
     state = app_state(request)
     caller = await _caller(state, authorization)
     body = body or RollbackRequest()
-    return await _move_alias(
+    return await move_alias(
         state,
         lambda s: registry.rollback(
             s, actor=caller.user(None), reason=body.reason, to_version_id=body.version_id

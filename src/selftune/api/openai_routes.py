@@ -3,82 +3,51 @@
 Each answer is recorded as an interaction (who asked, the version that answered, the messages,
 the answer, token counts, latency) and committed before the client gets the end of the answer:
 the response ``id`` is the interaction's id, for ``POST /api/feedback``.
+
+``model`` picks what answers (the served name, a version name, ``base``, a runtime adapter), and
+so does llama.cpp's ``lora`` field, which llama.cpp's server also accepts on these routes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from selftune.api.auth import resolve_caller
+from selftune.api.auth import Caller, resolve_caller
 from selftune.api.errors import ApiError, error_body
+from selftune.api.generation import Asked, Generation, room_for, version_headers
 from selftune.api.schemas import ChatRequest, CompletionRequest
-from selftune.api.state import AppState, adapter_for, generate
-from selftune.engines.base import Engine, GenerationParams
-from selftune.registry.versions import ServingTarget
-from selftune.store.db import Database
-from selftune.store.schema import Conversation, Interaction
-from selftune.store.users import ensure_user
+from selftune.api.state import AppState, app_state, ready_engine
+from selftune.api.targets import Target, model_cards, resolve_target
+from selftune.engines.base import Chunk, Engine, GenerationParams
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-def app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.selftune
-    return state
+async def caller_of(state: AppState, authorization: str | None) -> Caller:
+    return await run_in_threadpool(
+        resolve_caller, state.db, authorization, state.settings.auth_required
+    )
 
 
-def ready_engine(state: AppState) -> Engine:
-    if state.engine is None:
-        if state.load_error:
-            raise ApiError(
-                500,
-                f"the model failed to load: {state.load_error}",
-                type="server_error",
-                code="model_load_failed",
-            )
-        raise ApiError(
-            503,
-            "the model is still loading; retry in a few seconds",
-            type="server_error",
-            code="model_loading",
-        )
-    return state.engine
-
-
-def _check_model(state: AppState, model: str) -> None:
-    if model != state.settings.model_name:
-        raise ApiError(
-            404,
-            f"the model {model!r} does not exist; this server serves "
-            f"{state.settings.model_name!r} (see GET /v1/models)",
-            code="model_not_found",
-            param="model",
-        )
+async def target_of(state: AppState, engine: Engine, body: Any) -> Target:
+    return await run_in_threadpool(resolve_target, state, engine.name, body.model, body.lora)
 
 
 def _params(
     state: AppState, engine: Engine, body: Any, prompt_tokens: int, requested: int | None
 ) -> GenerationParams:
-    room = engine.context_length - prompt_tokens
-    if room <= 0 or (requested is not None and requested > room):
-        raise ApiError(
-            400,
-            f"this model's context is {engine.context_length} tokens; the prompt has "
-            f"{prompt_tokens} and {requested or 1} more were asked for. Shorten the messages "
-            "or lower max_tokens.",
-            code="context_length_exceeded",
-            param="messages",
-        )
+    room = room_for(engine, prompt_tokens, requested, "max_tokens")
     temperature = (
         state.settings.default_temperature if body.temperature is None else body.temperature
     )
@@ -91,78 +60,37 @@ def _params(
     )
 
 
-def record_interaction(db: Database, **fields: Any) -> None:
-    with db.write() as session:
-        user_id = fields["user_id"]
-        ensure_user(session, user_id)
-        conversation = Conversation(id=f"conv-{uuid.uuid4().hex}", user_id=user_id)
-        session.add(conversation)
-        session.flush()
-        session.add(Interaction(conversation_id=conversation.id, **fields))
-
-
 async def _answer(
     state: AppState,
-    *,
-    kind: str,
-    interaction_id: str,
-    user_id: str,
+    engine: Engine,
+    target: Target,
+    asked: Asked,
     prompt: str,
-    recorded_messages: list[dict[str, Any]],
     body: Any,
     requested_max: int | None,
-    template_override: str | None,
 ) -> Any:
-    engine = ready_engine(state)
-    target: ServingTarget = state.serving  # fixed for the whole request
     prompt_tokens = await run_in_threadpool(engine.count_tokens, prompt)
     params = _params(state, engine, body, prompt_tokens, requested_max)
-    started = time.perf_counter()
-    created = int(time.time())
-    model = state.settings.model_name
-
-    def record(text: str, finish: str, completion_tokens: int) -> dict[str, Any]:
-        fields = {
-            "id": interaction_id,
-            "user_id": user_id,
-            "kind": kind,
-            "model": model,
-            "version_id": target.version_id,
-            "messages": recorded_messages,
-            "response": text,
-            "finish_reason": finish,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-            "chat_template": template_override,
-        }
-        record_interaction(state.db, **fields)
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-
-    chunks = generate(engine, prompt, params, adapter_for(target))
-    headers = {"X-Selftune-Version": target.name}
+    generation = Generation(state, target, asked, prompt_tokens)
+    headers = version_headers(target)
     envelope = {
-        "id": interaction_id,
-        "created": created,
-        "model": model,
+        "id": asked.interaction_id,
+        "created": int(time.time()),
+        "model": target.model,
         "system_fingerprint": target.name,
     }
+    chunks = generation.run(engine, prompt, params)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        stream = _sse(chunks, envelope, kind, record, include_usage)
+        stream = _sse(chunks, envelope, asked.kind, generation, include_usage)
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
-    text, finish, n_tokens = "", "length", 0
-    async for chunk in chunks:
-        text += chunk.text
-        if chunk.finish_reason:
-            finish, n_tokens = chunk.finish_reason, chunk.completion_tokens
-    usage = await run_in_threadpool(record, text, finish, n_tokens)
-    if kind == "chat":
+    async with contextlib.aclosing(chunks):
+        async for _ in chunks:
+            pass
+    usage = await run_in_threadpool(generation.record)
+    text, finish = generation.text, generation.finish
+    if asked.kind == "chat":
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": text},
@@ -179,10 +107,10 @@ async def _answer(
 
 
 async def _sse(
-    chunks: AsyncIterator[Any],
+    chunks: AsyncGenerator[Chunk, None],
     envelope: dict[str, Any],
     kind: str,
-    record: Any,
+    generation: Generation,
     include_usage: bool,
 ) -> AsyncIterator[str]:
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -209,15 +137,12 @@ async def _sse(
                 "logprobs": None,
             }
         )
-    text, finish, n_tokens = "", "length", 0
-    async for chunk in chunks:
-        text += chunk.text
-        if chunk.finish_reason:
-            finish, n_tokens = chunk.finish_reason, chunk.completion_tokens
-        if chunk.text or chunk.finish_reason:
-            yield event(choice(chunk.text, chunk.finish_reason))
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            if chunk.text or chunk.finish_reason:
+                yield event(choice(chunk.text, chunk.finish_reason))
     try:
-        usage = await run_in_threadpool(record, text, finish, n_tokens)
+        usage = await run_in_threadpool(generation.record)
     except Exception as exc:
         body = error_body(f"the answer could not be recorded: {exc}", "server_error")
         yield f"data: {json.dumps(body)}\n\n"
@@ -232,30 +157,22 @@ async def chat_completions(
     body: ChatRequest, request: Request, authorization: str | None = Header(None)
 ) -> Any:
     state = app_state(request)
-    caller = await run_in_threadpool(
-        resolve_caller, state.db, authorization, state.settings.auth_required
-    )
-    _check_model(state, body.model)
+    caller = await caller_of(state, authorization)
     engine = ready_engine(state)
+    target = await target_of(state, engine, body)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    template = body.chat_template or state.serving.chat_template
+    template = body.chat_template or target.chat_template
     try:
         prompt = engine.render_chat(messages, template)
     except Exception as exc:
         raise ApiError(
             400, f"the chat template could not render these messages: {exc}", param="messages"
         ) from exc
-    return await _answer(
-        state,
-        kind="chat",
-        interaction_id=f"chatcmpl-{uuid.uuid4().hex}",
-        user_id=caller.user(body.user),
-        prompt=prompt,
-        recorded_messages=messages,
-        body=body,
-        requested_max=body.max_completion_tokens or body.max_tokens,
-        template_override=body.chat_template,
+    asked = Asked(
+        f"chatcmpl-{uuid.uuid4().hex}", caller.user(body.user), "chat", messages, body.chat_template
     )
+    requested = body.max_completion_tokens or body.max_tokens
+    return await _answer(state, engine, target, asked, prompt, body, requested)
 
 
 @router.post("/v1/completions")
@@ -263,40 +180,21 @@ async def completions(
     body: CompletionRequest, request: Request, authorization: str | None = Header(None)
 ) -> Any:
     state = app_state(request)
-    caller = await run_in_threadpool(
-        resolve_caller, state.db, authorization, state.settings.auth_required
-    )
-    _check_model(state, body.model)
+    caller = await caller_of(state, authorization)
+    engine = ready_engine(state)
+    target = await target_of(state, engine, body)
     try:
         prompt = body.prompt_text()
     except ValueError as exc:
         raise ApiError(400, str(exc), param="prompt") from exc
-    return await _answer(
-        state,
-        kind="completion",
-        interaction_id=f"cmpl-{uuid.uuid4().hex}",
-        user_id=caller.user(body.user),
-        prompt=prompt,
-        recorded_messages=[{"prompt": prompt}],
-        body=body,
-        requested_max=body.max_tokens,
-        template_override=None,
+    asked = Asked(
+        f"cmpl-{uuid.uuid4().hex}", caller.user(body.user), "completion", [{"prompt": prompt}]
     )
+    return await _answer(state, engine, target, asked, prompt, body, body.max_tokens)
 
 
 @router.get("/v1/models")
 async def list_models(request: Request, authorization: str | None = Header(None)) -> Any:
     state = app_state(request)
-    await run_in_threadpool(resolve_caller, state.db, authorization, state.settings.auth_required)
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": state.settings.model_name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "selftune",
-                "version": state.serving.name,
-            }
-        ],
-    }
+    await caller_of(state, authorization)
+    return {"object": "list", "data": await run_in_threadpool(model_cards, state)}

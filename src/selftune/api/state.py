@@ -3,25 +3,36 @@
 The engine loads in a background thread so ``/health`` can answer 503 while it does. A poller
 watches the serving alias in the store and preloads a newly promoted adapter before switching
 to it; each request takes the target once, at its start, and keeps it to its end.
+
+Runtime adapters (vLLM's ``POST /v1/load_lora_adapter``) live here too, in memory only: like
+vLLM's, they are gone after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.errors import ApiError
+from selftune.api.metrics import ServerMetrics
 from selftune.config import Settings
-from selftune.engines.base import AdapterRef, Chunk, Engine, GenerationParams
+from selftune.engines.base import AdapterRef, Chunk, Engine, GenerationParams, Prompt
 from selftune.registry.versions import ServingTarget, serving_target
 from selftune.store.db import Database
 
-__all__ = ["AppState"]
+if TYPE_CHECKING:
+    from selftune.models.base import BaseModelSource
+
+__all__ = ["AppState", "adapter_for", "app_state", "generate", "ready_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +46,49 @@ class AppState:
         self.engine: Engine | None = engine
         self.load_error: str | None = None
         self.serving = ServingTarget(None, "base", None, None)
+        self.metrics = ServerMetrics()
+        # Adapters loaded at runtime, by the name clients send as ``model``. Their AdapterRef
+        # carries a negative version_id: they are not stored versions.
+        self.runtime_adapters: dict[str, AdapterRef] = {}
+        self.runtime_lock = threading.Lock()  # one load or unload at a time
+        self._runtime_ids = itertools.count(1)
         self._refresh_lock = asyncio.Lock()
+        self._base_source: BaseModelSource | None = None
+        self._base_folder: Path | None = None
 
     # --- loading ---------------------------------------------------------------------------
     def load_engine(self) -> None:
-        from selftune.engines.transformers_engine import TransformersEngine
-        from selftune.models.base import materialize, resolve_base_model
+        from selftune.engines.factory import build_engine
+        from selftune.models.base import resolve_base_model
 
         try:
             source = resolve_base_model(self.settings.base_model)
-            folder = materialize(source, self.settings.cache_dir)
-            self.engine = TransformersEngine(
-                folder,
-                chat_template=self.settings.chat_template,
-                context_length=self.settings.context_length,
-            )
-            log.info("model loaded from %s", source.location)
+            self.engine = build_engine(self.settings, source)
+            log.info("model loaded from %s (%s)", source.location, self.engine.name)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load the model")
+
+    # --- the base model, as files ---------------------------------------------------------
+    def base_source(self) -> BaseModelSource:
+        """Where the configured base model comes from (resolved once; it reads the file)."""
+        from selftune.models.base import resolve_base_model
+
+        if self._base_source is None:
+            self._base_source = resolve_base_model(self.settings.base_model)
+        return self._base_source
+
+    def base_folder(self) -> Path:
+        """The base as a Hugging Face folder (config.json, weights): for checking adapters."""
+        from selftune.models.base import materialize
+
+        if self._base_folder is None:
+            self._base_folder = materialize(self.base_source(), self.settings.cache_dir)
+        return self._base_folder
+
+    def next_runtime_id(self) -> int:
+        """A fresh negative id for a runtime adapter, never reused within this process."""
+        return -next(self._runtime_ids)
 
     # --- the serving alias -----------------------------------------------------------------
     async def refresh_serving(self) -> ServingTarget:
@@ -82,6 +117,30 @@ class AppState:
             await asyncio.sleep(self.settings.adapter_poll_seconds)
 
 
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.selftune
+    return state
+
+
+def ready_engine(state: AppState) -> Engine:
+    """The loaded engine, or the error that tells the client to wait (or why it never will)."""
+    if state.engine is None:
+        if state.load_error:
+            raise ApiError(
+                500,
+                f"the model failed to load: {state.load_error}",
+                type="server_error",
+                code="model_load_failed",
+            )
+        raise ApiError(
+            503,
+            "the model is still loading; retry in a few seconds",
+            type="server_error",
+            code="model_loading",
+        )
+    return state.engine
+
+
 def adapter_for(target: ServingTarget) -> AdapterRef | None:
     if target.version_id is None or target.path is None:
         return None
@@ -89,8 +148,8 @@ def adapter_for(target: ServingTarget) -> AdapterRef | None:
 
 
 async def generate(
-    engine: Engine, prompt: str, params: GenerationParams, adapter: AdapterRef | None
-) -> AsyncIterator[Chunk]:
+    engine: Engine, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
+) -> AsyncGenerator[Chunk, None]:
     """Run the engine in its own thread and hand its chunks to the event loop.
 
     If the consumer stops early (a client disconnects), the thread is told to stop after its

@@ -24,6 +24,7 @@ __all__ = [
     "next_version_name",
     "promote",
     "rollback",
+    "rollback_to_base",
     "serving_target",
     "version_summary",
 ]
@@ -132,6 +133,18 @@ def rollback(
             )
         target = to_version_id
     return _record(session, "rollback", target, current, reason, actor)
+
+
+def rollback_to_base(session: Session, *, actor: str, reason: str) -> AliasChange:
+    """Serve the bare base model, however many versions were promoted on top of it.
+
+    The base is the bottom of every alias stack, so this is a rollback to ``None``: replaying the
+    history pops back to it, and a later plain rollback has nothing left to undo.
+    """
+    current = alias_stack(session)[-1]
+    if current is None:
+        raise RegistryError("the base model is already being served")
+    return _record(session, "rollback", None, current, reason, actor)
 
 
 def version_summary(session: Session, version: Version, serving_id: int | None) -> dict[str, Any]:

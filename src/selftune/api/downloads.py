@@ -1,0 +1,160 @@
+"""Downloading a version: ``GET /api/versions/{id or name}/download?format=gguf|peft``.
+
+Every download is a file whose SHA-256 is known before the first byte is sent (the
+``X-Checksum-Sha256`` header), taken from a checksummed manifest, never computed on the fly:
+
+- ``gguf``: the version's GGUF LoRA (``adapter.gguf``, for llama.cpp's ``--lora``), straight from
+  the version folder, checked against the folder's manifest first;
+- ``peft``: the PEFT files as a tar, built once, deterministically, into
+  ``<data_dir>/exports/<version>/peft/`` as an atomic directory with its own manifest.
+
+A format is a function from a version to a :class:`Download`, in :data:`FORMATS`; a merged-model
+export is added there under its own name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from selftune.api.errors import ApiError
+from selftune.api.manage import resolve_version_id
+from selftune.api.openai_routes import caller_of
+from selftune.api.state import app_state
+from selftune.atomic import MANIFEST, ArtifactError, atomic_directory, verify_manifest
+from selftune.config import Settings
+from selftune.store.schema import Version
+
+__all__ = ["FORMATS", "Download", "router"]
+
+router = APIRouter(prefix="/api")
+
+GGUF_ADAPTER = "adapter.gguf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Download:
+    path: Path
+    filename: str  # what the client saves it as
+    sha256: str
+    size: int
+    media_type: str
+
+
+def _verified(folder: Path, version: Version) -> dict[str, Any]:
+    """The folder's manifest, after checking every file against it."""
+    try:
+        return verify_manifest(folder)
+    except ArtifactError as exc:
+        raise ApiError(
+            500,
+            f"the files of version {version.name} do not match their manifest ({exc}); "
+            "they cannot be served until restored",
+            type="server_error",
+            code="artifact_corrupted",
+        ) from exc
+
+
+def _version_folder(version: Version) -> Path:
+    folder = Path(version.path)
+    if not folder.is_dir():
+        raise ApiError(
+            404, f"version {version.name} has no stored adapter at {folder}", code="no_artifact"
+        )
+    return folder
+
+
+def gguf_download(version: Version, _settings: Settings) -> Download:
+    folder = _version_folder(version)
+    entry = _verified(folder, version)["files"].get(GGUF_ADAPTER)
+    if entry is None:
+        raise ApiError(
+            404,
+            f"version {version.name} has no GGUF adapter (its base model's architecture has no "
+            "GGUF LoRA export); download format=peft instead",
+            code="no_artifact",
+            param="format",
+        )
+    return Download(
+        folder / GGUF_ADAPTER,
+        f"{version.name}-adapter.gguf",
+        entry["sha256"],
+        entry["bytes"],
+        "application/octet-stream",
+    )
+
+
+def peft_download(version: Version, settings: Settings) -> Download:
+    source = _version_folder(version)
+    _verified(source, version)
+    out = settings.exports_dir / version.name / "peft"
+    name = f"{version.name}-peft.tar"
+    if not out.is_dir():
+        try:
+            with atomic_directory(out, {"version": version.name, "format": "peft"}) as tmp:
+                write_peft_tar(source, tmp / name, root=version.name)
+        except FileExistsError:
+            pass  # another request built it meanwhile; the build is deterministic
+    entry = _verified(out, version)["files"][name]
+    return Download(out / name, name, entry["sha256"], entry["bytes"], "application/x-tar")
+
+
+def write_peft_tar(source: Path, target: Path, *, root: str) -> None:
+    """Tar the PEFT files of ``source`` under ``root/``; the same files give the same bytes."""
+    files = sorted(
+        p for p in source.iterdir() if p.is_file() and p.name not in (GGUF_ADAPTER, MANIFEST)
+    )
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in files:
+            info = tarfile.TarInfo(f"{root}/{path.name}")
+            info.size = path.stat().st_size
+            info.mode, info.mtime = 0o644, 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+
+
+# Download formats by the name clients send as ?format=. A merged-model export goes here.
+FORMATS: dict[str, Callable[[Version, Settings], Download]] = {
+    "gguf": gguf_download,
+    "peft": peft_download,
+}
+
+
+@router.get("/versions/{ref}/download")
+async def download_version(
+    ref: str,
+    request: Request,
+    format: str = Query("gguf", description="gguf: the GGUF LoRA; peft: a tar of the PEFT files"),
+    authorization: str | None = Header(None),
+) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+    build = FORMATS.get(format)
+    if build is None:
+        raise ApiError(
+            400, f"unknown format {format!r}; use one of {sorted(FORMATS)}", param="format"
+        )
+    version_id = await run_in_threadpool(resolve_version_id, state, ref)
+
+    def prepare() -> Download:
+        with state.db.read() as session:
+            version = session.get(Version, version_id)
+        assert version is not None  # resolve_version_id found it; versions are never deleted
+        return build(version, state.settings)
+
+    item = await run_in_threadpool(prepare)
+    return FileResponse(
+        item.path,
+        media_type=item.media_type,
+        filename=item.filename,
+        headers={"X-Checksum-Sha256": item.sha256},  # FileResponse sets Content-Length
+    )

@@ -1,0 +1,171 @@
+"""Embeddings: OpenAI's ``POST /v1/embeddings`` and llama.cpp's ``POST /embedding``.
+
+``model`` names the embedder. The served model embeds under any name ``model`` accepts on the
+generation routes (the served name, a version, ``base``, a runtime adapter): the mean-pooled
+last hidden states of that version, through the engine. Dedicated embedding models join with
+:func:`register_embedding_model`, under their own names. Vectors are L2-normalized unless
+llama.cpp's ``embd_normalize`` asks otherwise. Embeddings are not recorded as interactions.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from selftune.api.errors import ApiError
+from selftune.api.openai_routes import caller_of
+from selftune.api.schemas import EmbeddingInput, EmbeddingRequest, LlamaEmbeddingRequest
+from selftune.api.state import AppState, app_state, ready_engine
+from selftune.api.targets import model_names, resolve_target
+from selftune.engines.base import AdapterRef, Engine
+
+__all__ = ["Embedder", "normalize", "register_embedding_model", "router"]
+
+router = APIRouter()
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedder:
+    """One embedding model, ready for a request. Both callables block: run them in a thread."""
+
+    model: str  # the name reported back
+    version: str | None  # the version that embeds (the X-Selftune-Version header), if served
+    embed: Callable[[Sequence[str]], list[list[float]]]  # unnormalized vectors
+    count_tokens: Callable[[str], int]
+    max_tokens: int  # the longest text it takes
+    detokenize: Callable[[Sequence[int]], str] | None = None  # for token-id inputs
+
+
+# Dedicated embedding models, by name: each builds its Embedder from the app state when asked.
+_MODELS: dict[str, Callable[[AppState], Embedder]] = {}
+
+
+def register_embedding_model(name: str, factory: Callable[[AppState], Embedder]) -> None:
+    """Make ``factory``'s model available as ``model=name`` on both embedding routes."""
+    if name in _MODELS:
+        raise ValueError(f"an embedding model named {name!r} is already registered")
+    _MODELS[name] = factory
+
+
+async def _embedder(state: AppState, model: str | None) -> Embedder:
+    if model in _MODELS:
+        return _MODELS[model](state)
+    engine = ready_engine(state)
+    try:
+        target = await run_in_threadpool(resolve_target, state, engine.name, model, None)
+    except ApiError as exc:
+        if exc.code != "model_not_found":
+            raise
+        names = sorted(_MODELS) + await run_in_threadpool(model_names, state)
+        raise ApiError(
+            404,
+            f"no embedding model {model!r}; available: {', '.join(names)}",
+            code="model_not_found",
+            param="model",
+        ) from exc
+    return _served(engine, target.model, target.name, target.adapter)
+
+
+def _served(engine: Engine, model: str, version: str, adapter: AdapterRef | None) -> Embedder:
+    return Embedder(
+        model=model,
+        version=version,
+        embed=lambda texts: engine.embed(texts, adapter),
+        count_tokens=engine.count_tokens,
+        max_tokens=engine.context_length,
+        detokenize=engine.detokenize,
+    )
+
+
+def normalize(vector: Sequence[float], kind: int = 2) -> list[float]:
+    """llama.cpp's ``embd_normalize``: -1 none, 0 max-abs (int16 range), 1 taxicab, 2 L2, p>2."""
+    if kind < 0:
+        return list(vector)
+    if kind == 0:
+        norm = max((abs(x) for x in vector), default=0.0) / 32760.0
+    else:
+        norm = sum(abs(x) ** kind for x in vector) ** (1.0 / kind)
+    return [x / norm for x in vector] if norm > 0 else [0.0 for _ in vector]
+
+
+def _texts(embedder: Embedder, inputs: Sequence[EmbeddingInput]) -> list[str]:
+    if all(isinstance(item, str) for item in inputs):
+        return [str(item) for item in inputs]
+    if embedder.detokenize is None:
+        raise ApiError(
+            400, f"{embedder.model} takes text only; send strings in 'input'", param="input"
+        )
+    decode = embedder.detokenize
+    return [item if isinstance(item, str) else decode(item) for item in inputs]
+
+
+def _embed(
+    embedder: Embedder, inputs: Sequence[EmbeddingInput], kind: int
+) -> tuple[list[list[float]], int]:
+    """Normalized vectors and the prompt tokens they took; a 400 for a text that is too long."""
+    texts = _texts(embedder, inputs)
+    counts = [embedder.count_tokens(text) for text in texts]
+    for index, count in enumerate(counts):
+        if count > embedder.max_tokens:
+            raise ApiError(
+                400,
+                f"input {index} is too large: {count} tokens, and {embedder.model} takes at "
+                f"most {embedder.max_tokens}. Split it into shorter texts.",
+                param="input",
+            )
+    vectors = [normalize(v, kind) for v in embedder.embed(texts)]
+    return vectors, sum(counts)
+
+
+def _headers(embedder: Embedder) -> dict[str, str]:
+    return {"X-Selftune-Version": embedder.version} if embedder.version else {}
+
+
+def _base64(vector: Sequence[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+@router.post("/v1/embeddings")
+async def embeddings(
+    body: EmbeddingRequest, request: Request, authorization: str | None = Header(None)
+) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+    embedder = await _embedder(state, body.model)
+    vectors, tokens = await run_in_threadpool(_embed, embedder, body.input, 2)
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": _base64(v) if body.encoding_format == "base64" else v,
+        }
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    response = {"object": "list", "data": data, "model": embedder.model, "usage": usage}
+    return JSONResponse(response, headers=_headers(embedder))
+
+
+@router.post("/embedding")
+async def llamacpp_embedding(
+    body: LlamaEmbeddingRequest, request: Request, authorization: str | None = Header(None)
+) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+    try:
+        inputs = body.texts()
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="content") from exc
+    embedder = await _embedder(state, body.model)
+    vectors, _ = await run_in_threadpool(_embed, embedder, inputs, body.embd_normalize)
+    # llama.cpp's shape for pooled embeddings: one row per input, nested once.
+    response = [{"index": i, "embedding": [v]} for i, v in enumerate(vectors)]
+    return JSONResponse(response, headers=_headers(embedder))

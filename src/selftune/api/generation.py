@@ -1,0 +1,171 @@
+"""One answer, for any generation route: the engine's chunks, the metrics, and the record.
+
+The OpenAI routes and llama.cpp's ``/completion`` shape their responses differently but generate
+through :class:`Generation`, so each of them is counted in ``/metrics`` and recorded the same
+way: one interaction, committed before the client gets the end of the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from selftune.api.errors import ApiError
+from selftune.api.metrics import RequestTimings
+from selftune.api.state import AppState, generate
+from selftune.api.targets import Target
+from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
+from selftune.engines.stops import StopMatcher
+from selftune.store.db import Database
+from selftune.store.schema import Conversation, Interaction
+from selftune.store.users import ensure_user
+
+__all__ = ["Asked", "Generation", "record_interaction", "room_for", "version_headers"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """What is recorded about the request: its id, who asked, and what."""
+
+    interaction_id: str
+    user_id: str
+    kind: str  # "chat" | "completion"
+    messages: list[dict[str, Any]]  # chat messages, or [{"prompt": ...}]
+    chat_template: str | None = None  # set when the request overrode the template
+
+
+def record_interaction(db: Database, **fields: Any) -> None:
+    with db.write() as session:
+        user_id = fields["user_id"]
+        ensure_user(session, user_id)
+        conversation = Conversation(id=f"conv-{uuid.uuid4().hex}", user_id=user_id)
+        session.add(conversation)
+        session.flush()
+        session.add(Interaction(conversation_id=conversation.id, **fields))
+
+
+def version_headers(target: Target) -> dict[str, str]:
+    return {"X-Selftune-Version": target.name}
+
+
+def room_for(engine: Engine, prompt_tokens: int, requested: int | None, param: str) -> int:
+    """Tokens left for the answer; a 400 when the prompt, or the request, does not fit."""
+    room = engine.context_length - prompt_tokens
+    if room <= 0 or (requested is not None and requested > room):
+        raise ApiError(
+            400,
+            f"this model's context is {engine.context_length} tokens; the prompt has "
+            f"{prompt_tokens} and {requested or 1} more were asked for. Shorten the prompt "
+            f"or lower {param}.",
+            code="context_length_exceeded",
+            param=param,
+        )
+    return room
+
+
+class Generation:
+    """Generates one answer with :meth:`run`, then writes it with :meth:`record`."""
+
+    def __init__(self, state: AppState, target: Target, asked: Asked, prompt_tokens: int) -> None:
+        self.state, self.target, self.asked = state, target, asked
+        self.prompt_tokens = prompt_tokens
+        self.text = ""
+        self.finish = "length"  # "stop" | "length", as the engine reports it
+        self.stop_word = ""  # the stop sequence that ended the answer, when run() matched it
+        self.completion_tokens = 0
+        self._started = time.perf_counter()
+        self._first_text: float | None = None
+        self._ended: float | None = None
+
+    async def run(
+        self, engine: Engine, prompt: Prompt, params: GenerationParams, *, match_stops: bool = False
+    ) -> AsyncGenerator[Chunk, None]:
+        """Yield the answer's chunks; the last one has ``finish_reason`` set.
+
+        With ``match_stops`` the stop sequences are matched here instead of in the engine, so
+        :attr:`stop_word` tells a stop sequence from the end-of-sequence token (llama.cpp's
+        ``stop_type``); the engine is told to stop as soon as one is found.
+        """
+        matcher = StopMatcher(params.stop) if match_stops else None
+        engine_params = dataclasses.replace(params, stop=()) if matcher else params
+        metrics = self.state.metrics
+        metrics.admitted()
+        raw = ""
+        try:
+            chunks = generate(engine, prompt, engine_params, self.target.adapter)
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if self._first_text is None:
+                        self._first_text = time.perf_counter()
+                        metrics.producing()
+                    self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
+                    piece, finish = chunk.text, chunk.finish_reason
+                    if matcher is not None:
+                        raw += chunk.text
+                        piece, stopped = matcher.feed(raw)
+                        if stopped:
+                            self.stop_word = _first_stop(raw, params.stop)
+                            finish = "stop"
+                        elif finish:
+                            piece += matcher.flush()
+                    self.text += piece
+                    if finish:
+                        self.finish = finish
+                        self._done()
+                        yield Chunk(piece, finish, self.completion_tokens)
+                        return  # closing the engine's stream stops it after its current token
+                    yield Chunk(piece, None, self.completion_tokens)
+            self._done()  # an engine that ended without a finish reason: cut at the length
+        finally:
+            metrics.left(produced=self._first_text is not None)
+
+    def _done(self) -> None:
+        self._ended = time.perf_counter()
+        self.state.metrics.count(self.timings())
+
+    def timings(self) -> RequestTimings:
+        ended = self._ended or time.perf_counter()
+        first = self._first_text or ended
+        return RequestTimings(
+            prompt_n=self.prompt_tokens,
+            prompt_seconds=first - self._started,
+            predicted_n=self.completion_tokens,
+            predicted_seconds=ended - first,
+        )
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def record(self) -> dict[str, int]:
+        """Write the interaction (blocking: call it in a thread) and return the usage."""
+        asked, target = self.asked, self.target
+        record_interaction(
+            self.state.db,
+            id=asked.interaction_id,
+            user_id=asked.user_id,
+            kind=asked.kind,
+            model=target.model,
+            version_id=target.version_id,
+            messages=asked.messages,
+            response=self.text,
+            finish_reason=self.finish,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=round((time.perf_counter() - self._started) * 1000, 2),
+            chat_template=asked.chat_template,
+        )
+        return self.usage()
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> str:
+    """The stop sequence found earliest in ``text`` (the one StopMatcher cut at)."""
+    hits = [(text.find(stop), stop) for stop in stops if stop and stop in text]
+    return min(hits)[1] if hits else ""

@@ -1,0 +1,363 @@
+"""llama.cpp server compatibility: /completion, /tokenize, /detokenize, /props, /metrics, and
+/lora-adapters, with the request and response shapes of llama.cpp's ``tools/server/README.md``.
+
+Where llama.cpp's ideas and selftune's differ, the mapping is:
+
+- an "adapter" is a stored version with an artifact: its ``id`` is the version id;
+- ``POST /lora-adapters`` moves the serving alias (promote a gated version, or back to the base),
+  so it takes scale 1.0 or 0.0 only: the alias has no scale. Other scales work per request,
+  through the ``lora`` field, on engines that support them (llama.cpp);
+- there is one slot and no prompt cache, so ``id_slot`` is 0 and ``tokens_cached`` is 0.
+
+``/completion`` answers are recorded as interactions exactly like ``/v1/completions``; the
+response carries the interaction ``id`` (for ``POST /api/feedback``) and ``system_fingerprint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from selftune import __version__
+from selftune.api.errors import ApiError, error_body
+from selftune.api.generation import Asked, Generation, room_for, version_headers
+from selftune.api.manage import move_alias
+from selftune.api.metrics import CONTENT_TYPE
+from selftune.api.openai_routes import caller_of, target_of
+from selftune.api.schemas import (
+    DetokenizeRequest,
+    LlamaCompletionRequest,
+    LoraScale,
+    TokenizeRequest,
+)
+from selftune.api.state import AppState, app_state, ready_engine
+from selftune.api.targets import Target, artifact_path, has_artifact, versions_with_artifacts
+from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
+from selftune.registry import versions as registry
+from selftune.store.schema import Version
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+# --- /completion ---------------------------------------------------------------------------
+@router.post("/completion")
+async def completion(
+    body: LlamaCompletionRequest, request: Request, authorization: str | None = Header(None)
+) -> Any:
+    state = app_state(request)
+    caller = await caller_of(state, authorization)
+    engine = ready_engine(state)
+    target = await target_of(state, engine, body)
+    prompt, prompt_text, prompt_tokens = await run_in_threadpool(_prompt, engine, body.prompt)
+    params = _params(state, engine, body, prompt_tokens)
+    asked = Asked(
+        f"cmpl-{uuid.uuid4().hex}", caller.user(body.user), "completion", [{"prompt": prompt_text}]
+    )
+    generation = Generation(state, target, asked, prompt_tokens)
+    chunks = generation.run(engine, prompt, params, match_stops=True)
+    settings = _generation_settings(engine, target, body, params)
+    headers = version_headers(target)
+    if body.stream:
+        events = _sse(chunks, generation, settings, prompt_text)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    async with contextlib.aclosing(chunks):
+        async for _ in chunks:
+            pass
+    await run_in_threadpool(generation.record)
+    final = _final(generation, settings, prompt_text, content=generation.text)
+    return JSONResponse(final, headers=headers)
+
+
+def _prompt(engine: Engine, prompt: str | list[int]) -> tuple[Prompt, str, int]:
+    """(what the engine gets, the prompt as text for the record, its length in tokens)."""
+    if isinstance(prompt, str):
+        return prompt, prompt, engine.count_tokens(prompt)
+    try:
+        text = engine.detokenize(prompt)
+    except Exception as exc:
+        raise ApiError(
+            400, f"the prompt has token ids this model does not have: {exc}", param="prompt"
+        ) from exc
+    return prompt, text, len(prompt)
+
+
+def _params(
+    state: AppState, engine: Engine, body: LlamaCompletionRequest, prompt_tokens: int
+) -> GenerationParams:
+    # llama.cpp: n_predict -1 generates until the context is full; absent, the server default.
+    n_predict = None if body.n_predict == -1 else body.n_predict
+    room = room_for(engine, prompt_tokens, n_predict, "n_predict")
+    if body.n_predict is None:
+        max_tokens = min(state.settings.default_max_tokens, room)
+    else:
+        max_tokens = room if n_predict is None else n_predict
+    temperature = (
+        state.settings.default_temperature if body.temperature is None else body.temperature
+    )
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=max(temperature, 0.0),  # llama.cpp: below zero is greedy
+        top_p=body.top_p,
+        stop=body.stops(),
+        seed=None if body.seed < 0 else body.seed,
+    )
+
+
+def _generation_settings(
+    engine: Engine, target: Target, body: LlamaCompletionRequest, params: GenerationParams
+) -> dict[str, Any]:
+    """llama.cpp's ``generation_settings``: the options this request actually ran with."""
+    adapter = target.adapter
+    # Only stored versions have llama.cpp adapter ids; a runtime adapter shows in "model".
+    lora = []
+    if adapter is not None and target.version_id is not None:
+        lora = [{"id": target.version_id, "scale": adapter.scale}]
+    return {
+        "n_ctx": engine.context_length,
+        "n_predict": params.max_tokens,
+        "model": target.model,
+        "seed": body.seed,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop),
+        "stream": body.stream,
+        "lora": lora,
+    }
+
+
+def _stop_type(generation: Generation) -> str:
+    if generation.stop_word:
+        return "word"
+    return "eos" if generation.finish == "stop" else "limit"
+
+
+def _final(
+    generation: Generation, settings: dict[str, Any], prompt_text: str, *, content: str
+) -> dict[str, Any]:
+    """The last response object: the whole text (or "" at the end of a stream) and a summary."""
+    return {
+        "index": 0,
+        "id": generation.asked.interaction_id,
+        "content": content,
+        "tokens": [],
+        "id_slot": 0,
+        "stop": True,
+        "model": generation.target.model,
+        "system_fingerprint": generation.target.name,
+        "tokens_predicted": generation.completion_tokens,
+        "tokens_evaluated": generation.prompt_tokens,
+        "generation_settings": settings,
+        "prompt": prompt_text,
+        "has_new_line": "\n" in generation.text,
+        "truncated": False,
+        "stop_type": _stop_type(generation),
+        "stopping_word": generation.stop_word,
+        "tokens_cached": 0,
+        "timings": generation.timings().as_llamacpp(),
+    }
+
+
+async def _sse(
+    chunks: AsyncGenerator[Chunk, None],
+    generation: Generation,
+    settings: dict[str, Any],
+    prompt_text: str,
+) -> AsyncIterator[str]:
+    def event(body: dict[str, Any]) -> str:
+        return f"data: {json.dumps(body)}\n\n"
+
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            if chunk.text:
+                yield event(
+                    {
+                        "index": 0,
+                        "content": chunk.text,
+                        "tokens": [],
+                        "stop": False,
+                        "id_slot": 0,
+                        "tokens_predicted": chunk.completion_tokens,
+                        "tokens_evaluated": generation.prompt_tokens,
+                    }
+                )
+    try:
+        await run_in_threadpool(generation.record)
+    except Exception as exc:
+        yield event(error_body(f"the answer could not be recorded: {exc}", "server_error"))
+        return
+    yield event(_final(generation, settings, prompt_text, content=""))
+
+
+# --- tokens --------------------------------------------------------------------------------
+@router.post("/tokenize")
+async def tokenize(
+    body: TokenizeRequest, request: Request, authorization: str | None = Header(None)
+) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+    engine = ready_engine(state)
+    if not body.parse_special:
+        raise ApiError(
+            400,
+            "parse_special=false is not supported: special tokens written in the text are "
+            "always parsed; leave it out",
+            param="parse_special",
+        )
+
+    def run() -> list[Any]:
+        ids = engine.tokenize(body.content, add_special=body.add_special)
+        if not body.with_pieces:
+            return ids
+        # A piece that is part of a multi-byte character decodes to U+FFFD on its own.
+        return [{"id": token, "piece": engine.detokenize([token])} for token in ids]
+
+    return {"tokens": await run_in_threadpool(run)}
+
+
+@router.post("/detokenize")
+async def detokenize(
+    body: DetokenizeRequest, request: Request, authorization: str | None = Header(None)
+) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+    engine = ready_engine(state)
+    try:
+        content = await run_in_threadpool(engine.detokenize, body.tokens)
+    except Exception as exc:
+        raise ApiError(
+            400, f"these are not token ids of this model: {exc}", param="tokens"
+        ) from exc
+    return {"content": content}
+
+
+# --- server properties and metrics ---------------------------------------------------------
+@router.get("/props")
+async def props(request: Request, authorization: str | None = Header(None)) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+    engine = ready_engine(state)
+    source = await run_in_threadpool(state.base_source)
+    serving = state.serving
+    settings = state.settings
+    params = {
+        "n_predict": settings.default_max_tokens,
+        "seed": -1,
+        "temperature": settings.default_temperature,
+        "top_p": 1.0,
+        "stop": [],
+        "max_tokens": settings.default_max_tokens,
+        "stream": False,
+        "lora": [{"id": serving.version_id, "scale": 1.0}] if serving.version_id else [],
+    }
+    busy = state.metrics.processing + state.metrics.deferred > 0
+    # The template the served version trained with; for the base, the engine's own.
+    template = serving.chat_template or getattr(engine, "default_template", None)
+    return {
+        "default_generation_settings": {
+            "id": 0,
+            "id_task": -1,
+            "n_ctx": engine.context_length,
+            "speculative": False,
+            "is_processing": busy,
+            "params": params,
+            "prompt": "",
+        },
+        "total_slots": 1,
+        "model_path": source.location,
+        "model_alias": settings.model_name,
+        "chat_template": template or settings.chat_template,
+        "modalities": {"vision": False, "audio": False},
+        "build_info": f"selftune-{__version__}",
+        "is_sleeping": False,
+        # selftune: what serves, and which version answers the served name.
+        "engine": engine.name,
+        "serving": {"version": serving.name, "version_id": serving.version_id},
+    }
+
+
+@router.get("/metrics")
+async def metrics(request: Request, authorization: str | None = Header(None)) -> Any:
+    # Served while the model loads too: a scraper should see the server before its first answer.
+    state = app_state(request)
+    await caller_of(state, authorization)
+    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --- adapters ------------------------------------------------------------------------------
+@router.get("/lora-adapters")
+async def list_lora_adapters(request: Request, authorization: str | None = Header(None)) -> Any:
+    state = app_state(request)
+    await caller_of(state, authorization)
+
+    def read() -> list[dict[str, Any]]:
+        with state.db.read() as session:
+            served = registry.serving_target(session).version_id
+            rows = session.scalars(select(Version).order_by(Version.id)).all()
+        return [
+            {
+                "id": v.id,
+                "path": str(artifact_path(v)),
+                "scale": 1.0 if v.id == served else 0.0,
+                "name": v.name,  # selftune: the version's name, usable as `model`
+            }
+            for v in rows
+            if has_artifact(v)
+        ]
+
+    return await run_in_threadpool(read)
+
+
+@router.post("/lora-adapters")
+async def set_lora_adapters(
+    body: list[LoraScale], request: Request, authorization: str | None = Header(None)
+) -> Any:
+    """Set what the served name answers with: one version at scale 1, or none (the base)."""
+    state = app_state(request)
+    caller = await caller_of(state, authorization)
+    version_id = await run_in_threadpool(_default_version, state, body)
+    actor = caller.user(None)
+    reason = "set through POST /lora-adapters"
+
+    def apply(session: Any) -> None:
+        if registry.alias_stack(session)[-1] == version_id:
+            return  # already served: setting the same scales again changes nothing
+        if version_id is None:
+            registry.rollback_to_base(session, actor=actor, reason=reason)
+        else:
+            registry.promote(session, version_id, actor=actor, reason=reason)
+
+    await move_alias(state, apply)
+    return {"success": True}
+
+
+def _default_version(state: AppState, entries: list[LoraScale]) -> int | None:
+    """The version the scales ask to serve by default, None for the base; a 400 otherwise."""
+    active = [entry for entry in entries if entry.scale != 0]
+    if len(active) > 1:
+        raise ApiError(
+            400,
+            "selftune serves one version by default: give a non-zero scale to at most one "
+            "adapter (all zero serves the base model)",
+        )
+    with state.db.read() as session:
+        versions_with_artifacts(session, [entry.id for entry in entries])
+    if not active:
+        return None
+    if active[0].scale != 1.0:
+        raise ApiError(
+            400,
+            f"the served version has no scale: send scale 1.0 to serve adapter {active[0].id} or "
+            f"0.0 for none, not {active[0].scale}; for other scales use the per-request 'lora' "
+            "field of /completion",
+        )
+    return active[0].id

@@ -1,0 +1,120 @@
+"""Server metrics under llama.cpp's names, in Prometheus' text format, for ``GET /metrics``.
+
+Every generation route counts here (the OpenAI routes and llama.cpp's ``/completion``), so a
+dashboard built for ``llama-server --metrics`` works unchanged. The exposition is written by hand:
+a dozen lines of text need no client library, and llama.cpp's names (``llamacpp:...``, counters
+without a ``_created`` series) are reproduced exactly.
+
+Timing is measured around the engine, not inside it: the prompt phase runs from the request's
+admission to its first piece of text (so it includes waiting for the engine), the prediction
+phase from there to the last token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+__all__ = ["CONTENT_TYPE", "RequestTimings", "ServerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestTimings:
+    """One finished generation, in llama.cpp's ``timings`` terms."""
+
+    prompt_n: int
+    prompt_seconds: float
+    predicted_n: int
+    predicted_seconds: float
+
+    def as_llamacpp(self) -> dict[str, float]:
+        """The ``timings`` object of llama.cpp's responses (``cache_n`` is 0: no prompt cache)."""
+        prompt_ms = self.prompt_seconds * 1000
+        predicted_ms = self.predicted_seconds * 1000
+        return {
+            "cache_n": 0,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": round(prompt_ms, 3),
+            "prompt_per_token_ms": round(prompt_ms / max(self.prompt_n, 1), 3),
+            "prompt_per_second": _rate(self.prompt_n, self.prompt_seconds),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": round(predicted_ms, 3),
+            "predicted_per_token_ms": round(predicted_ms / max(self.predicted_n, 1), 3),
+            "predicted_per_second": _rate(self.predicted_n, self.predicted_seconds),
+        }
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return round(tokens / seconds, 3) if seconds > 0 else 0.0
+
+
+class ServerMetrics:
+    """Counters and gauges of the generation routes; safe to update from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.prompt_tokens = 0
+        self.prompt_seconds = 0.0
+        self.predicted_tokens = 0
+        self.predicted_seconds = 0.0
+        self.n_tokens_max = 0
+        self.processing = 0  # producing text
+        self.deferred = 0  # admitted, no text yet: waiting for the engine or reading the prompt
+
+    def admitted(self) -> None:
+        with self._lock:
+            self.deferred += 1
+
+    def producing(self) -> None:
+        with self._lock:
+            self.deferred -= 1
+            self.processing += 1
+
+    def left(self, *, produced: bool) -> None:
+        with self._lock:
+            if produced:
+                self.processing -= 1
+            else:
+                self.deferred -= 1
+
+    def count(self, timings: RequestTimings) -> None:
+        with self._lock:
+            self.prompt_tokens += timings.prompt_n
+            self.prompt_seconds += timings.prompt_seconds
+            self.predicted_tokens += timings.predicted_n
+            self.predicted_seconds += timings.predicted_seconds
+            self.n_tokens_max = max(self.n_tokens_max, timings.prompt_n + timings.predicted_n)
+
+    def render(self) -> str:
+        """The Prometheus text exposition, llama.cpp's metric names and help texts."""
+        with self._lock:
+            rows = [
+                ("prompt_tokens_total", "counter", "Number of prompt tokens processed.",
+                 self.prompt_tokens),
+                ("prompt_seconds_total", "counter", "Prompt process time in seconds.",
+                 self.prompt_seconds),
+                ("tokens_predicted_total", "counter", "Number of generation tokens processed.",
+                 self.predicted_tokens),
+                ("tokens_predicted_seconds_total", "counter", "Predict process time in seconds.",
+                 self.predicted_seconds),
+                ("n_tokens_max", "counter", "Largest observed n_tokens (prompt + predicted).",
+                 self.n_tokens_max),
+                ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.",
+                 _rate(self.prompt_tokens, self.prompt_seconds)),
+                ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.",
+                 _rate(self.predicted_tokens, self.predicted_seconds)),
+                ("requests_processing", "gauge", "Number of requests processing.",
+                 self.processing),
+                ("requests_deferred", "gauge", "Number of requests deferred.", self.deferred),
+            ]  # fmt: skip
+        lines = []
+        for name, kind, help_text, value in rows:
+            metric = f"llamacpp:{name}"
+            lines += [
+                f"# HELP {metric} {help_text}",
+                f"# TYPE {metric} {kind}",
+                f"{metric} {value}",
+            ]
+        return "\n".join(lines) + "\n"
