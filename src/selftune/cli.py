@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -222,21 +221,17 @@ def rollback(
     _move_alias(lambda session: do_rollback(session, actor="cli", reason=reason))
 
 
-def _version_row(settings: Settings, version: str) -> tuple[str, dict[str, Any]]:
-    """A version's name and what export_version needs from its row (folder, template, base)."""
+def _version_id(settings: Settings, version: str) -> int:
+    """The id of a version given by name or id; fails with a hint when there is none."""
     from selftune.store.schema import Version
 
     with _database(settings).read() as session:
         column = Version.id == int(version) if version.isdigit() else Version.name == version
-        row = session.scalars(select(Version).where(column)).first()
-        if row is None:
-            _fail(f"no version {version!r}; see 'selftune status' (or export 'base')")
-        assert row is not None
-        return row.name, {
-            "adapter_dir": Path(row.path),
-            "chat_template": row.chat_template,
-            "trained_on": row.base_model,
-        }
+        version_id = session.scalar(select(Version.id).where(column))
+    if version_id is None:
+        _fail(f"no version {version!r}; see 'selftune status' (or export 'base')")
+    assert version_id is not None
+    return version_id
 
 
 @app.command("export")
@@ -250,17 +245,15 @@ def export_command(
         typer.Option("--format", help="GGUF weight type; q4_k_m uses llama.cpp's quantizer."),
     ] = "f16",
 ) -> None:
-    """Write a version merged into its base as one GGUF, with an ollama Modelfile beside it."""
-    from selftune.atomic import ArtifactError
-    from selftune.export.gguf_adapter import AdapterExportError
-    from selftune.export.gguf_model import ModelExportError
+    """Write a version merged into its base as one GGUF, with an ollama Modelfile beside it,
+    and check on the version's held-out examples that the export still knows what it was taught."""
+    from selftune.export.check import EXPORT_ERRORS, export_and_check
     from selftune.export.merged import BASE, export_version
-    from selftune.export.modelfile import ModelfileError
-    from selftune.models.base import BaseModelError
 
     settings = _settings()
-    version, found = (version, {}) if version == BASE else _version_row(settings, version)
+    version_id = None if version == BASE else _version_id(settings, version)
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    check = None
     try:
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(f"exporting {version} ({fmt})", total=1.0)
@@ -268,15 +261,15 @@ def export_command(
             def progress(fraction: float, stage: str) -> None:
                 bar.update(task, completed=fraction, description=f"{version} ({fmt}): {stage}")
 
-            result = export_version(settings, version, fmt, progress, **found)
-    except (
-        AdapterExportError,
-        ArtifactError,
-        BaseModelError,
-        FileNotFoundError,
-        ModelExportError,
-        ModelfileError,
-    ) as exc:
+            if version_id is None:
+                result = export_version(settings, version, fmt, progress)
+            else:
+                db = _database(settings)
+                try:
+                    result, check = export_and_check(settings, db, version_id, fmt, progress)
+                finally:
+                    db.dispose()
+    except EXPORT_ERRORS as exc:
         _fail(str(exc))
         raise AssertionError from exc
     if result.reused:
@@ -284,6 +277,21 @@ def export_command(
     typer.echo(f"folder: {result.folder}")
     typer.echo(f"model: {result.model_path.name} ({result.size_bytes / 1e6:.1f} MB)")
     typer.echo(f"sha256: {result.sha256}")
+    if check is not None:
+        _report_check(check, fmt)
+
+
+def _report_check(check: dict[str, Any], fmt: str) -> None:
+    from selftune.export.check import describe
+
+    typer.echo(describe(check))
+    if not check["kept"]:
+        better = {"q4_k_m": "q8_0 or f16", "q8_0": "f16", "f16": "f32"}.get(fmt)
+        advice = f"export it as {better} instead" if better else "serve the version instead"
+        console.print(
+            f"[yellow]warning:[/yellow] this {fmt} export lost what the version was taught (its "
+            f"held-out recall fell more than {check['tolerance']} below the version's); {advice}"
+        )
 
 
 @keys_app.command("create")

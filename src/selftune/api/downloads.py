@@ -1,4 +1,4 @@
-"""Downloading a version: ``GET /api/versions/{id or name}/download?format=gguf|peft``.
+"""Downloading a version: ``GET /api/versions/{id or name}/download?format=...``.
 
 Every download is a file whose SHA-256 is known before the first byte is sent (the
 ``X-Checksum-Sha256`` header), taken from a checksummed manifest, never computed on the fly:
@@ -6,17 +6,22 @@ Every download is a file whose SHA-256 is known before the first byte is sent (t
 - ``gguf``: the version's GGUF LoRA (``adapter.gguf``, for llama.cpp's ``--lora``), straight from
   the version folder, checked against the folder's manifest first;
 - ``peft``: the PEFT files as a tar, built once, deterministically, into
-  ``<data_dir>/exports/<version>/peft/`` as an atomic directory with its own manifest.
+  ``<data_dir>/exports/<version>/peft/`` as an atomic directory with its own manifest;
+- ``merged-<type>`` (``merged-q8_0``, ...): the version merged into its base as one GGUF, and
+  ``modelfile-<type>`` its ollama Modelfile, from the export folder written by
+  ``POST /api/versions/{ref}/export``. They are offered only once the export was checked on the
+  version's held-out material, and the check comes with them (``X-Selftune-Export-Check``).
 
-A format is a function from a version to a :class:`Download`, in :data:`FORMATS`; a merged-model
-export is added there under its own name.
+A format is a function from a version to a :class:`Download`, in :data:`FORMATS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +35,17 @@ from selftune.api.openai_routes import caller_of
 from selftune.api.state import app_state
 from selftune.atomic import MANIFEST, ArtifactError, atomic_directory, verify_manifest
 from selftune.config import Settings
+from selftune.export.check import read_check
+from selftune.export.gguf_model import OUTPUT_TYPES, OutputType
+from selftune.export.merged import MODEL_FILE, MODELFILE
 from selftune.store.schema import Version
 
-__all__ = ["FORMATS", "Download", "router"]
+__all__ = ["CHECK_HEADER", "FORMATS", "Download", "check_header", "router"]
 
 router = APIRouter(prefix="/api")
 
 GGUF_ADAPTER = "adapter.gguf"
+CHECK_HEADER = "X-Selftune-Export-Check"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Download:
     sha256: str
     size: int
     media_type: str
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # sent with the file
 
 
 def _verified(folder: Path, version: Version) -> dict[str, Any]:
@@ -122,10 +132,61 @@ def write_peft_tar(source: Path, target: Path, *, root: str) -> None:
                 tar.addfile(info, fh)
 
 
-# Download formats by the name clients send as ?format=. A merged-model export goes here.
+def check_header(check: Mapping[str, Any]) -> str:
+    """The export check as compact JSON for a header: what a downloader needs to judge it."""
+    keys = ("format", "heldout_recall", "version_recall", "judged_on", "kept")
+    return json.dumps({k: check[k] for k in keys}, separators=(",", ":"))
+
+
+def merged_download(
+    version: Version, settings: Settings, *, fmt: OutputType, file: str
+) -> Download:
+    """``file`` (the model or its Modelfile) of the version's checked merged export in ``fmt``."""
+    folder = settings.exports_dir / version.name / fmt
+    if not folder.is_dir():
+        raise ApiError(
+            404,
+            f"version {version.name} has no merged {fmt} export yet; POST "
+            f'/api/versions/{version.name}/export with {{"format": "{fmt}"}} first',
+            code="not_exported",
+            param="format",
+        )
+    files = _verified(folder, version)["files"]
+    try:  # the check names the model it judged; the Modelfile goes with that model
+        check = read_check(folder, files[MODEL_FILE]["sha256"])
+    except ArtifactError as exc:
+        raise ApiError(500, str(exc), type="server_error", code="artifact_corrupted") from exc
+    if check is None:  # exported (by the CLI, or a check that crashed) but not checked yet
+        raise ApiError(
+            404,
+            f"the {fmt} export of version {version.name} has not been checked yet; POST "
+            f'/api/versions/{version.name}/export with {{"format": "{fmt}"}} first',
+            code="not_exported",
+            param="format",
+        )
+    is_model, entry = file == MODEL_FILE, files[file]
+    return Download(
+        folder / file,
+        f"{version.name}-{fmt}.gguf" if is_model else MODELFILE,
+        entry["sha256"],
+        entry["bytes"],
+        "application/octet-stream" if is_model else "text/plain",
+        {CHECK_HEADER: check_header(check)},
+    )
+
+
+# Download formats by the name clients send as ?format=.
 FORMATS: dict[str, Callable[[Version, Settings], Download]] = {
     "gguf": gguf_download,
     "peft": peft_download,
+    **{
+        f"merged-{t}": functools.partial(merged_download, fmt=t, file=MODEL_FILE)
+        for t in OUTPUT_TYPES
+    },
+    **{
+        f"modelfile-{t}": functools.partial(merged_download, fmt=t, file=MODELFILE)
+        for t in OUTPUT_TYPES
+    },
 }
 
 
@@ -133,7 +194,11 @@ FORMATS: dict[str, Callable[[Version, Settings], Download]] = {
 async def download_version(
     ref: str,
     request: Request,
-    format: str = Query("gguf", description="gguf: the GGUF LoRA; peft: a tar of the PEFT files"),
+    format: str = Query(
+        "gguf",
+        description="gguf: the GGUF LoRA; peft: a tar of the PEFT files; merged-<type>: the "
+        "checked merged export (POST .../export first); modelfile-<type>: its ollama Modelfile",
+    ),
     authorization: str | None = Header(None),
 ) -> Any:
     state = app_state(request)
@@ -156,5 +221,6 @@ async def download_version(
         item.path,
         media_type=item.media_type,
         filename=item.filename,
-        headers={"X-Checksum-Sha256": item.sha256},  # FileResponse sets Content-Length
+        # FileResponse sets Content-Length
+        headers={"X-Checksum-Sha256": item.sha256, **item.headers},
     )

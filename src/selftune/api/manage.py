@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +13,11 @@ from selftune.api.auth import Caller, resolve_caller
 from selftune.api.errors import ApiError
 from selftune.api.schemas import FeedbackRequest, PromoteRequest, RollbackRequest, TrainRequest
 from selftune.api.state import AppState, app_state
+from selftune.atomic import ArtifactError
 from selftune.data.curation import active_examples, example_from_feedback
+from selftune.engines.base import EngineError
+from selftune.export.check import EXPORT_ERRORS, export_and_check
+from selftune.export.gguf_model import OutputType
 from selftune.registry import versions as registry
 from selftune.store.schema import Feedback, Interaction, Job, Version
 from selftune.store.users import ensure_user
@@ -222,3 +227,52 @@ async def rollback(
             s, actor=caller.user(None), reason=body.reason, to_version_id=body.version_id
         ),
     )
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # The GGUF weight type of the merged model; q4_k_m is llama.cpp's quantizer.
+    format: OutputType = "f16"
+
+
+def _export_error(exc: Exception) -> ApiError:
+    """What went wrong in an export, as the API reports it."""
+    if isinstance(exc, FileNotFoundError):
+        return ApiError(404, str(exc), code="no_artifact")
+    if isinstance(exc, ArtifactError):
+        return ApiError(500, str(exc), type="server_error", code="artifact_corrupted")
+    if isinstance(exc, EngineError):
+        return ApiError(500, f"the export cannot be checked: {exc}", type="server_error")
+    # The base model or the adapter cannot be merged as configured; the message says why.
+    return ApiError(409, str(exc), code="export_unavailable")
+
+
+@router.post("/versions/{ref}/export")
+async def export_merged(
+    ref: str,
+    request: Request,
+    body: ExportRequest | None = None,
+    authorization: str | None = Header(None),
+) -> Any:
+    """Merge a version into its base as one GGUF, check it on the version's held-out examples,
+    and say where to download it. Takes seconds to a minute; an existing export returns at once."""
+    state = app_state(request)
+    await _caller(state, authorization)
+    fmt = (body or ExportRequest()).format
+    version_id = await run_in_threadpool(resolve_version_id, state, ref)
+    try:
+        export, check = await run_in_threadpool(
+            export_and_check, state.settings, state.db, version_id, fmt
+        )
+    except EXPORT_ERRORS as exc:
+        raise _export_error(exc) from exc
+    name = export.folder.parent.name
+    download = f"/api/versions/{name}/download?format="
+    return {
+        "format": fmt,
+        "path": str(export.model_path),
+        "size_bytes": export.size_bytes,
+        "sha256": export.sha256,
+        "check": check,
+        "download": {"model": f"{download}merged-{fmt}", "modelfile": f"{download}modelfile-{fmt}"},
+    }

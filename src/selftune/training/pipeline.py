@@ -21,8 +21,8 @@ from selftune.data.curation import active_examples
 from selftune.data.tokenize import TokenizedExample, tokenize_chat
 from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
+from selftune.evaluation.heldout import heldout_recall
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
-from selftune.evaluation.recall import answer_recall, key_terms
 from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
@@ -193,7 +193,9 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         engine, [item.prompt for item in known], candidate, _RETENTION_TOKENS
     )
     kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
-    recall_now, recall_new = _heldout_recall(engine, heldout_rows or train_rows, serving, candidate)
+    judged_chats = [row.messages for row in heldout_rows or train_rows]
+    recall_now = heldout_recall(engine, judged_chats, serving)
+    recall_new = heldout_recall(engine, judged_chats, candidate)
     figures = GateFigures(
         new_recall_current=recall_now,
         new_recall_candidate=recall_new,
@@ -245,31 +247,6 @@ def _export_gguf(peft_dir: Path, base_dir: Path) -> str | None:
         log.warning("no GGUF adapter for this version: %s", exc)
         return None
     return GGUF_ADAPTER
-
-
-def _heldout_recall(
-    engine: EvaluatingEngine,
-    rows: list[TrainingExample],
-    serving: AdapterRef | None,
-    candidate: AdapterRef,
-) -> tuple[float | None, float | None]:
-    """Mean recall of the target answers' key terms, served version vs candidate."""
-    prompts, terms = [], []
-    for row in rows:
-        prompt, target = row.messages[:-1], row.messages[-1]["content"]
-        wanted = key_terms(target, [m["content"] for m in prompt])
-        if wanted:
-            prompts.append(prompt)
-            terms.append(wanted)
-    if not prompts:
-        return None, None
-    budget = min(96, max(engine.count_tokens(r.messages[-1]["content"]) for r in rows) + 16)
-    means = []
-    for adapter in (serving, candidate):
-        answers = generate_answers(engine, prompts, adapter, budget)
-        scores = [answer_recall(a, t) or 0.0 for a, t in zip(answers, terms, strict=True)]
-        means.append(round(sum(scores) / len(scores), 4))
-    return means[0], means[1]
 
 
 class _StageClock:
