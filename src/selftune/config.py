@@ -175,6 +175,13 @@ class Settings(BaseSettings):
         "crashed and queued again.",
     )
     job_max_attempts: int = Field(3, ge=1, description="How often a crashed job is retried.")
+    worker_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU priority of the training worker (Unix nice value; higher is lower "
+        "priority), so that training never slows answers down much. 0 keeps the priority.",
+    )
     threads: int = Field(
         0,
         ge=0,
