@@ -8,9 +8,9 @@ prompt by prompt so that both sides see the same (shared, noisy) machine:
    ``LlamaCppEngine.stream``, without an adapter and with one (a random rank-8 LoRA on every
    linear layer of the default model, exported to GGUF as a version would be): time to first
    token and decode tokens/s, and their ratio (target: at least 0.95 of bare).
-2. The overhead of a request through the HTTP server (``POST /v1/completions``, streamed,
-   recorded in the store) over a direct engine call with the same prompt and length, on the
-   same engine object in this process (target: under 5 ms).
+2. The fixed overhead of a request through the HTTP server (``POST /v1/completions``,
+   streamed, recorded in the store) over a direct engine call with the same prompt, one token
+   long, on the same engine object in this process (target: under 5 ms).
 """
 
 from __future__ import annotations
@@ -177,18 +177,31 @@ def _served(engine: LlamaCppEngine, data_dir: Path) -> Iterator[httpx.Client]:
 
 
 def _http_overhead(engine: LlamaCppEngine, data_dir: Path) -> tuple[float, float]:
-    """Median (direct engine, through HTTP) seconds for the same 8-token answers."""
-    params = GenerationParams(max_tokens=8, temperature=0.0)
+    """Median (direct engine, through HTTP) seconds for the same one-token answers: the fixed
+    cost of a request (per-token costs show in the decode rates above).
+
+    Before each measured call a one-token answer to another prompt leaves the KV cache in the
+    same state (only the shared system prompt reusable), so neither side profits from the
+    other having just evaluated its prompt.
+    """
+    params = GenerationParams(max_tokens=1, temperature=0.0)
+    reset = engine.render_chat([{"role": "user", "content": "Hi"}])
+
+    def level_cache() -> None:
+        list(engine.stream(reset, GenerationParams(max_tokens=1, temperature=0.0), None))
+
     direct: list[float] = []
     http: list[float] = []
     with _served(engine, data_dir) as client:
-        body = {"model": "selftune", "max_tokens": 8, "temperature": 0, "stream": True}
-        for _ in range(ROUNDS * 3):
+        body = {"model": "selftune", "max_tokens": 1, "temperature": 0, "stream": True}
+        for _ in range(ROUNDS * 2):
             for question in QUESTIONS:
                 prompt = engine.render_chat([{"role": "user", "content": question}])
+                level_cache()
                 start = time.perf_counter()
                 list(engine.stream(prompt, params, None))
                 direct.append(time.perf_counter() - start)
+                level_cache()
                 start = time.perf_counter()
                 with client.stream("POST", "/v1/completions", json={**body, "prompt": prompt}) as r:
                     r.raise_for_status()
