@@ -1,14 +1,19 @@
-"""``make bench``: every benchmark, one after the other."""
+"""``make bench``: every benchmark, one after the other, each in its own process.
+
+Separate processes keep one benchmark's threads (PyTorch's and llama.cpp's OpenMP teams, the
+server's) from idling or spinning through the next one's measurements.
+"""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
-from bench import learning_latency, serving, training_throughput
+BENCHMARKS = ("bench.learning_latency", "bench.training_throughput", "bench.serving")
 
-status = learning_latency.main()
-print()
-status = training_throughput.main() or status
-print()
-status = serving.main() or status
+status = 0
+for index, module in enumerate(BENCHMARKS):
+    if index:
+        print(flush=True)
+    status = subprocess.run([sys.executable, "-m", module], check=False).returncode or status
 sys.exit(status)

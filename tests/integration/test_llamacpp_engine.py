@@ -230,3 +230,25 @@ def test_embeddings_are_mean_pooled_hidden_states(
     assert ours.shape == (2, 64)
     assert np.abs(ours - theirs).max() < 1e-3
     assert engine.embed(texts[:1]) == engine.embed(texts[:1])
+
+
+def test_the_worker_mode_runs_in_the_calling_thread(
+    tiny_gguf: Path, tiny_model_dir: Path, engine: LlamaCppEngine, versions: list[AdapterRef]
+) -> None:
+    """``own_thread=False`` (the training worker) computes in the caller's thread, same answers."""
+    inline = LlamaCppEngine(
+        tiny_gguf,
+        tiny_model_dir,
+        context_length=256,
+        threads=1,
+        f32_kv_cache=True,
+        own_thread=False,
+    )
+    caller = threading.get_ident()
+    assert inline.on_compute_thread(threading.get_ident) == caller
+    assert engine.on_compute_thread(threading.get_ident) != caller
+    prompts = [inline.render_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+    assert inline.greedy_batch(prompts, 16, versions[0]) == engine.greedy_batch(
+        prompts, 16, versions[0]
+    )
+    inline.close()

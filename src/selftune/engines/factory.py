@@ -28,9 +28,17 @@ def engine_kind(settings: Settings, source: BaseModelSource) -> str:
 
 
 def build_engine(
-    settings: Settings, source: BaseModelSource | None = None, hf_dir: Path | None = None
+    settings: Settings,
+    source: BaseModelSource | None = None,
+    hf_dir: Path | None = None,
+    *,
+    own_thread: bool = True,
 ) -> Any:
-    """The engine for ``settings.base_model``: a LlamaCppEngine or a TransformersEngine."""
+    """The engine for ``settings.base_model``: a LlamaCppEngine or a TransformersEngine.
+
+    ``own_thread=False`` (the training worker) runs llama.cpp in the calling thread, the one
+    that also trains with PyTorch, so that both share one OpenMP thread team.
+    """
     source = source or resolve_base_model(settings.base_model)
     hf_dir = hf_dir or materialize(source, settings.cache_dir)
     kind = engine_kind(settings, source)
@@ -51,6 +59,7 @@ def build_engine(
             chat_template=settings.chat_template,
             context_length=settings.context_length,
             threads=settings.threads,
+            own_thread=own_thread,
         )
     from selftune.engines.transformers_engine import TransformersEngine
 

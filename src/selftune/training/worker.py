@@ -79,7 +79,7 @@ class Worker:
             source = resolve_base_model(self.settings.base_model)
             base_dir = materialize(source, self.settings.cache_dir)
             # The engine that serves: the gate judges versions as they will be served.
-            engine = build_engine(self.settings, source, base_dir)
+            engine = build_engine(self.settings, source, base_dir, own_thread=False)
             self._context = TrainingContext(self.settings, self.db, source, base_dir, engine)
         return self._context
 
