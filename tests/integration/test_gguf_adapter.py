@@ -24,6 +24,7 @@ from selftune.export import gguf_adapter
 from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.export.gguf_model import write_llama_gguf
 from selftune.models.base import default_gguf_path
+from tests.parity import Logits, llama_cpp_logits, torch_logits
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -43,19 +44,6 @@ RANK, ALPHA = 8, 16
 # Allowed |llama.cpp - torch| as a fraction of the largest reference logit. Both sides compute
 # in f32 (f32 KV cache too), but in different orders; measured ~1e-6 of the scale.
 RELATIVE_TOLERANCE = 1e-2
-
-
-@dataclasses.dataclass(frozen=True)
-class Logits:
-    """Per prompt, logits at every position: shape (tokens, vocab)."""
-
-    per_prompt: list[np.ndarray]
-
-    def next_token_top1(self) -> np.ndarray:
-        return np.array([logits[-1].argmax() for logits in self.per_prompt])
-
-    def scale(self) -> float:
-        return max(float(np.abs(logits).max()) for logits in self.per_prompt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,36 +75,6 @@ def _random_lora(tiny_model_dir: Path, peft_dir: Path) -> PeftModel:
     return model.eval()
 
 
-def _torch_logits(model: torch.nn.Module, prompt_ids: list[list[int]]) -> Logits:
-    with torch.no_grad():
-        return Logits([model(torch.tensor([ids])).logits[0].numpy() for ids in prompt_ids])
-
-
-def _llama_cpp_logits(base: Path, adapter: Path | None, prompt_ids: list[list[int]]) -> Logits:
-    from llama_cpp import GGML_TYPE_F32, Llama
-
-    llm = Llama(
-        model_path=str(base),
-        lora_path=str(adapter) if adapter else None,
-        logits_all=True,
-        n_ctx=128,
-        n_threads=1,  # tiny model; a second thread only spins when the CPUs are shared
-        n_threads_batch=1,
-        type_k=GGML_TYPE_F32,  # the default f16 KV cache alone costs ~2e-4 of parity
-        type_v=GGML_TYPE_F32,
-        verbose=False,
-    )
-    try:
-        per_prompt = []
-        for ids in prompt_ids:
-            llm.reset()
-            llm.eval(ids)
-            per_prompt.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-        return Logits(per_prompt)
-    finally:
-        llm.close()
-
-
 @contextlib.contextmanager
 def _without_qk_permutation() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
@@ -135,9 +93,9 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     model = _random_lora(tiny_model_dir, folder / "peft")
-    torch_adapted = _torch_logits(model, prompt_ids)
+    torch_adapted = torch_logits(model, prompt_ids)
     with model.disable_adapter():
-        torch_base = _torch_logits(model, prompt_ids)
+        torch_base = torch_logits(model, prompt_ids)
     base_config = AutoConfig.from_pretrained(tiny_model_dir)  # a PretrainedConfig here
     adapter = export_gguf_adapter(folder / "peft", base_config, folder / "adapter.gguf")
     with _without_qk_permutation():
@@ -188,14 +146,14 @@ def test_adapter_metadata_and_tensor_names(setup: Setup) -> None:
 def test_base_gguf_matches_torch(setup: Setup) -> None:
     """The hand-written base GGUF is faithful, so adapter differences are the adapter's."""
     agreement, diff = _compare(
-        _llama_cpp_logits(setup.base_gguf, None, setup.prompt_ids), setup.torch_base
+        llama_cpp_logits(setup.base_gguf, setup.prompt_ids), setup.torch_base
     )
     assert agreement == 1.0
     assert diff <= RELATIVE_TOLERANCE * setup.torch_base.scale()
 
 
 def test_adapter_logits_match_peft(setup: Setup) -> None:
-    adapted = _llama_cpp_logits(setup.base_gguf, setup.adapter_gguf, setup.prompt_ids)
+    adapted = llama_cpp_logits(setup.base_gguf, setup.prompt_ids, setup.adapter_gguf)
     agreement, diff = _compare(adapted, setup.torch_adapted)
     print(f"f32 adapter: top-1 agreement {agreement:.0%}, max |diff| {diff:.3g}")
     assert agreement == 1.0
@@ -203,8 +161,8 @@ def test_adapter_logits_match_peft(setup: Setup) -> None:
 
 
 def test_adapter_changes_the_logits(setup: Setup) -> None:
-    base = _llama_cpp_logits(setup.base_gguf, None, setup.prompt_ids)
-    adapted = _llama_cpp_logits(setup.base_gguf, setup.adapter_gguf, setup.prompt_ids)
+    base = llama_cpp_logits(setup.base_gguf, setup.prompt_ids)
+    adapted = llama_cpp_logits(setup.base_gguf, setup.prompt_ids, setup.adapter_gguf)
     agreement, diff = _compare(adapted, base)
     assert agreement < 1.0
     assert diff > 10 * RELATIVE_TOLERANCE * setup.torch_adapted.scale()
@@ -212,7 +170,7 @@ def test_adapter_changes_the_logits(setup: Setup) -> None:
 
 def test_without_qk_permutation_logits_are_wrong(setup: Setup) -> None:
     """The file loads fine without the permutation, but llama.cpp then computes other logits."""
-    wrong = _llama_cpp_logits(setup.base_gguf, setup.unpermuted_gguf, setup.prompt_ids)
+    wrong = llama_cpp_logits(setup.base_gguf, setup.prompt_ids, setup.unpermuted_gguf)
     agreement, diff = _compare(wrong, setup.torch_adapted)
     print(f"unpermuted adapter: top-1 agreement {agreement:.0%}, max |diff| {diff:.3g}")
     assert diff > 10 * RELATIVE_TOLERANCE * setup.torch_adapted.scale()
@@ -222,7 +180,7 @@ def test_f16_adapter_is_close(setup: Setup, tmp_path: Path) -> None:
     adapter = export_gguf_adapter(
         setup.peft_dir, setup.base_config, tmp_path / "adapter-f16.gguf", dtype="f16"
     )
-    adapted = _llama_cpp_logits(setup.base_gguf, adapter, setup.prompt_ids)
+    adapted = llama_cpp_logits(setup.base_gguf, setup.prompt_ids, adapter)
     agreement, diff = _compare(adapted, setup.torch_adapted)
     print(f"f16 adapter: top-1 agreement {agreement:.0%}, max |diff| {diff:.3g}")
     assert agreement == 1.0

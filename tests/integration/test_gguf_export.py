@@ -9,13 +9,11 @@ Run with ``pytest -s`` to see the measured figures.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
@@ -37,6 +35,7 @@ from selftune.models.base import default_gguf_path
 from selftune.models.templates import PRESETS
 from selftune.store.db import Database
 from selftune.store.schema import Version
+from tests.parity import Logits, llama_cpp_logits, torch_logits
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -72,22 +71,6 @@ Q4_K_M_TOLERANCE = (0.5, 0.6)
 
 
 @dataclasses.dataclass(frozen=True)
-class Logits:
-    """Per prompt, logits at every position: shape (tokens, vocab)."""
-
-    per_prompt: list[np.ndarray]
-
-    def scale(self) -> float:
-        return max(float(np.abs(logits).max()) for logits in self.per_prompt)
-
-    def compare(self, reference: Logits) -> tuple[float, float]:
-        """(top-1 agreement over all positions, max |difference|) against ``reference``."""
-        pairs = list(zip(self.per_prompt, reference.per_prompt, strict=True))
-        agree = np.concatenate([a.argmax(-1) == r.argmax(-1) for a, r in pairs])
-        return float(agree.mean()), max(float(np.abs(a - r).max()) for a, r in pairs)
-
-
-@dataclasses.dataclass(frozen=True)
 class Setup:
     folder: Path
     peft_dir: Path
@@ -111,53 +94,6 @@ class Setup:
         return self.exported[out_type]
 
 
-@contextlib.contextmanager
-def llama_without_weight_repack() -> Iterator[None]:
-    """Load llama.cpp models with ``use_extra_bufts = False``.
-
-    llama-cpp-python 0.3.36 segfaults when it evaluates a batch of two or more tokens on quantized
-    weights (measured with q8_0 and q4 files) through the CPU weight-repack buffers; ``Llama`` has
-    no argument for it but reads ``llama_model_default_params()`` when it is constructed.
-    """
-    import llama_cpp.llama_cpp as llama_cpp_lib
-
-    default = llama_cpp_lib.llama_model_default_params
-
-    def without_repack() -> Any:
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llama_cpp_lib, "llama_model_default_params", without_repack)
-        yield
-
-
-def llama_cpp_logits(model: Path, prompt_ids: list[list[int]]) -> Logits:
-    from llama_cpp import GGML_TYPE_F32, Llama
-
-    with llama_without_weight_repack():
-        llm = Llama(
-            model_path=str(model),
-            logits_all=True,
-            n_ctx=128,
-            n_threads=1,  # tiny model; a second thread only spins when the CPUs are shared
-            n_threads_batch=1,
-            type_k=GGML_TYPE_F32,  # the default f16 KV cache alone costs ~2e-4 of parity
-            type_v=GGML_TYPE_F32,
-            verbose=False,
-        )
-    try:
-        per_prompt = []
-        for ids in prompt_ids:
-            llm.reset()
-            llm.eval(ids)
-            per_prompt.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-        return Logits(per_prompt)
-    finally:
-        llm.close()
-
-
 def _random_lora(model_dir: Path, peft_dir: Path, std: float = 0.1) -> PeftModel:
     """A PEFT LoRA on every projection with random, clearly non-zero A and B (nothing trained)."""
     from peft import LoraConfig, get_peft_model
@@ -175,11 +111,6 @@ def _random_lora(model_dir: Path, peft_dir: Path, std: float = 0.1) -> PeftModel
     return model.eval()
 
 
-def _torch_logits(model: torch.nn.Module, prompt_ids: list[list[int]]) -> Logits:
-    with torch.no_grad():
-        return Logits([model(torch.tensor([ids])).logits[0].numpy() for ids in prompt_ids])
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     from transformers import AutoTokenizer
@@ -189,9 +120,9 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     model = _random_lora(tiny_model_dir, folder / "peft")
-    torch_adapted = _torch_logits(model, prompt_ids)
+    torch_adapted = torch_logits(model, prompt_ids)
     with model.disable_adapter():
-        torch_base = _torch_logits(model, prompt_ids)
+        torch_base = torch_logits(model, prompt_ids)
     return Setup(folder, folder / "peft", prompt_ids, torch_base, torch_adapted, {})
 
 
@@ -421,7 +352,7 @@ def test_default_model_with_a_lora_exports_faithfully(settings_env: Path, tmp_pa
     hf_dir = materialize(resolve_base_model(settings.base_model), settings.cache_dir)
     tokenizer = load_tokenizer(hf_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    reference = _torch_logits(_random_lora(hf_dir, tmp_path / "peft", std=0.05), prompt_ids)
+    reference = torch_logits(_random_lora(hf_dir, tmp_path / "peft", std=0.05), prompt_ids)
 
     result = export_version(settings, "v1", "f16", adapter_dir=tmp_path / "peft")
     agreement, diff = llama_cpp_logits(result.model_path, prompt_ids).compare(reference)
