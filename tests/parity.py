@@ -12,7 +12,30 @@ import numpy as np
 import pytest
 import torch
 
-__all__ = ["Logits", "llama_cpp_logits", "llama_without_weight_repack", "torch_logits"]
+__all__ = [
+    "ALPHA",
+    "PROMPTS",
+    "RANK",
+    "TARGETS",
+    "Logits",
+    "llama_cpp_logits",
+    "llama_without_weight_repack",
+    "torch_logits",
+]
+
+# Prompts and the random LoRA's shape shared by the adapter and the merged-export parity tests.
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
+    "Paris is the capital of France, and Berlin is the capital of",
+    "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n",
+    "1, 2, 3, 5, 8, 13, 21, 34,",
+    "Once upon a time, in a land far away, there lived a",
+    "SELECT name, email FROM users WHERE created_at > '2024-01-01'",
+    "Ünïcödé, emoji 🙂 and tabs\tshould survive tokenization.",
+]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RANK, ALPHA = 8, 16
 
 
 @dataclasses.dataclass(frozen=True)

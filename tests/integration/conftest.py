@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from selftune.api.app import create_app
 from selftune.config import Settings, load_settings
 from selftune.engines.transformers_engine import TransformersEngine
+from tests.integration.lora_versions import save_random_lora
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +37,14 @@ def client(
     settings = tiny_settings(tiny_model_dir)
     with TestClient(create_app(settings, engine=tiny_engine)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def adapter_engine(tiny_model_dir: Path) -> TransformersEngine:
+    """An engine per test module: adapters loaded in one module never leak into another."""
+    return TransformersEngine(tiny_model_dir, context_length=256)
+
+
+@pytest.fixture(scope="module")
+def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "peft", seed=1)

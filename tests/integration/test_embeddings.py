@@ -18,20 +18,9 @@ from selftune.api.embeddings import Embedder
 from selftune.api.state import AppState
 from selftune.engines.transformers_engine import TransformersEngine
 from tests.integration.conftest import tiny_settings
-from tests.integration.lora_versions import add_version, save_random_lora
+from tests.integration.lora_versions import add_version
 
 HIDDEN = 64  # the tiny model's hidden size
-
-
-@pytest.fixture(scope="module")
-def adapter_engine(tiny_model_dir: Path) -> TransformersEngine:
-    """An engine of its own: the adapters loaded here must not leak into other modules' tests."""
-    return TransformersEngine(tiny_model_dir, context_length=256)
-
-
-@pytest.fixture(scope="module")
-def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "peft", seed=1)
 
 
 @pytest.fixture

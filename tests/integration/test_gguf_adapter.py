@@ -24,23 +24,11 @@ from selftune.export import gguf_adapter
 from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.export.gguf_model import write_llama_gguf
 from selftune.models.base import default_gguf_path
-from tests.parity import Logits, llama_cpp_logits, torch_logits
+from tests.parity import ALPHA, PROMPTS, RANK, TARGETS, Logits, llama_cpp_logits, torch_logits
 
 if TYPE_CHECKING:
     from peft import PeftModel
 
-PROMPTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
-    "Paris is the capital of France, and Berlin is the capital of",
-    "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n",
-    "1, 2, 3, 5, 8, 13, 21, 34,",
-    "Once upon a time, in a land far away, there lived a",
-    "SELECT name, email FROM users WHERE created_at > '2024-01-01'",
-    "Ünïcödé, emoji 🙂 and tabs\tshould survive tokenization.",
-]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RANK, ALPHA = 8, 16
 # Allowed |llama.cpp - torch| as a fraction of the largest reference logit. Both sides compute
 # in f32 (f32 KV cache too), but in different orders; measured ~1e-6 of the scale.
 RELATIVE_TOLERANCE = 1e-2

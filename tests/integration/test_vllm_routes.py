@@ -15,20 +15,9 @@ from selftune.atomic import verify_manifest
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.store.schema import Interaction
 from tests.integration.conftest import tiny_settings
-from tests.integration.lora_versions import add_version, save_random_lora
+from tests.integration.lora_versions import add_version
 
 PROMPT = "Once upon a time"
-
-
-@pytest.fixture(scope="module")
-def adapter_engine(tiny_model_dir: Path) -> TransformersEngine:
-    """An engine of its own: the adapters loaded here must not leak into other modules' tests."""
-    return TransformersEngine(tiny_model_dir, context_length=256)
-
-
-@pytest.fixture(scope="module")
-def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "peft", seed=1)
 
 
 @pytest.fixture(scope="module")
