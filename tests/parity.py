@@ -6,11 +6,14 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 __all__ = [
     "ALPHA",
@@ -20,6 +23,7 @@ __all__ = [
     "Logits",
     "llama_cpp_logits",
     "llama_without_weight_repack",
+    "random_lora",
     "torch_logits",
 ]
 
@@ -111,3 +115,21 @@ def llama_cpp_logits(
 def torch_logits(model: torch.nn.Module, prompt_ids: list[list[int]]) -> Logits:
     with torch.no_grad():
         return Logits([model(torch.tensor([ids])).logits[0].numpy() for ids in prompt_ids])
+
+
+def random_lora(model_dir: Path, peft_dir: Path, *, seed: int, std: float = 0.1) -> PeftModel:
+    """A PEFT LoRA on every projection with random, clearly non-zero A and B (nothing trained),
+    saved to ``peft_dir``; the tests' tolerances were measured with their seeds."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0)
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    model.save_pretrained(str(peft_dir))
+    return model.eval()

@@ -18,16 +18,23 @@ from typing import TYPE_CHECKING, Any
 import gguf
 import numpy as np
 import pytest
-import torch
 
 from selftune.export import gguf_adapter
 from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.export.gguf_model import write_llama_gguf
 from selftune.models.base import default_gguf_path
-from tests.parity import ALPHA, PROMPTS, RANK, TARGETS, Logits, llama_cpp_logits, torch_logits
+from tests.parity import (
+    ALPHA,
+    PROMPTS,
+    RANK,
+    Logits,
+    llama_cpp_logits,
+    random_lora,
+    torch_logits,
+)
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    pass
 
 # Allowed |llama.cpp - torch| as a fraction of the largest reference logit. Both sides compute
 # in f32 (f32 KV cache too), but in different orders; measured ~1e-6 of the scale.
@@ -44,23 +51,6 @@ class Setup:
     prompt_ids: list[list[int]]
     torch_base: Logits
     torch_adapted: Logits
-
-
-def _random_lora(tiny_model_dir: Path, peft_dir: Path) -> PeftModel:
-    """A PEFT LoRA on every projection with random, clearly non-zero A and B (nothing trained)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0)
-    model = get_peft_model(base, config)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    model.save_pretrained(str(peft_dir))
-    return model.eval()
 
 
 @contextlib.contextmanager
@@ -80,7 +70,7 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
     )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    model = _random_lora(tiny_model_dir, folder / "peft")
+    model = random_lora(tiny_model_dir, folder / "peft", seed=7)
     torch_adapted = torch_logits(model, prompt_ids)
     with model.disable_adapter():
         torch_base = torch_logits(model, prompt_ids)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import gguf
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from selftune.cli import app
@@ -35,10 +34,16 @@ from selftune.models.base import default_gguf_path
 from selftune.models.templates import PRESETS
 from selftune.store.db import Database
 from selftune.store.schema import Version
-from tests.parity import ALPHA, PROMPTS, RANK, TARGETS, Logits, llama_cpp_logits, torch_logits
+from tests.parity import (
+    PROMPTS,
+    Logits,
+    llama_cpp_logits,
+    random_lora,
+    torch_logits,
+)
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    pass
 
 # Allowed max |llama.cpp - PyTorch| as a fraction of the largest reference logit, and the least
 # top-1 agreement, per output type. f32: both sides compute in f32 (f32 KV cache too), only the
@@ -82,23 +87,6 @@ class Setup:
         return self.exported[out_type]
 
 
-def _random_lora(model_dir: Path, peft_dir: Path, std: float = 0.1) -> PeftModel:
-    """A PEFT LoRA on every projection with random, clearly non-zero A and B (nothing trained)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0)
-    model = get_peft_model(base, config)
-    generator = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-    model.save_pretrained(str(peft_dir))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     from transformers import AutoTokenizer
@@ -107,7 +95,7 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
     os.symlink(tiny_model_dir, folder / "tiny")  # general.name defaults to the folder's name
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    model = _random_lora(tiny_model_dir, folder / "peft")
+    model = random_lora(tiny_model_dir, folder / "peft", seed=11)
     torch_adapted = torch_logits(model, prompt_ids)
     with model.disable_adapter():
         torch_base = torch_logits(model, prompt_ids)
@@ -340,7 +328,7 @@ def test_default_model_with_a_lora_exports_faithfully(settings_env: Path, tmp_pa
     hf_dir = materialize(resolve_base_model(settings.base_model), settings.cache_dir)
     tokenizer = load_tokenizer(hf_dir)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    reference = torch_logits(_random_lora(hf_dir, tmp_path / "peft", std=0.05), prompt_ids)
+    reference = torch_logits(random_lora(hf_dir, tmp_path / "peft", seed=11, std=0.05), prompt_ids)
 
     result = export_version(settings, "v1", "f16", adapter_dir=tmp_path / "peft")
     agreement, diff = llama_cpp_logits(result.model_path, prompt_ids).compare(reference)

@@ -36,6 +36,7 @@ from selftune.api.state import app_state
 from selftune.atomic import MANIFEST, ArtifactError, atomic_directory, verify_manifest
 from selftune.config import Settings
 from selftune.export.check import read_check
+from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.export.gguf_model import OUTPUT_TYPES, OutputType
 from selftune.export.merged import MODEL_FILE, MODELFILE
 from selftune.store.schema import Version
@@ -44,7 +45,6 @@ __all__ = ["CHECK_HEADER", "FORMATS", "Download", "check_header", "router"]
 
 router = APIRouter(prefix="/api")
 
-GGUF_ADAPTER = "adapter.gguf"
 CHECK_HEADER = "X-Selftune-Export-Check"
 
 

@@ -23,6 +23,7 @@ from selftune.api.errors import ApiError
 from selftune.api.schemas import LoraScale
 from selftune.api.state import AppState, adapter_for
 from selftune.engines.base import AdapterRef
+from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.store.schema import Version
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 BASE = "base"
-GGUF_ADAPTER = "adapter.gguf"
 # Engines that apply an adapter at any scale; the others (PEFT) only at 1.0.
 _SCALED_ENGINES = frozenset({"llama.cpp"})
 

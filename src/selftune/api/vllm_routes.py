@@ -31,7 +31,12 @@ from selftune.api.state import AppState, app_state, ready_engine
 from selftune.api.targets import BASE
 from selftune.atomic import atomic_directory
 from selftune.engines.base import AdapterRef, Engine
-from selftune.export.gguf_adapter import export_gguf_adapter
+from selftune.export.gguf_adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    GGUF_ADAPTER,
+    export_gguf_adapter,
+)
 from selftune.store.schema import Version
 
 __all__ = ["check_against_base", "router"]
@@ -40,9 +45,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-GGUF_ADAPTER = "adapter.gguf"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # it names a folder, and a PEFT adapter
 _VERSION_NAME = re.compile(r"v\d+")  # what training names versions
 _PEFT_PREFIX = "base_model.model."

@@ -51,7 +51,7 @@ def build_engine(
         from selftune.engines.llamacpp_engine import LlamaCppEngine
         from selftune.models.serving_gguf import serving_gguf
 
-        gguf = serving_gguf(settings, source, hf_dir)
+        gguf = serving_gguf(settings, source)
         log.info("serving %s with llama.cpp", gguf)
         return LlamaCppEngine(
             gguf,

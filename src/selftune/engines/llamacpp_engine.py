@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import queue
@@ -38,14 +39,14 @@ import numpy as np
 
 from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams, Prompt
 from selftune.engines.stops import StopMatcher
+from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.models.base import load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
 
-__all__ = ["GGUF_ADAPTER", "LlamaCppEngine", "gguf_adapter_path", "llama_cpp_module"]
+__all__ = ["GgufWeights", "LlamaCppEngine", "gguf_adapter_path", "gguf_weights", "llama_cpp_module"]
 
 log = logging.getLogger(__name__)
 
-GGUF_ADAPTER = "adapter.gguf"
 # Adapters kept loaded; older ones are loaded from disk again if a request names them.
 _MAX_LOADED_ADAPTERS = 8
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
@@ -120,7 +121,7 @@ class LlamaCppEngine:
         # two or more tokens; without them quantized weights stay in their file layout and
         # compute correctly. Unquantized weights use them safely, and they make the first
         # token 10-15% faster.
-        params.use_extra_bufts = not _quantized_file(lib, path)
+        params.use_extra_bufts = not gguf_weights(path).quantized
         model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise EngineError(f"llama.cpp could not load {path}; is it a valid GGUF model?")
@@ -367,8 +368,15 @@ class _CallerThread(Executor):
 _UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
 
-def _quantized_file(lib: Any, path: Path) -> bool:
-    """Whether the GGUF's weights are quantized, from its metadata (vocabulary-only load)."""
+@dataclasses.dataclass(frozen=True)
+class GgufWeights:
+    quantized: bool  # any weight matrix below 16 bits
+    n_params: int
+
+
+def gguf_weights(path: Path) -> GgufWeights:
+    """What a GGUF's weights are, from its metadata: a vocabulary-only load, ~0.1 s."""
+    lib = llama_cpp_module()
     params = lib.llama_model_default_params()
     params.vocab_only = True
     model = lib.llama_model_load_from_file(str(path).encode(), params)
@@ -377,7 +385,11 @@ def _quantized_file(lib: Any, path: Path) -> bool:
     try:
         buffer = ctypes.create_string_buffer(32)
         found = lib.llama_model_meta_val_str(model, b"general.file_type", buffer, 32)
-        return found < 0 or int(buffer.value or b"-1") not in _UNQUANTIZED_FILE_TYPES
+        file_type = int(buffer.value or b"-1") if found >= 0 else -1
+        return GgufWeights(
+            quantized=file_type not in _UNQUANTIZED_FILE_TYPES,
+            n_params=int(lib.llama_model_n_params(model)),
+        )
     finally:
         lib.llama_model_free(model)
 

@@ -412,20 +412,31 @@ def _tokenizer_fields(path: str, size: int, mtime_ns: int) -> tuple[_Field, ...]
     return tuple(fields)
 
 
-def _quantize_q4_k_m(source: Path, target: Path, threads: int) -> None:
-    """llama.cpp's own quantizer: it chooses the Q4_K_M mix per tensor, as llama-quantize does."""
-    import llama_cpp
+def llama_quantize(
+    source: Path, target: Path, ftype: str, *, threads: int = 0, allow_requantize: bool = False
+) -> list[str]:
+    """Write ``source`` as ``target`` in llama.cpp's file type ``LLAMA_FTYPE_<ftype>`` with
+    llama.cpp's own quantizer (it chooses the mix per tensor, as llama-quantize does), and return
+    what it printed. ``allow_requantize`` lets it start from quantized weights."""
+    from selftune.engines.llamacpp_engine import llama_cpp_module
 
+    llama_cpp = llama_cpp_module()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
     params.nthread = threads
+    params.allow_requantize = allow_requantize
     with _captured_stderr() as messages:
         code = llama_cpp.llama_model_quantize(
             os.fsencode(source), os.fsencode(target), ctypes.byref(params)
         )
     if code != 0:
         tail = "\n".join(messages[-5:])
-        raise ModelExportError(f"llama.cpp could not quantize the model to q4_k_m:\n{tail}")
+        raise ModelExportError(f"llama.cpp could not write {source.name} as {ftype}:\n{tail}")
+    return messages
+
+
+def _quantize_q4_k_m(source: Path, target: Path, threads: int) -> None:
+    messages = llama_quantize(source, target, "MOSTLY_Q4_K_M", threads=threads)
     # llama.cpp prints a line per tensor whose rows are not whole 256-value k-quant blocks (all
     # 576-wide rows of SmolLM2-135M); its summary line is the part worth passing on.
     for line in messages:

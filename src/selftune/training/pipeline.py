@@ -23,7 +23,7 @@ from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.evaluation.heldout import heldout_recall
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
-from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
+from selftune.export.gguf_adapter import GGUF_ADAPTER, AdapterExportError, export_gguf_adapter
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
 from selftune.store.db import Database
@@ -34,7 +34,6 @@ __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_jo
 
 log = logging.getLogger(__name__)
 
-GGUF_ADAPTER = "adapter.gguf"
 # Regression answers are checked on this many tokens: the expected word comes early.
 _RETENTION_TOKENS = 24
 
