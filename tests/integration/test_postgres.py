@@ -9,11 +9,12 @@ from collections.abc import Iterator
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from selftune.registry import versions as registry
 from selftune.store.db import Database
-from selftune.store.schema import Base, Version
+from selftune.store.interactions import record_interaction
+from selftune.store.schema import Base, Interaction, User, Version
 from selftune.training import jobs
 
 URL = os.environ.get("SELFTUNE_TEST_POSTGRES_URL")
@@ -60,3 +61,28 @@ def test_jobs_and_alias_on_postgres(pg: Database) -> None:
         registry.rollback(session, actor="test", reason="test")
     with pg.read() as session:
         assert registry.serving_target(session).name == "base"
+
+
+def test_interactions_are_recorded_on_postgres(pg: Database) -> None:
+    for interaction_id in ("chatcmpl-1", "chatcmpl-2"):  # the second finds its user there
+        record_interaction(
+            pg,
+            id=interaction_id,
+            user_id="alice",
+            kind="completion",
+            model="selftune",
+            version_id=None,
+            messages=[{"prompt": "Quenmoor is"}],
+            response=" the capital of Veloria.",
+            finish_reason="length",
+            prompt_tokens=3,
+            completion_tokens=6,
+            latency_ms=2.0,
+            chat_template=None,
+        )
+    with pg.read() as session:
+        assert session.scalars(select(User.id)).all() == ["alice"]
+        assert session.scalars(select(Interaction.id).order_by(Interaction.id)).all() == [
+            "chatcmpl-1",
+            "chatcmpl-2",
+        ]

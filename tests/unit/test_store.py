@@ -11,7 +11,8 @@ from sqlalchemy import Column, MetaData, String, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from selftune.store import Database
-from selftune.store.schema import ApiKey, Base, Event, User
+from selftune.store.interactions import record_interaction
+from selftune.store.schema import ApiKey, Base, Conversation, Event, Interaction, User
 
 
 def _tables(db: Database) -> set[str]:
@@ -187,3 +188,46 @@ def test_unique_constraint_is_enforced(db: Database) -> None:
         session.add(ApiKey(user_id="dave", key_hash="2" * 64, prefix="sk-2"))
     with pytest.raises(IntegrityError), db.write() as session:
         session.add(ApiKey(user_id="dave", key_hash="2" * 64, prefix="sk-3"))
+
+
+def _record(db: Database, interaction_id: str, user_id: str) -> None:
+    record_interaction(
+        db,
+        id=interaction_id,
+        user_id=user_id,
+        kind="chat",
+        model="selftune",
+        version_id=None,
+        messages=[{"role": "user", "content": "Où est Quenmoor ?"}],
+        response="In Veloria.",
+        finish_reason="stop",
+        prompt_tokens=12,
+        completion_tokens=4,
+        latency_ms=3.5,
+        chat_template=None,
+    )
+
+
+def test_record_interaction_creates_the_user_once_and_a_conversation_per_answer(
+    db: Database,
+) -> None:
+    _record(db, "chatcmpl-1", "alice")
+    _record(db, "chatcmpl-2", "alice")
+    with db.read() as session:
+        assert session.scalars(select(User.id)).all() == ["alice"]
+        rows = session.scalars(select(Interaction).order_by(Interaction.id)).all()
+        conversations = session.scalars(select(Conversation)).all()
+    assert [row.id for row in rows] == ["chatcmpl-1", "chatcmpl-2"]
+    assert rows[0].messages == [{"role": "user", "content": "Où est Quenmoor ?"}]
+    assert rows[0].created_at is not None and rows[0].user_id == "alice"
+    assert {c.id for c in conversations} == {row.conversation_id for row in rows}
+    assert len(conversations) == 2 and {c.user_id for c in conversations} == {"alice"}
+
+
+def test_a_failed_record_leaves_nothing_behind(db: Database) -> None:
+    _record(db, "chatcmpl-1", "alice")
+    with pytest.raises(IntegrityError):
+        _record(db, "chatcmpl-1", "bob")  # the id is taken: the whole transaction rolls back
+    with db.read() as session:
+        assert session.scalars(select(User.id)).all() == ["alice"]
+        assert len(session.scalars(select(Conversation)).all()) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -20,11 +19,9 @@ from selftune.api.state import AppState, generate
 from selftune.api.targets import Target
 from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
 from selftune.engines.stops import StopMatcher
-from selftune.store.db import Database
-from selftune.store.schema import Conversation, Interaction
-from selftune.store.users import ensure_user
+from selftune.store.interactions import record_interaction
 
-__all__ = ["Asked", "Generation", "record_interaction", "room_for", "version_headers"]
+__all__ = ["Asked", "Generation", "room_for", "version_headers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +33,6 @@ class Asked:
     kind: str  # "chat" | "completion"
     messages: list[dict[str, Any]]  # chat messages, or [{"prompt": ...}]
     chat_template: str | None = None  # set when the request overrode the template
-
-
-def record_interaction(db: Database, **fields: Any) -> None:
-    with db.write() as session:
-        user_id = fields["user_id"]
-        ensure_user(session, user_id)
-        conversation = Conversation(id=f"conv-{uuid.uuid4().hex}", user_id=user_id)
-        session.add(conversation)
-        session.flush()
-        session.add(Interaction(conversation_id=conversation.id, **fields))
 
 
 def version_headers(target: Target) -> dict[str, str]:

@@ -31,7 +31,7 @@ from selftune.api.errors import ApiError, error_body
 from selftune.api.generation import Asked, Generation, room_for, version_headers
 from selftune.api.manage import move_alias
 from selftune.api.metrics import CONTENT_TYPE
-from selftune.api.openai_routes import caller_of, target_of
+from selftune.api.openai_routes import caller_of, count_prompt_tokens, target_of
 from selftune.api.schemas import (
     DetokenizeRequest,
     LlamaCompletionRequest,
@@ -58,7 +58,7 @@ async def completion(
     caller = await caller_of(state, authorization)
     engine = ready_engine(state)
     target = await target_of(state, engine, body)
-    prompt, prompt_text, prompt_tokens = await run_in_threadpool(_prompt, engine, body.prompt)
+    prompt, prompt_text, prompt_tokens = await _prompt(engine, body.prompt)
     params = _params(state, engine, body, prompt_tokens)
     asked = Asked(
         f"cmpl-{uuid.uuid4().hex}", caller.user(body.user), "completion", [{"prompt": prompt_text}]
@@ -78,12 +78,12 @@ async def completion(
     return JSONResponse(final, headers=headers)
 
 
-def _prompt(engine: Engine, prompt: str | list[int]) -> tuple[Prompt, str, int]:
+async def _prompt(engine: Engine, prompt: str | list[int]) -> tuple[Prompt, str, int]:
     """(what the engine gets, the prompt as text for the record, its length in tokens)."""
     if isinstance(prompt, str):
-        return prompt, prompt, engine.count_tokens(prompt)
+        return prompt, prompt, await count_prompt_tokens(engine, prompt)
     try:
-        text = engine.detokenize(prompt)
+        text = await run_in_threadpool(engine.detokenize, prompt)
     except Exception as exc:
         raise ApiError(
             400, f"the prompt has token ids this model does not have: {exc}", param="prompt"

@@ -26,22 +26,40 @@ from selftune.api.errors import ApiError, error_body
 from selftune.api.generation import Asked, Generation, room_for, version_headers
 from selftune.api.schemas import ChatRequest, CompletionRequest
 from selftune.api.state import AppState, app_state, ready_engine
-from selftune.api.targets import Target, model_cards, resolve_target
+from selftune.api.targets import Target, model_cards, resolve_target, target_in_memory
 from selftune.engines.base import Chunk, Engine, GenerationParams
 
 __all__ = ["router"]
 
 router = APIRouter()
 
+# Prompts up to this long are tokenized on the event loop: llama.cpp takes tens of microseconds
+# for them, less than handing them to a thread and back.
+_TOKENIZE_INLINE_CHARS = 4096
+
 
 async def caller_of(state: AppState, authorization: str | None) -> Caller:
+    """Who is calling. Without a key nothing is read from the store, so no thread is needed:
+    a thread hop costs more than the rest of a short request's preamble."""
+    if not authorization:
+        return resolve_caller(state.db, authorization, state.settings.auth_required)
     return await run_in_threadpool(
         resolve_caller, state.db, authorization, state.settings.auth_required
     )
 
 
 async def target_of(state: AppState, engine: Engine, body: Any) -> Target:
+    known = target_in_memory(state, body.model, body.lora)
+    if known is not None:
+        return known
     return await run_in_threadpool(resolve_target, state, engine.name, body.model, body.lora)
+
+
+async def count_prompt_tokens(engine: Engine, prompt: str) -> int:
+    """The prompt's length in tokens; a long prompt is tokenized off the event loop."""
+    if len(prompt) <= _TOKENIZE_INLINE_CHARS:
+        return engine.count_tokens(prompt)
+    return await run_in_threadpool(engine.count_tokens, prompt)
 
 
 def _params(
@@ -69,7 +87,7 @@ async def _answer(
     body: Any,
     requested_max: int | None,
 ) -> Any:
-    prompt_tokens = await run_in_threadpool(engine.count_tokens, prompt)
+    prompt_tokens = await count_prompt_tokens(engine, prompt)
     params = _params(state, engine, body, prompt_tokens, requested_max)
     generation = Generation(state, target, asked, prompt_tokens)
     headers = version_headers(target)

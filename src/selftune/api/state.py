@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,15 @@ from starlette.concurrency import run_in_threadpool
 from selftune.api.errors import ApiError
 from selftune.api.metrics import ServerMetrics
 from selftune.config import Settings
-from selftune.engines.base import AdapterRef, Chunk, Engine, GenerationParams, Prompt
+from selftune.engines.base import (
+    STREAM_END,
+    AdapterRef,
+    Chunk,
+    Engine,
+    GenerationParams,
+    Prompt,
+    PushingEngine,
+)
 from selftune.registry.versions import ServingTarget, serving_target
 from selftune.store.db import Database
 
@@ -35,8 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["AppState", "adapter_for", "app_state", "generate", "ready_engine"]
 
 log = logging.getLogger(__name__)
-
-_DONE = object()
 
 
 class AppState:
@@ -150,43 +156,57 @@ def adapter_for(target: ServingTarget) -> AdapterRef | None:
 async def generate(
     engine: Engine, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
 ) -> AsyncGenerator[Chunk, None]:
-    """Run the engine in its own thread and hand its chunks to the event loop.
+    """Hand the engine's chunks to the event loop as it generates them.
 
-    If the consumer stops early (a client disconnects), the thread is told to stop after its
-    current token, and it closes the engine's generator itself, which releases the engine.
+    An engine with a thread of its own pushes its chunks straight into the loop; any other runs
+    in a thread started for the request. If the consumer stops early (a client disconnects), the
+    engine is told to stop after its current token and releases itself.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    cancelled = threading.Event()
 
     def put(item: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    def produce() -> None:
-        iterator = engine.stream(prompt, params, adapter)
-        try:
-            for chunk in iterator:
-                put(chunk)
-                if cancelled.is_set():
-                    break
-        except BaseException as exc:
-            put(exc)
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                iterator.close()  # type: ignore[attr-defined]
-        put(_DONE)
-
-    thread = threading.Thread(target=produce, daemon=True, name="generate")
-    thread.start()
+    if isinstance(engine, PushingEngine) and engine.pushes_from_own_thread():
+        cancel = engine.push_stream(prompt, params, adapter, put)
+    else:
+        cancel = _stream_in_thread(engine, prompt, params, adapter, put)
     try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                return
+        while (item := await queue.get()) is not STREAM_END:
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
-        cancelled.set()
+        cancel()
+
+
+def _stream_in_thread(
+    engine: Engine,
+    prompt: Prompt,
+    params: GenerationParams,
+    adapter: AdapterRef | None,
+    emit: Callable[[Any], None],
+) -> Callable[[], None]:
+    """``engine.stream`` in a new thread, emitting as :meth:`PushingEngine.push_stream` does."""
+    cancelled = threading.Event()
+
+    def produce() -> None:
+        try:
+            iterator = engine.stream(prompt, params, adapter)
+            try:
+                for chunk in iterator:
+                    emit(chunk)
+                    if cancelled.is_set():
+                        break
+            finally:
+                with contextlib.suppress(Exception):
+                    iterator.close()  # type: ignore[attr-defined]
+        except BaseException as exc:
+            emit(exc)
+        finally:
+            emit(STREAM_END)
+
+    threading.Thread(target=produce, daemon=True, name="generate").start()
+    return cancelled.set

@@ -34,6 +34,7 @@ __all__ = [
     "model_cards",
     "model_names",
     "resolve_target",
+    "target_in_memory",
     "versions_with_artifacts",
 ]
 
@@ -60,8 +61,11 @@ def resolve_target(
 
     ``model`` None means the served name. ``lora`` None means "not given"; given, it decides the
     version (an empty list or all-zero scales: the base), and ``model`` must be the served name.
-    Blocking (reads the store): call it in a thread.
+    Blocking when a version is named (reads the store): call it in a thread.
     """
+    known = target_in_memory(state, model, lora)
+    if known is not None:
+        return known
     served_name = state.settings.model_name
     asked = model or served_name
     if lora is not None:
@@ -73,15 +77,6 @@ def resolve_target(
                 param="lora",
             )
         return _from_lora(state, engine_name, asked, lora)
-    if asked == served_name:
-        serving = state.serving  # fixed for the whole request
-        return Target(asked, serving.name, serving.version_id, adapter_for(serving),
-                      serving.chat_template)  # fmt: skip
-    if asked == BASE:
-        return Target(asked, BASE, None, None, None)
-    runtime = state.runtime_adapters.get(asked)
-    if runtime is not None:
-        return Target(asked, asked, None, runtime, None)
     with state.db.read() as session:
         version = session.scalar(select(Version).where(Version.name == asked))
     if version is None or not has_artifact(version):
@@ -93,6 +88,27 @@ def resolve_target(
             param="model",
         )
     return _version_target(asked, version, 1.0)
+
+
+def target_in_memory(
+    state: AppState, model: str | None, lora: Sequence[LoraScale] | None
+) -> Target | None:
+    """The target when the process knows it without the store (the served name, ``base``, a
+    runtime adapter), else None. Never blocks: the event loop may call it."""
+    if lora is not None:
+        return None
+    served_name = state.settings.model_name
+    asked = model or served_name
+    if asked == served_name:
+        serving = state.serving  # fixed for the whole request
+        return Target(asked, serving.name, serving.version_id, adapter_for(serving),
+                      serving.chat_template)  # fmt: skip
+    if asked == BASE:
+        return Target(asked, BASE, None, None, None)
+    runtime = state.runtime_adapters.get(asked)
+    if runtime is not None:
+        return Target(asked, asked, None, runtime, None)
+    return None
 
 
 def _from_lora(state: AppState, engine_name: str, asked: str, lora: Sequence[LoraScale]) -> Target:

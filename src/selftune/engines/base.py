@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "STREAM_END",
     "AdapterRef",
     "Chunk",
     "Engine",
@@ -15,6 +16,7 @@ __all__ = [
     "EvaluatingEngine",
     "GenerationParams",
     "Prompt",
+    "PushingEngine",
 ]
 
 
@@ -95,3 +97,33 @@ class EvaluatingEngine(Engine, Protocol):
     ) -> list[str]: ...
 
     def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float: ...
+
+
+# What a pushing engine emits after a stream's last chunk (or after the exception that ended it).
+STREAM_END = object()
+
+
+@runtime_checkable
+class PushingEngine(Protocol):
+    """An engine that generates on a thread of its own and can hand each chunk to a callback.
+
+    The server uses it to pass chunks straight from the engine's thread to the event loop,
+    without a thread of its own per request in between (one thread start and one hop per chunk
+    fewer: about 2 ms of a request's fixed cost on 2 cores).
+    """
+
+    def pushes_from_own_thread(self) -> bool:
+        """Whether :meth:`push_stream` returns at once (False: it runs in the caller's thread)."""
+        ...
+
+    def push_stream(
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        adapter: AdapterRef | None,
+        emit: Callable[[Any], None],
+    ) -> Callable[[], None]:
+        """Queue a generation; ``emit`` receives each :class:`Chunk`, then the exception that
+        ended it if any, then :data:`STREAM_END`. Returns a function that stops the generation
+        after its current token."""
+        ...

@@ -37,7 +37,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams, Prompt
+from selftune.engines.base import (
+    STREAM_END,
+    AdapterRef,
+    Chunk,
+    EngineError,
+    GenerationParams,
+    Prompt,
+)
 from selftune.engines.stops import StopMatcher
 from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.models.base import load_tokenizer
@@ -50,7 +57,6 @@ log = logging.getLogger(__name__)
 # Adapters kept loaded; older ones are loaded from disk again if a request names them.
 _MAX_LOADED_ADAPTERS = 8
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
-_END = object()
 T = TypeVar("T")
 
 
@@ -222,6 +228,26 @@ class LlamaCppEngine:
     def stream(
         self, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
     ) -> Iterator[Chunk]:
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        cancel = self.push_stream(prompt, params, adapter, chunks.put)
+        try:
+            while (item := chunks.get()) is not STREAM_END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel()
+
+    def pushes_from_own_thread(self) -> bool:
+        return isinstance(self._compute, ThreadPoolExecutor)
+
+    def push_stream(
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        adapter: AdapterRef | None,
+        emit: Callable[[Any], None],
+    ) -> Callable[[], None]:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             ids = [int(self.lib.llama_vocab_bos(self._vocab))]
@@ -230,7 +256,6 @@ class LlamaCppEngine:
                 f"{len(ids)} prompt tokens + {params.max_tokens} to generate exceed the "
                 f"context of {self.context_length}"
             )
-        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         cancelled = threading.Event()
 
         def produce() -> None:
@@ -238,22 +263,16 @@ class LlamaCppEngine:
                 self._use(self._ctx, adapter)
                 with contextlib.closing(self._generate(ids, params)) as generation:
                     for chunk in generation:
-                        chunks.put(chunk)
+                        emit(chunk)
                         if cancelled.is_set():  # the client left: free the thread
                             break
             except BaseException as exc:  # handed to the caller's thread
-                chunks.put(exc)
+                emit(exc)
             finally:
-                chunks.put(_END)
+                emit(STREAM_END)
 
         self._compute.submit(produce)
-        try:
-            while (item := chunks.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()
+        return cancelled.set
 
     def _generate(self, ids: list[int], params: GenerationParams) -> Generator[Chunk, None, None]:
         ctx = self._ctx

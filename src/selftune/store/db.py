@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database", "StoreError"]
@@ -61,6 +61,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
             writer = self.engine
+        self._write_engine = writer
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(writer, expire_on_commit=False)
 
@@ -84,6 +85,13 @@ class Database:
         """A write transaction; committed when the block ends without an exception."""
         with self._writer() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A write transaction on a bare connection, for hot paths: SQLAlchemy Core statements
+        run several times faster than an ORM session's unit of work."""
+        with self._write_engine.begin() as connection:
+            yield connection
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

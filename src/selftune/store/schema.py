@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "VersionExample",
     "Worker",
     "as_utc",
+    "table_of",
     "utcnow",
 ]
 
@@ -190,3 +191,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class, for prepared Core statements on hot paths."""
+    return Base.metadata.tables[model.__tablename__]
