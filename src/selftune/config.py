@@ -121,7 +121,25 @@ class Settings(BaseSettings):
         description="Names of the linear layers that get LoRA adapters.",
     )
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
-    train_steps: int = Field(25, ge=1, le=100_000, description="Optimizer steps per training job.")
+    train_steps: int = Field(
+        25, ge=1, le=100_000, description="Most optimizer steps per training job."
+    )
+    train_stop_loss: float = Field(
+        0.05,
+        ge=0,
+        description="A job stops training early once the loss on its new material stays below "
+        "this (the material is learned to the token) and the replay KL below "
+        "train_stop_replay_kl; 0 always runs train_steps.",
+    )
+    train_stop_replay_kl: float = Field(
+        0.03,
+        ge=0,
+        description="Early stopping also waits until the KL divergence from the base model on "
+        "the replay prompts is below this, so general answers have come back.",
+    )
+    train_stop_patience: int = Field(
+        3, ge=1, description="Consecutive steps the stopping rule must hold before stopping."
+    )
     train_batch_size: int = Field(7, ge=1, description="Sequences per optimizer step.")
     max_seq_len: int = Field(256, ge=16, description="Training sequences are cut to this length.")
     replay_per_step: int = Field(

@@ -167,6 +167,43 @@ def test_prefix_reuse_gives_the_same_answer(engine: LlamaCppEngine) -> None:
     assert _text(engine, longer, None) == fresh
 
 
+def test_answer_losses_reuse_the_shared_prompt_prefix_exactly(
+    engine: LlamaCppEngine, versions: list[AdapterRef]
+) -> None:
+    chats = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": "Quenmoor."}]
+        for q in QUESTIONS
+    ]
+    examples = [
+        tokenize_chat(engine.tokenizer, chat, engine.default_template, 64) for chat in chats
+    ]
+    together = engine.answer_nll(examples, versions[0])  # each after the previous one's prefix
+    alone = [engine.answer_nll([example], versions[0]) for example in examples]
+    for example in examples:  # and each from an empty cache
+        engine.on_compute_thread(engine._ctx.forget)
+        assert engine.answer_nll([example], versions[0]) == pytest.approx(
+            alone[examples.index(example)], rel=1e-5
+        )
+    weights = [sum(label != -100 for label in e.labels[1:]) for e in examples]
+    mean = sum(a * w for a, w in zip(alone, weights, strict=True)) / sum(weights)
+    assert together == pytest.approx(mean, rel=1e-5)
+
+
+def test_an_answer_can_end_once_its_test_holds(
+    engine: LlamaCppEngine, versions: list[AdapterRef]
+) -> None:
+    prompts = [engine.render_chat([{"role": "user", "content": q}]) for q in QUESTIONS[:2]]
+    full = engine.greedy_batch(prompts, 24, versions[0])
+    assert len(full[0]) > 6, full
+    cut = engine.greedy_batch(
+        prompts, 24, versions[0], until=[lambda text: len(text.strip()) >= 3, None]
+    )
+    assert full[0].startswith(cut[0]) and 3 <= len(cut[0]) < len(full[0])
+    assert cut[1] == full[1]
+    with pytest.raises(ValueError, match="'until' tests"):
+        engine.greedy_batch(prompts, 24, versions[0], until=[None])
+
+
 def test_concurrent_requests_each_keep_their_adapter(
     engine: LlamaCppEngine, versions: list[AdapterRef]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,25 @@ def test_same_seed_same_run_and_progress_is_reported(tiny_model_dir: Path, examp
 def test_training_needs_examples(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="no examples"):
         train_lora(tiny_model_dir, [], [], TrainConfig(steps=1), pad_id=0)
+
+
+def test_training_stops_once_the_new_material_is_learned(
+    tiny_model_dir: Path, examples: tuple
+) -> None:
+    new, replay, pad_id = examples
+    learned = TrainConfig(
+        rank=4, alpha=8, steps=6, batch_size=3, replay_per_step=1, stop_loss=100.0,
+        stop_replay_kl=100.0, stop_patience=2,
+    )  # fmt: skip
+    _, result = train_lora(tiny_model_dir, new, replay, learned, pad_id=pad_id)
+    assert result.stopped_early and len(result.losses) == 2
+    # The replay KL must be low too: with a threshold no KL meets, it runs every step.
+    replay_not_back = dataclasses.replace(learned, stop_replay_kl=0.0)
+    _, result = train_lora(tiny_model_dir, new, replay, replay_not_back, pad_id=pad_id)
+    assert not result.stopped_early and len(result.losses) == 6
+    # Without replay only the new material's loss counts.
+    _, result = train_lora(
+        tiny_model_dir, new, [], dataclasses.replace(replay_not_back, replay_per_step=0),
+        pad_id=pad_id,
+    )  # fmt: skip
+    assert result.stopped_early and len(result.losses) == 2

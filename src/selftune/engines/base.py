@@ -93,8 +93,16 @@ class EvaluatingEngine(Engine, Protocol):
     default_template: str
 
     def greedy_batch(
-        self, prompts: list[str], max_tokens: int, adapter: AdapterRef | None, batch: int = 16
-    ) -> list[str]: ...
+        self,
+        prompts: list[str],
+        max_tokens: int,
+        adapter: AdapterRef | None,
+        batch: int = 16,
+        until: Sequence[Callable[[str], bool]] | None = None,
+    ) -> list[str]:
+        """Greedy answers. With ``until`` (one test per prompt) an engine may end an answer as
+        soon as its test holds, for checks whose verdict more text cannot change."""
+        ...
 
     def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float: ...
 

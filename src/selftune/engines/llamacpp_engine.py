@@ -306,16 +306,33 @@ class LlamaCppEngine:
 
     # --- evaluation ------------------------------------------------------------------------
     def greedy_batch(
-        self, prompts: list[str], max_tokens: int, adapter: AdapterRef | None, batch: int = 16
+        self,
+        prompts: list[str],
+        max_tokens: int,
+        adapter: AdapterRef | None,
+        batch: int = 16,
+        until: Sequence[Callable[[str], bool]] | None = None,
     ) -> list[str]:
-        """Greedy answers to many prompts, as served (the same path as ``stream``)."""
+        """Greedy answers to many prompts, as served (the same path as ``stream``); an answer
+        ends early once its ``until`` test holds."""
         params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+        tests = list(until) if until is not None else [None] * len(prompts)
+        if len(tests) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(tests)} 'until' tests")
 
-        def answer(prompt: str) -> str:
+        def answer(prompt: str, done: Callable[[str], bool] | None) -> str:
             self._use(self._ctx, adapter)
-            return "".join(chunk.text for chunk in self._generate(self.tokenize(prompt), params))
+            text = ""
+            with contextlib.closing(self._generate(self.tokenize(prompt), params)) as chunks:
+                for chunk in chunks:
+                    text += chunk.text
+                    if done is not None and done(text):
+                        break
+            return text.strip()
 
-        return self.on_compute_thread(lambda: [answer(prompt).strip() for prompt in prompts])
+        return self.on_compute_thread(
+            lambda: [answer(prompt, done) for prompt, done in zip(prompts, tests, strict=True)]
+        )
 
     def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
         """Mean loss per answer token of tokenized examples (``input_ids``/``labels``)."""
@@ -470,22 +487,29 @@ class _Context:
             keep = 0
         del self.cached[keep:]
 
-    def prefill(self, ids: list[int]) -> None:
-        """Evaluate ``ids`` so that the next token can be sampled; reuses a cached prefix."""
+    def _reuse_prefix(self, ids: list[int], first_needed: int) -> int:
+        """Keep the cached prefix ``ids`` shares, up to ``first_needed`` (the first position
+        that must be evaluated again); drop the rest. Returns how many positions were kept."""
         common = 0
-        limit = min(len(self.cached), len(ids) - 1)  # the last token is evaluated for its logits
+        limit = min(len(self.cached), first_needed)
         while common < limit and self.cached[common] == ids[common]:
             common += 1
         self.forget(common)
+        return len(self.cached)
+
+    def prefill(self, ids: list[int]) -> None:
+        """Evaluate ``ids`` so that the next token can be sampled; reuses a cached prefix."""
+        common = self._reuse_prefix(ids, len(ids) - 1)  # the last token is needed: its logits
         self._decode(ids[common:], output_positions=None)
 
     def append(self, token: int) -> None:
         self._decode([token], output_positions=None)
 
     def logits_at(self, ids: list[int], positions: list[int]) -> np.ndarray:
-        """Logits after each position in ``positions`` of ``ids``, evaluated from scratch."""
-        self.forget()
-        return self._decode(ids, output_positions=positions)
+        """Logits after each position in ``positions`` of ``ids`` (sorted); a cached prefix
+        before the first of them is reused (evaluation sets share their system prompt)."""
+        common = self._reuse_prefix(ids, positions[0] if positions else 0)
+        return self._decode(ids[common:], output_positions=[p - common for p in positions])
 
     def pooled_embedding(self, ids: list[int]) -> list[float]:
         self.forget()

@@ -11,7 +11,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +135,16 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def greedy_batch(
-        self, prompts: list[str], max_tokens: int, adapter: AdapterRef | None, batch: int = 16
+        self,
+        prompts: list[str],
+        max_tokens: int,
+        adapter: AdapterRef | None,
+        batch: int = 16,
+        until: Sequence[Callable[[str], bool]] | None = None,
     ) -> list[str]:
-        """Greedy answers to many prompts at once (left-padded batches): for evaluation."""
+        """Greedy answers to many prompts at once (left-padded batches): for evaluation.
+
+        ``until`` is not used: a batch runs to its longest answer anyway."""
         answers: list[str] = []
         pad_id = self.tokenizer.pad_token_id or 0
         with self._lock:

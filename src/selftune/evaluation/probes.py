@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,19 @@ def load_probes() -> dict[str, Any]:
 
 
 def generate_answers(
-    engine: Any, prompts: Sequence[str | list[dict[str, str]]], adapter: Any, max_tokens: int
+    engine: Any,
+    prompts: Sequence[str | list[dict[str, str]]],
+    adapter: Any,
+    max_tokens: int,
+    until: Sequence[Callable[[str], bool]] | None = None,
 ) -> list[str]:
-    """Greedy answers of ``engine`` (the base if ``adapter`` is None) to prompts or chats."""
+    """Greedy answers of ``engine`` (the base if ``adapter`` is None) to prompts or chats;
+    ``until``: see ``EvaluatingEngine.greedy_batch``."""
     texts = [
         engine.render_chat([{"role": "user", "content": p}] if isinstance(p, str) else p)
         for p in prompts
     ]
-    answers: list[str] = engine.greedy_batch(texts, max_tokens, adapter)
+    answers: list[str] = engine.greedy_batch(texts, max_tokens, adapter, until=until)
     return answers
 
 

@@ -58,6 +58,9 @@ class TrainingContext:
     base_dir: Path
     engine: EvaluatingEngine
     _probes: ProbeSet | None = None
+    # Regression-set loss of the versions already measured, by version id (None: the base).
+    # Versions never change once written and the probes are fixed, so each is measured once.
+    _regression_losses: dict[int | None, float] = dataclasses.field(default_factory=dict)
 
     @property
     def probes(self) -> ProbeSet:
@@ -67,6 +70,22 @@ class TrainingContext:
             ).hexdigest()[:12]
             self._probes = build_probe_set(self.engine, self.settings.cache_dir, key)
         return self._probes
+
+    @property
+    def regression_set(self) -> list[TokenizedExample]:
+        return _tokenize(self, [_qa(r.prompt, r.base_answer) for r in self.probes.regression])
+
+    def regression_loss(self, adapter: AdapterRef | None) -> float:
+        """Answer loss on the regression set under ``adapter``, measured once per version."""
+        key = adapter.version_id if adapter is not None else None
+        if key not in self._regression_losses:
+            loss = self.engine.answer_nll(self.regression_set, adapter)
+            self._regression_losses[key] = round(loss, 4)
+        return self._regression_losses[key]
+
+    def warm_up(self) -> None:
+        """What the first job would otherwise compute: the probe answers, the base's figures."""
+        self.regression_loss(None)
 
 
 def train_config(settings: Settings) -> TrainConfig:
@@ -80,6 +99,9 @@ def train_config(settings: Settings) -> TrainConfig:
         replay_per_step=settings.replay_per_step,
         seed=settings.seed,
         bf16=use_bf16(settings.train_precision),
+        stop_loss=settings.train_stop_loss,
+        stop_replay_kl=settings.train_stop_replay_kl,
+        stop_patience=settings.train_stop_patience,
     )
 
 
@@ -122,7 +144,6 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     heldout_set = _tokenize(ctx, [e.messages for e in heldout_rows])
     probes = ctx.probes
     replay_set = _tokenize(ctx, [_qa(p, a) for p, a in probes.replay])
-    regression_set = _tokenize(ctx, [_qa(r.prompt, r.base_answer) for r in probes.regression])
 
     config = train_config(settings)
     clock.lap("dataset")
@@ -156,6 +177,8 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         "seconds": round(result.seconds, 2),
         "tokens": result.tokens,
         "tokens_per_second": round(result.tokens_per_second, 1),
+        "steps": len(result.losses),
+        "stopped_early": result.stopped_early,
         "config": dataclasses.asdict(config),
     }
     with ctx.db.write() as session:
@@ -188,8 +211,12 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     judged = heldout_set or train_set
     engine = ctx.engine
     known = probes.known
-    answers = generate_answers(
-        engine, [item.prompt for item in known], candidate, _RETENTION_TOKENS
+    answers = generate_answers(  # an answer ends once it has the expected word
+        engine,
+        [item.prompt for item in known],
+        candidate,
+        _RETENTION_TOKENS,
+        until=[item.answered_by for item in known],
     )
     kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
     judged_chats = [row.messages for row in heldout_rows or train_rows]
@@ -200,8 +227,8 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         new_recall_candidate=recall_new,
         new_loss_current=round(engine.answer_nll(judged, serving), 4),
         new_loss_candidate=round(engine.answer_nll(judged, candidate), 4),
-        regression_loss_current=round(engine.answer_nll(regression_set, serving), 4),
-        regression_loss_candidate=round(engine.answer_nll(regression_set, candidate), 4),
+        regression_loss_current=ctx.regression_loss(serving),
+        regression_loss_candidate=ctx.regression_loss(candidate),
         retention_candidate=round(kept / len(answers), 4) if answers else 1.0,
         heldout_examples=len(heldout_set),
         regression_questions=len(answers),

@@ -3,6 +3,17 @@
 Each optimizer step sees the new material (sampled if there is more than fits) together with a
 few replay sequences, the base model's own answers to general prompts, so the adapter learns the
 new material without unlearning what the model knew.
+
+Two things keep a step cheap and the run short:
+
+- The output layer (a 49152-word vocabulary on the default model: a fifth of its weights) runs
+  only at the positions that carry a loss, the answers' tokens, instead of at every position.
+- The run stops once, for ``stop_patience`` steps in a row, the loss on the new material has
+  been below ``stop_loss`` (learned to the token) and the replay KL below ``stop_replay_kl``
+  (general answers back near the base model's). Measured on the teaching scenario: the new
+  material's loss reaches 0.01 after 10 of 25 steps, but stopping there lost a general answer
+  the base knew ("the Red Planet"); the replay steps after it bring that back.
+  The held-out material is not looked at, so the gate's judgement of it stays unbiased.
 """
 
 from __future__ import annotations
@@ -46,10 +57,15 @@ class TrainConfig:
     warmup_steps: int = 2
     seed: int = 0
     bf16: bool = False  # autocast matmuls to bfloat16; LoRA weights stay float32
+    stop_loss: float = 0.0  # stop once the new material's loss stays below this; 0: never
+    stop_replay_kl: float = 0.0  # ... and the replay KL too (without replay: ignored)
+    stop_patience: int = 3  # ... for this many consecutive steps
 
     def __post_init__(self) -> None:
         if self.replay_per_step >= self.batch_size:
             raise ValueError("replay_per_step must be smaller than batch_size")
+        if self.stop_patience < 1:
+            raise ValueError("stop_patience must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +74,7 @@ class TrainResult:
     new_losses: list[float]  # cross-entropy on the new material alone
     seconds: float
     tokens: int
+    stopped_early: bool = False  # the stopping rule held before the last step
 
     @property
     def tokens_per_second(self) -> float:
@@ -108,13 +125,32 @@ def _batches(
     return batches
 
 
-def _answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Per row, log-probabilities at the positions that predict a loss token: (n_i, vocab)."""
-    targets = labels[:, 1:]  # position t predicts token t+1
-    return [
-        torch.log_softmax(logits[row, :-1][targets[row] != IGNORE_INDEX].float(), dim=-1)
-        for row in range(logits.shape[0])
-    ]
+def _loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask of the positions whose next token carries a loss (position t predicts t+1)."""
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return positions
+
+
+def _answer_logits(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """Logits at the loss positions only, row after row: ((N, vocab), per-row counts).
+
+    The transformer runs on every position, the output layer only where a loss is computed: on
+    short chats most positions are the prompt, and the output layer is the largest matrix.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    hidden = backbone(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+    ).last_hidden_state
+    positions = _loss_positions(inputs["labels"])
+    logits = causal_lm.get_output_embeddings()(hidden[positions])
+    return logits, positions.sum(dim=1).tolist()
+
+
+def _targets(labels: torch.Tensor) -> torch.Tensor:
+    """The tokens the loss positions predict, in the order of :func:`_answer_logits`: (N,)."""
+    return labels[:, 1:][_loss_positions(labels)[:, :-1]]
 
 
 @torch.no_grad()
@@ -126,13 +162,14 @@ def _reference_log_probs(
     for start in range(0, len(replay), 8):
         inputs = collate(replay[start : start + 8], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        result.extend(_answer_log_probs(logits.logits, inputs["labels"]))
+            logits, counts = _answer_logits(model, inputs)
+        result.extend(torch.log_softmax(logits.float(), dim=-1).split(counts))
     return result
 
 
 def _step_loss(
     logits: torch.Tensor,
+    counts: list[int],
     labels: torch.Tensor,
     n_new: int,
     reference: list[torch.Tensor],
@@ -140,26 +177,37 @@ def _step_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy on the new rows + KL(base || model) on the replay rows after them.
 
-    The KL term keeps the model's whole distribution on general prompts where the base had it,
-    which protects answers that were right by a small margin far better than training on the
+    ``logits`` are the loss positions' (see :func:`_answer_logits`), ``counts`` how many each row
+    has. The KL term keeps the model's whole distribution on general prompts where the base had
+    it, which protects answers that were right by a small margin far better than training on the
     base model's greedy text would. Returns (total loss, new-material loss).
     """
-    vocab = logits.shape[-1]
+    n_new_positions = sum(counts[:n_new])
     new_loss = torch.nn.functional.cross_entropy(
-        logits[:n_new, :-1].reshape(-1, vocab).float(),
-        labels[:n_new, 1:].reshape(-1),
-        ignore_index=IGNORE_INDEX,
+        logits[:n_new_positions].float(), _targets(labels[:n_new])
     )
     if not reference:
         return new_loss, new_loss
-    current = _answer_log_probs(logits[n_new:], labels[n_new:])
-    kl_sum = sum(
-        (ref.exp() * (ref - cur)).sum() for ref, cur in zip(reference, current, strict=True)
-    )
-    n_tokens = sum(ref.shape[0] for ref in reference)
-    kl = kl_sum / max(n_tokens, 1)
-    assert isinstance(kl, torch.Tensor)
+    current = torch.log_softmax(logits[n_new_positions:].float(), dim=-1)
+    expected = torch.cat(reference)
+    kl = (expected.exp() * (expected - current)).sum() / max(expected.shape[0], 1)
     return new_loss + config.replay_weight * kl, new_loss
+
+
+class _EarlyStop:
+    """Whether the new material is learned and the replay KL is low, for long enough."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.steps_met = 0
+
+    def done(self, new_loss: float, replay_kl: float | None) -> bool:
+        config = self.config
+        met = new_loss < config.stop_loss and (
+            replay_kl is None or replay_kl < config.stop_replay_kl
+        )
+        self.steps_met = self.steps_met + 1 if met else 0
+        return self.steps_met >= config.stop_patience
 
 
 def train_lora(
@@ -202,17 +250,22 @@ def train_lora(
     losses: list[float] = []
     new_losses: list[float] = []
     tokens = 0
+    stop = _EarlyStop(config)
+    stopped_early = False
     started = time.perf_counter()
     for step, (new_ids, replay_ids) in enumerate(_batches(len(new), len(replay), config)):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
         inputs = collate([new[i] for i in new_ids] + [replay[i] for i in replay_ids], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(
-                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-            ).logits
+            logits, counts = _answer_logits(model, inputs)
         loss, new_loss = _step_loss(
-            logits, inputs["labels"], len(new_ids), [reference[i] for i in replay_ids], config
+            logits,
+            counts,
+            inputs["labels"],
+            len(new_ids),
+            [reference[i] for i in replay_ids],
+            config,
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -223,5 +276,10 @@ def train_lora(
         tokens += int(inputs["attention_mask"].sum())
         if progress is not None:
             progress(step + 1, config.steps, new_losses[-1])
+        replay_kl = (losses[-1] - new_losses[-1]) / config.replay_weight if replay_ids else None
+        if stop.done(new_losses[-1], replay_kl) and step + 1 < config.steps:
+            stopped_early = True
+            break
     model.eval()
-    return model, TrainResult(losses, new_losses, time.perf_counter() - started, tokens)
+    seconds = time.perf_counter() - started
+    return model, TrainResult(losses, new_losses, seconds, tokens, stopped_early)

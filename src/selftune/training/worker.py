@@ -167,8 +167,8 @@ def run_worker(settings: Settings) -> None:
     worker = Worker(settings)
     mark_worker(worker.db, worker.worker_id, "starting")
     try:
-        # Load the model and the base model's probe answers now, not in the first job.
-        worker.context().probes  # noqa: B018
+        # Load the model, the base model's probe answers and figures now, not in the first job.
+        worker.context().warm_up()
         log.info("worker %s ready; waiting for jobs", worker.worker_id)
         worker.run_forever()
     except _Stop as stop:
