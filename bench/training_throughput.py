@@ -20,11 +20,13 @@ that every figure is measured under the same (often shared, noisy) load:
    would do extra work per token that the baseline does not.
 3. Achieved FLOP/s as a share of the measured peaks. With LoRA the frozen weights get no
    gradient, so a token costs 2N FLOPs forward plus 2N backward (gradient w.r.t. activations
-   only), where N counts the weights of every frozen linear layer including the LM head; the
-   adapters are trained fully (forward, activation and weight gradients): 6 * N_lora. So
-   ``training FLOPs = tokens * (4 * N_frozen + 6 * N_lora)``; attention scores (<2% at these
-   lengths) and elementwise work are left out, so the shares are slight underestimates. Tokens are
-   the non-pad ones: padding costs compute but is not useful work.
+   only), where N counts the weights of every frozen linear layer; the adapters are trained
+   fully (forward, activation and weight gradients): 6 * N_lora. The LM head is needed only at
+   the positions that carry a loss (the answers' tokens): a trainer that computes it everywhere
+   does work that is not counted. So ``training FLOPs = tokens * (4 * N_body + 6 * N_lora) +
+   loss_positions * 4 * N_head``; attention scores (<2% at these lengths) and elementwise work
+   are left out, so the shares are slight underestimates. Tokens are the non-pad ones: padding
+   costs compute but is not useful work.
 4. The loss after the same steps, on the last batch and over all examples, so that speed never
    silently costs quality.
 
@@ -104,6 +106,14 @@ class Peak:
 
 
 @dataclasses.dataclass(frozen=True)
+class WeightCounts:
+    body: int  # frozen linear weights but the LM head's
+    head: int  # the LM head's
+    lora: int  # trained adapter weights
+    loss_share: float  # positions that carry a loss, per non-pad token
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     """One trainer's figures. ``step_ends`` are perf_counter times at the end of each step."""
 
@@ -161,6 +171,11 @@ def build_examples(tokenizer: Any, template: str, max_len: int) -> list[Tokenize
             ]
             examples.append(tokenize_chat(tokenizer, chat, template, max_len))
     return examples[:N_EXAMPLES]
+
+
+def _loss_positions(example: TokenizedExample) -> int:
+    """Positions whose next token carries a loss: where the LM head is needed."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
 
 
 def linear_weights(model: torch.nn.Module) -> int:
@@ -314,6 +329,7 @@ def main() -> int:
         batch_size=BATCH_SIZE,
         steps=WARMUP_STEPS + TIMED_STEPS,
         replay_per_step=0,
+        stop_loss=0.0,  # every step runs: the baseline does not stop early
     )
     other = dataclasses.replace(production, bf16=not production.bf16)
     batches = [new for new, _replay in trainer_batches(len(examples), 0, production)]
@@ -326,8 +342,13 @@ def main() -> int:
         for name, m in probe.named_modules()
         if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in production.target_modules
     )
+    n_head = probe.get_output_embeddings().weight.numel()
     del probe
-    flops_per_token = 4 * n_frozen + 6 * n_lora
+    timed = [i for ids in batches[WARMUP_STEPS:] for i in ids]
+    loss_share = sum(_loss_positions(examples[i]) for i in timed) / sum(
+        len(examples[i].input_ids) for i in timed
+    )
+    flops_per_token = round(4 * (n_frozen - n_head) + 6 * n_lora + loss_share * 4 * n_head)
 
     print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
     print("measuring (trainers interleaved, each's fastest run kept):", flush=True)
@@ -356,7 +377,8 @@ def main() -> int:
             break
     contention = cpu.other()
     runs = [max(rounds[label], key=lambda run: run.tokens_per_second) for label, _ in trainers]
-    _report(peaks, runs, production, step_tokens, padded, n_frozen, n_lora, flops_per_token)
+    counts = WeightCounts(n_frozen - n_head, n_head, n_lora, loss_share)
+    _report(peaks, runs, production, step_tokens, padded, counts, flops_per_token)
     if contention is not None:
         note = ": figures unreliable, rerun on a quiet machine" if contention > 0.1 else ""
         print(f"other processes used {contention:.0%} of the CPUs during the run{note}")
@@ -374,8 +396,7 @@ def _report(
     config: TrainConfig,
     step_tokens: Sequence[int],
     padded: int,
-    n_frozen: int,
-    n_lora: int,
+    counts: WeightCounts,
     flops_per_token: int,
 ) -> None:
     """Print the peaks, the set-up, and one table row per trainer (the first is the baseline)."""
@@ -398,10 +419,11 @@ def _report(
         "replay: none (an empty replay list, so no KL term in either trainer)\n"
         f"{sum(step_tokens[WARMUP_STEPS:])} non-pad tokens timed; padding is "
         f"{1 - sum(step_tokens) / padded:.0%} of the computed positions\n"
-        f"FLOPs/token = 4*N_frozen + 6*N_lora = 4*{n_frozen / 1e6:.1f}M + 6*{n_lora / 1e6:.2f}M "
+        f"FLOPs/token = 4*N_body + 6*N_lora + loss share * 4*N_head = 4*{counts.body / 1e6:.1f}M"
+        f" + 6*{counts.lora / 1e6:.2f}M + {counts.loss_share:.2f} * 4*{counts.head / 1e6:.1f}M "
         f"= {flops_per_token / 1e9:.3f} GFLOP\n"
-        "  (N_frozen: every linear layer incl. the LM head; attention scores and elementwise work "
-        "left out)\n"
+        "  (N_body: the frozen linear layers but the LM head; attention scores and elementwise "
+        "work left out)\n"
         "tokens/s: the median timed step's non-pad tokens per second"
     )
     print()

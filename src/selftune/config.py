@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         True, description="'selftune serve' also starts a training worker process."
     )
     adapter_poll_seconds: float = Field(
-        1.0, gt=0, description="How often the server checks for a newly promoted version."
+        0.25, gt=0, description="How often the server checks for a newly promoted version."
     )
 
     # --- training ----------------------------------------------------------------------------
@@ -184,7 +184,7 @@ class Settings(BaseSettings):
 
     # --- worker ------------------------------------------------------------------------------
     job_poll_seconds: float = Field(
-        0.5, gt=0, description="How often an idle worker looks for jobs."
+        0.25, gt=0, description="How often an idle worker looks for jobs."
     )
     job_stale_seconds: float = Field(
         60.0,
