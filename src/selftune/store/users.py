@@ -19,10 +19,8 @@ _INSERT_IF_NEW = {
 
 
 def ensure_user(session: Session, user_id: str) -> None:
-    """Create the user row if missing, flushed so that rows referring to it can follow."""
-    if session.get(User, user_id) is None:
-        session.add(User(id=user_id))
-        session.flush()
+    """Create the user row if missing, at once, so that rows referring to it can follow."""
+    ensure_user_row(session.connection(), user_id)
 
 
 def ensure_user_row(connection: Connection, user_id: str) -> None:
