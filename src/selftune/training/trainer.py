@@ -141,7 +141,7 @@ def _answer_logits(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.T
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(causal_lm, causal_lm.base_model_prefix)
     hidden = backbone(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
     ).last_hidden_state
     positions = _loss_positions(inputs["labels"])
     logits = causal_lm.get_output_embeddings()(hidden[positions])
