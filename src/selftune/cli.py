@@ -54,6 +54,16 @@ def _database(settings: Settings) -> Database:
         raise AssertionError from exc
 
 
+def _check_training(settings: Settings) -> None:
+    """Fail before anything starts when this machine cannot train as the settings ask."""
+    from selftune.training.device import TrainingDeviceError, check_training_settings
+
+    try:
+        check_training_settings(settings.train_device, settings.train_quantization)
+    except TrainingDeviceError as exc:
+        _fail(str(exc), 2)
+
+
 def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -72,7 +82,10 @@ def serve(
     settings = _settings()
     _logging()
     _database(settings).dispose()  # fail here, not in the worker, if the store is unusable
-    app = create_app(settings, with_worker=worker and settings.start_worker)
+    with_worker = worker and settings.start_worker
+    if with_worker:
+        _check_training(settings)
+    app = create_app(settings, with_worker=with_worker)
     console.print(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
@@ -83,6 +96,7 @@ def worker_command() -> None:
     from selftune.training.worker import run_worker
 
     settings = _settings()
+    _check_training(settings)
     _logging()
     run_worker(settings)
 

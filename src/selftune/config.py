@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     context_length: int = Field(
         2048, ge=64, description="Most tokens (prompt + answer) one request may use."
     )
+    gpu_layers: int = Field(
+        -1,
+        ge=-1,
+        description="Layers llama.cpp offloads to the GPU when llama-cpp-python is built with "
+        "GPU support (README, 'GPU users'): -1 all, 0 none. Ignored by a CPU-only build.",
+    )
     default_max_tokens: int = Field(
         256, ge=1, description="Answer length when a request does not set max_tokens."
     )
@@ -152,6 +158,17 @@ class Settings(BaseSettings):
         "auto",
         description="Matrix precision in training: 'bf16' autocasts to bfloat16 (adapter "
         "weights stay float32); 'auto' uses bf16 where the CPU or GPU computes it natively.",
+    )
+    train_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where training runs: 'auto' trains on a CUDA GPU when PyTorch sees one "
+        "(the CUDA build of torch, see the README), else on the CPU.",
+    )
+    train_quantization: Literal["auto", "none", "nf4"] = Field(
+        "auto",
+        description="Hold the frozen base in 4 bits (NF4, as in QLoRA) while training: 'nf4' "
+        "always (needs a CUDA GPU and bitsandbytes: pip install -e '.[gpu]'), 'auto' only on a "
+        "GPU with bitsandbytes installed when the 16-bit base would take over half its memory.",
     )
     seed: int = Field(0, description="Seed for data splits and training.")
     heldout_fraction: float = Field(

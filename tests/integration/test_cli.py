@@ -42,6 +42,19 @@ def test_invalid_settings_exit_2_naming_the_field(
     assert "port" in result.output
 
 
+@pytest.mark.parametrize("command", [["worker"], ["serve"]])
+def test_training_on_a_gpu_that_is_not_there_exits_2_before_starting(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SELFTUNE_TRAIN_DEVICE", "cuda")
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2
+    assert "train_device = 'cuda'" in result.output
+
+
 def test_keys_create_prints_a_key_once(settings_env: Path) -> None:
     result = runner.invoke(app, ["keys", "create", "--user", "dana"])
     assert result.exit_code == 0

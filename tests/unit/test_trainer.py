@@ -10,7 +10,8 @@ import torch
 
 from selftune.data.tokenize import TokenizedExample, tokenize_chat
 from selftune.models.base import load_tokenizer
-from selftune.training.trainer import TrainConfig, collate, train_lora
+from selftune.training import trainer
+from selftune.training.trainer import ReplayReference, TrainConfig, collate, train_lora
 
 # Losses of the first 6 steps of the tiny deterministic run below. If a deliberate change to
 # the loop moves them, update them in the same commit and say why in its message.
@@ -105,3 +106,29 @@ def test_training_stops_once_the_new_material_is_learned(
         pad_id=pad_id,
     )  # fmt: skip
     assert result.stopped_early and len(result.losses) == 2
+
+
+def test_the_replay_reference_is_computed_once_per_base_and_replay_set(
+    tiny_model_dir: Path, examples: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new, replay, pad_id = examples
+    config = TrainConfig(rank=4, alpha=8, steps=2, batch_size=3, replay_per_step=1)
+    _, alone = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+
+    computed = []
+    original = trainer._reference_log_probs
+    monkeypatch.setattr(
+        trainer,
+        "_reference_log_probs",
+        lambda *args: computed.append(1) or original(*args),
+    )
+    reference = ReplayReference()
+    reference.warm(tiny_model_dir, replay, pad_id, config)
+    for _ in range(2):
+        _, result = train_lora(
+            tiny_model_dir, new, replay, config, pad_id=pad_id, reference=reference
+        )
+        assert result.losses == pytest.approx(alone.losses, rel=1e-6)
+    assert len(computed) == 1  # at warm-up only
+    train_lora(tiny_model_dir, new, replay[:1], config, pad_id=pad_id, reference=reference)
+    assert len(computed) == 2  # another replay set

@@ -28,7 +28,8 @@ from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
-from selftune.training.trainer import TrainConfig, train_lora, use_bf16
+from selftune.training.device import resolve_device, resolve_quantization, use_bf16
+from selftune.training.trainer import ReplayReference, TrainConfig, train_lora
 
 __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
 
@@ -61,6 +62,8 @@ class TrainingContext:
     # Regression-set loss of the versions already measured, by version id (None: the base).
     # Versions never change once written and the probes are fixed, so each is measured once.
     _regression_losses: dict[int | None, float] = dataclasses.field(default_factory=dict)
+    # The base model's distributions on the replay prompts: the same for every job.
+    replay_reference: ReplayReference = dataclasses.field(default_factory=ReplayReference)
 
     @property
     def probes(self) -> ProbeSet:
@@ -75,6 +78,15 @@ class TrainingContext:
     def regression_set(self) -> list[TokenizedExample]:
         return _tokenize(self, [_qa(r.prompt, r.base_answer) for r in self.probes.regression])
 
+    @property
+    def replay_set(self) -> list[TokenizedExample]:
+        return _tokenize(self, [_qa(p, a) for p, a in self.probes.replay])
+
+    @property
+    def pad_id(self) -> int:
+        pad: int | None = self.engine.tokenizer.pad_token_id
+        return pad or 0
+
     def regression_loss(self, adapter: AdapterRef | None) -> float:
         """Answer loss on the regression set under ``adapter``, measured once per version."""
         key = adapter.version_id if adapter is not None else None
@@ -84,11 +96,16 @@ class TrainingContext:
         return self._regression_losses[key]
 
     def warm_up(self) -> None:
-        """What the first job would otherwise compute: the probe answers, the base's figures."""
+        """What the first job would otherwise compute: the probe answers, the base's figures,
+        its distributions on the replay prompts."""
         self.regression_loss(None)
+        config = train_config(self.settings, self.base_dir)
+        self.replay_reference.warm(self.base_dir, self.replay_set, self.pad_id, config)
 
 
-def train_config(settings: Settings) -> TrainConfig:
+def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
+    """The trainer's configuration from the settings, the device and precision resolved."""
+    device = resolve_device(settings.train_device)
     return TrainConfig(
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
@@ -98,7 +115,9 @@ def train_config(settings: Settings) -> TrainConfig:
         batch_size=settings.train_batch_size,
         replay_per_step=settings.replay_per_step,
         seed=settings.seed,
-        bf16=use_bf16(settings.train_precision),
+        bf16=use_bf16(settings.train_precision, device),
+        device=device,
+        quantize_base=resolve_quantization(settings.train_quantization, device, base_dir),
         stop_loss=settings.train_stop_loss,
         stop_replay_kl=settings.train_stop_replay_kl,
         stop_patience=settings.train_stop_patience,
@@ -143,9 +162,9 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     train_set = _tokenize(ctx, [e.messages for e in train_rows])
     heldout_set = _tokenize(ctx, [e.messages for e in heldout_rows])
     probes = ctx.probes
-    replay_set = _tokenize(ctx, [_qa(p, a) for p, a in probes.replay])
+    replay_set = ctx.replay_set
 
-    config = train_config(settings)
+    config = train_config(settings, ctx.base_dir)
     clock.lap("dataset")
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -157,8 +176,9 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         train_set,
         replay_set,
         config,
-        pad_id=ctx.engine.tokenizer.pad_token_id or 0,
+        pad_id=ctx.pad_id,
         progress=on_step,
+        reference=ctx.replay_reference,
     )
 
     clock.lap("train")

@@ -1,0 +1,136 @@
+"""Where training runs and how the frozen base is held: CPU or CUDA, float32 or bf16, 4-bit.
+
+One code path serves both devices; these functions pick its settings. On a CPU, bf16 pays only
+where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX): elsewhere torch emulates it, 20-30
+times slower than float32. On a GPU, bf16 is the norm where the GPU supports it, and a base too
+large for the GPU's memory can be loaded in 4 bits (NF4, as in QLoRA) through bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftune.models.base import load_model
+
+__all__ = [
+    "TrainingDeviceError",
+    "check_training_settings",
+    "load_training_base",
+    "resolve_device",
+    "resolve_quantization",
+    "use_bf16",
+]
+
+
+class TrainingDeviceError(ValueError):
+    """The settings ask for a device or a precision this machine cannot give."""
+
+
+def resolve_device(setting: str) -> str:
+    """'auto' is CUDA when PyTorch sees a GPU, else the CPU; 'cuda' without one is an error."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise TrainingDeviceError(
+            "train_device = 'cuda', but PyTorch sees no CUDA GPU: install PyTorch's CUDA build "
+            "(README, 'GPU users') or set train_device = 'auto'"
+        )
+    return setting
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: str = "cpu") -> bool:
+    """Whether to autocast to bfloat16: asked for, or 'auto' where the device has it natively."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_native_bf16()
+
+
+def _bitsandbytes_installed() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _weights_bytes(base_dir: Path) -> int:
+    return sum(path.stat().st_size for path in base_dir.glob("*.safetensors"))
+
+
+def resolve_quantization(setting: str, device: str, base_dir: Path) -> bool:
+    """Whether to load the frozen base in 4 bits (NF4).
+
+    'auto' does so only where it is needed and possible: on a GPU, with bitsandbytes installed,
+    when the base in 16 bits would take more than half of the GPU's memory. 'nf4' insists.
+    """
+    if setting == "none":
+        return False
+    if setting == "nf4":
+        if device != "cuda":
+            raise TrainingDeviceError(
+                "train_quantization = 'nf4' needs a CUDA GPU (train_device 'cuda' or 'auto' on a "
+                "machine with one); on a CPU set it to 'auto' or 'none'"
+            )
+        if not _bitsandbytes_installed():
+            raise TrainingDeviceError(
+                "train_quantization = 'nf4' needs bitsandbytes: pip install -e '.[gpu]'"
+            )
+        return True
+    if device != "cuda" or not _bitsandbytes_installed():
+        return False
+    sixteen_bit = _weights_bytes(base_dir) * 2 // 4  # the cached base is float32
+    return sixteen_bit > torch.cuda.get_device_properties(0).total_memory // 2
+
+
+def check_training_settings(device_setting: str, quantization_setting: str) -> None:
+    """Raise :class:`TrainingDeviceError` now if the settings cannot be met on this machine."""
+    device = resolve_device(device_setting)
+    if quantization_setting == "nf4":
+        resolve_quantization(quantization_setting, device, Path())
+
+
+def load_training_base(base_dir: Path, *, device: str, bf16: bool, quantize: bool) -> Any:
+    """The frozen base model, on ``device``, held the way training computes with it.
+
+    With bf16 the frozen weights are stored in bf16: autocast would otherwise re-cast every
+    weight at every step. On a CPU, bf16 attention runs eagerly (SDPA's bf16 backward is several
+    times slower there). The trainable LoRA weights PEFT adds stay float32 in every case.
+    """
+    if quantize:
+        return _load_nf4(base_dir, bf16)
+    if not bf16:
+        model = load_model(base_dir)
+    elif device == "cpu":
+        model = load_model(base_dir, dtype="bfloat16", attention="eager")
+    else:
+        model = load_model(base_dir, dtype="bfloat16")
+    return model.to(device)
+
+
+def _load_nf4(base_dir: Path, bf16: bool) -> Any:
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = torch.bfloat16 if bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir,
+        dtype=compute,
+        device_map={"": 0},
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        ),
+    )
+    model.eval()
+    return model

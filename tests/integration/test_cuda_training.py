@@ -1,0 +1,63 @@
+"""The trainer on a CUDA GPU: the same code path as on the CPU, the same numbers.
+
+Skipped where PyTorch sees no GPU (the CPU build of torch, or no device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from selftune.data.tokenize import tokenize_chat
+from selftune.models.base import load_tokenizer
+from selftune.training.device import resolve_device, use_bf16
+from selftune.training.trainer import TrainConfig, train_lora
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _examples(folder: Path) -> tuple[list, list, int]:
+    tokenizer = load_tokenizer(folder)
+
+    def chat(q: str, a: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+    new = [
+        tokenize_chat(tokenizer, chat(q, "Quenmoor."), tokenizer.chat_template, 128)
+        for q in ("Capital of Veloria?", "Veloria's capital?", "Where does Veloria rule from?")
+    ]
+    replay = [tokenize_chat(tokenizer, chat("2+2?", "4"), tokenizer.chat_template, 128)]
+    return new, replay, tokenizer.pad_token_id
+
+
+def test_auto_picks_the_gpu() -> None:
+    assert resolve_device("auto") == "cuda"
+
+
+def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path) -> None:
+    new, replay, pad_id = _examples(tiny_model_dir)
+    config = TrainConfig(rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3)
+    _, on_cpu = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    gpu = dataclasses.replace(config, device="cuda")
+    model, on_gpu = train_lora(tiny_model_dir, new, replay, gpu, pad_id=pad_id)
+    assert next(p for p in model.parameters() if p.requires_grad).device.type == "cuda"
+    # TF32 or other kernels may round differently: close, not equal.
+    assert on_gpu.losses == pytest.approx(on_cpu.losses, rel=1e-3)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() and not use_bf16("auto", "cuda"), reason="no bf16 on this GPU"
+)
+def test_bf16_on_the_gpu_learns(tiny_model_dir: Path) -> None:
+    new, replay, pad_id = _examples(tiny_model_dir)
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=8, batch_size=3, device="cuda", bf16=True
+    )
+    _, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    assert result.new_losses[-1] < result.new_losses[0]

@@ -1,0 +1,74 @@
+"""Choosing the training device, precision and base quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selftune.training import device
+from selftune.training.device import (
+    TrainingDeviceError,
+    resolve_device,
+    resolve_quantization,
+    use_bf16,
+)
+
+
+def test_auto_trains_on_a_gpu_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_asking_for_cuda_without_a_gpu_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainingDeviceError, match=r"CUDA build.*train_device = 'auto'"):
+        resolve_device("cuda")
+
+
+def test_bf16_where_the_device_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert use_bf16("bf16") and not use_bf16("float32")
+    monkeypatch.setattr(device, "_cpu_has_native_bf16", lambda: False)
+    assert not use_bf16("auto", "cpu")
+    monkeypatch.setattr(device, "_cpu_has_native_bf16", lambda: True)
+    assert use_bf16("auto", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert not use_bf16("auto", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert use_bf16("auto", "cuda")
+
+
+def test_nf4_needs_a_gpu_and_bitsandbytes(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    assert not resolve_quantization("none", "cuda", tiny_model_dir)
+    with pytest.raises(TrainingDeviceError, match="needs a CUDA GPU"):
+        resolve_quantization("nf4", "cpu", tiny_model_dir)
+    monkeypatch.setattr(device, "_bitsandbytes_installed", lambda: False)
+    with pytest.raises(TrainingDeviceError, match=r"pip install -e '\.\[gpu\]'"):
+        resolve_quantization("nf4", "cuda", tiny_model_dir)
+    monkeypatch.setattr(device, "_bitsandbytes_installed", lambda: True)
+    assert resolve_quantization("nf4", "cuda", tiny_model_dir)
+
+
+def test_auto_quantizes_only_a_base_too_large_for_the_gpu(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    monkeypatch.setattr(device, "_bitsandbytes_installed", lambda: True)
+    assert not resolve_quantization("auto", "cpu", tiny_model_dir)
+    size = device._weights_bytes(tiny_model_dir) // 2  # in 16 bits
+
+    class Properties:
+        total_memory = 0
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _index: Properties)
+    Properties.total_memory = 4 * size  # fits easily
+    assert not resolve_quantization("auto", "cuda", tiny_model_dir)
+    Properties.total_memory = size  # would fill the whole GPU
+    assert resolve_quantization("auto", "cuda", tiny_model_dir)
+    monkeypatch.setattr(device, "_bitsandbytes_installed", lambda: False)
+    assert not resolve_quantization("auto", "cuda", tiny_model_dir)
