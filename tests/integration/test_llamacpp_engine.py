@@ -289,3 +289,16 @@ def test_the_worker_mode_runs_in_the_calling_thread(
         prompts, 16, versions[0]
     )
     inline.close()
+
+
+def test_gpu_layers_change_nothing_on_a_cpu_build(
+    tiny_gguf: Path, tiny_model_dir: Path, engine: LlamaCppEngine
+) -> None:
+    """``gpu_layers`` (-1 by default: all) only places layers; without a GPU all run here."""
+    cpu_only = LlamaCppEngine(
+        tiny_gguf, tiny_model_dir, context_length=256, threads=1, f32_kv_cache=True, gpu_layers=0
+    )
+    prompts = [cpu_only.render_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+    assert engine.gpu_layers == -1
+    assert cpu_only.greedy_batch(prompts, 16, None) == engine.greedy_batch(prompts, 16, None)
+    cpu_only.close()

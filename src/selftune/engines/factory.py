@@ -59,6 +59,7 @@ def build_engine(
             chat_template=settings.chat_template,
             context_length=settings.context_length,
             threads=settings.threads,
+            gpu_layers=settings.gpu_layers,
             own_thread=own_thread,
         )
     from selftune.engines.transformers_engine import TransformersEngine

@@ -84,10 +84,12 @@ class LlamaCppEngine:
         chat_template: str = "",
         context_length: int = 2048,
         threads: int = 0,
+        gpu_layers: int = -1,
         f32_kv_cache: bool = False,
         own_thread: bool = True,
     ) -> None:
         self.lib = llama_cpp_module()
+        self.gpu_layers = gpu_layers
         self.f32_kv_cache = f32_kv_cache  # exact parity checks; f16 (the default) serves
         self.gguf_path = gguf_path
         self.hf_dir = tokenizer_dir
@@ -128,6 +130,7 @@ class LlamaCppEngine:
         # compute correctly. Unquantized weights use them safely, and they make the first
         # token 10-15% faster.
         params.use_extra_bufts = not gguf_weights(path).quantized
+        params.n_gpu_layers = self.gpu_layers
         model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise EngineError(f"llama.cpp could not load {path}; is it a valid GGUF model?")

@@ -173,6 +173,7 @@ def _measure(settings: Settings, version: Version, model: Path, chats: list[Chat
         chat_template=version.chat_template,
         context_length=settings.context_length,
         threads=settings.threads,
+        gpu_layers=settings.gpu_layers,
     )
     try:
         return heldout_recall(engine, chats, None)
