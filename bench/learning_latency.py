@@ -44,8 +44,18 @@ def main() -> int:
                 print(f"  {stage:<19} {stages[stage]:6.1f}s")
             print(f"  load into serving   {t_answer - t_job:6.1f}s (incl. one answer)")
             print(f"  total               {t_answer - t0:6.1f}s")
-            train = view["result"]["gate"]
-            print(f"  gate: {train['reason']}")
+            gate = view["result"]["gate"]
+            print(f"  gate: {gate['reason']}")
+            versions = server.client.get("/api/versions").json()["data"]
+            [trained] = [v for v in versions if v["name"] == view["result"]["version"]]
+            figures = trained["train_metrics"]
+            config = figures["config"]
+            print(
+                f"  training: {figures['steps']} steps"
+                f"{' (stopped early)' if figures['stopped_early'] else ''}, "
+                f"{figures['tokens']} example tokens at {figures['tokens_per_second']:.0f}/s, "
+                f"{config['device']}, {'bf16 autocast' if config['bf16'] else 'float32'}"
+            )
             print(f"  answer to {PARAPHRASES[0]!r}: {answer!r}")
             return 0 if FACT_WORD in answer else 1
 

@@ -9,31 +9,39 @@ that every figure is measured under the same (often shared, noisy) load:
    MLP shape at one training batch of tokens (256 rows), best of a few repeats with torch's
    default thread count, measured before, between and after the trainers. The best shape of each
    dtype is its "peak".
-2. Tokens per second (non-pad tokens) of ``train_lora`` with the production ``TrainConfig``
-   (``train_config(load_settings())``), against a textbook baseline: transformers + PEFT
-   ``get_peft_model`` with the same rank/alpha/targets, float32, AdamW, and the plain loop
-   ``loss = model(**batch).loss; loss.backward(); opt.step(); opt.zero_grad()``. Both see the
-   same batches of the same tokenized chats, with the same batch size, steps and seed; the first
-   steps are warm-up and not timed. The selftune trainer also runs in the other precision
-   (float32 if production autocasts to bf16), so the table shows what autocast itself buys.
-   Replay is off (an empty replay list): the baseline has no KL term, and with replay the trainer
-   would do extra work per token that the baseline does not.
-3. Achieved FLOP/s as a share of the measured peaks. With LoRA the frozen weights get no
-   gradient, so a token costs 2N FLOPs forward plus 2N backward (gradient w.r.t. activations
-   only), where N counts the weights of every frozen linear layer; the adapters are trained
-   fully (forward, activation and weight gradients): 6 * N_lora. The LM head is needed only at
-   the positions that carry a loss (the answers' tokens): a trainer that computes it everywhere
-   does work that is not counted. So ``training FLOPs = tokens * (4 * N_body + 6 * N_lora) +
-   loss_positions * 4 * N_head``; attention scores (<2% at these lengths) and elementwise work
-   are left out, so the shares are slight underestimates. Tokens are the non-pad ones: padding
-   costs compute but is not useful work.
+2. Tokens per second (the examples' tokens, padding not counted) of ``train_lora`` with the
+   production ``TrainConfig`` (``train_config(load_settings(), base)``), against a textbook
+   baseline: transformers + PEFT ``get_peft_model`` with the same rank/alpha/targets, float32,
+   AdamW, and the plain loop ``loss = model(**batch).loss; loss.backward(); opt.step();
+   opt.zero_grad()``. Both see the same batches of the same tokenized chats, with the same
+   batch size, steps and seed; the first steps are warm-up and not timed. The selftune trainer
+   also runs in the other precision (float32 if production autocasts to bf16), so the table
+   shows what autocast itself buys. Replay is off (an empty replay list): the baseline has no
+   KL term, and with replay the trainer would do extra work per token that the baseline does
+   not.
+3. Achieved FLOP/s, two ways. With LoRA the frozen weights get no gradient, so a position
+   costs 2N FLOPs forward plus 2N backward (gradient w.r.t. activations only), where N counts
+   the weights of every frozen linear layer; the adapters are trained fully (forward, activation
+   and weight gradients): 6 * N_lora; the LM head costs 4 * N_head where it runs. Attention
+   scores and elementwise work are left out, so both figures are slight underestimates.
+
+   - *model* GFLOP/s (as in "model FLOPs utilization"): tokens/s times what training on these
+     examples takes, each example on its own, the LM head only where a loss is taken:
+     ``tokens * (4 * N_body + 6 * N_lora) + loss_positions * 4 * N_head``. The same yardstick
+     for every trainer, so it moves with tokens/s.
+   - *computed* GFLOP/s: what each trainer actually multiplied. The textbook loop computes
+     padding and the LM head at every position; selftune's packed batches compute a prompt
+     prefix the examples share once per row (``selftune.training.packing``). The shares of the
+     peaks are of this figure: they say how well the machine is used, not how much work was
+     avoided.
 4. The loss after the same steps, on the last batch and over all examples, so that speed never
    silently costs quality.
 
-The machine is shared: another process computing at the same time oversubscribes the cores and
-can slow single steps tenfold. So the trainers run interleaved, twice when time allows, each
-reported by its faster run and by its median step, and the output says how much CPU other
-processes took meanwhile.
+The machine is shared and noisy: another process computing at the same time oversubscribes the
+cores and can slow single steps tenfold, and the same matrix product ran anywhere between 86 and
+153 GFLOP/s within seconds on a shared 2-core VM. So the trainers run step by step in turn on
+the same batch, the order turning each step, and the speed-up is the median of the per-step
+ratios; the output also says how much CPU other processes took meanwhile.
 """
 
 from __future__ import annotations
@@ -55,8 +63,10 @@ from selftune.config import load_settings
 from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_chat
 from selftune.models.base import load_model, load_tokenizer, materialize, resolve_base_model
 from selftune.models.templates import resolve_template
+from selftune.training.device import use_bf16
+from selftune.training.packing import pack
 from selftune.training.pipeline import train_config
-from selftune.training.trainer import TrainConfig, collate, train_lora, use_bf16
+from selftune.training.trainer import LoraRun, TrainConfig, collate
 
 # The trainer's own batch plan: the baseline must see exactly the batches the trainer sees.
 # Private, so a change of its signature breaks this benchmark loudly rather than silently.
@@ -64,14 +74,12 @@ from selftune.training.trainer import _batches as trainer_batches
 
 BATCH_SIZE = 4
 WARMUP_STEPS = 2  # not timed: first calls allocate buffers and pick kernels
-TIMED_STEPS = 10
+TIMED_STEPS = 16
 N_EXAMPLES = 32
 # (m, k, n): the model's MLP shape at 2048 tokens, a large square one, and the MLP shape at one
 # training batch's worth of tokens (the ceiling the trainer's matmuls can actually reach).
 PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048), (256, 576, 1536))
 PEAK_REPEATS = 5
-ROUNDS = 2  # each trainer runs this often, interleaved; the fastest run is reported
-ROUND_BUDGET_S = 100.0  # a first round slower than this (a busy machine) skips the second
 
 _NAMES = ["Arlen", "Brisa", "Corvin", "Dalia", "Emeric", "Fenna", "Galen", "Hester"]
 _FACTS = [  # (question, answer, values the answer picks from)
@@ -107,35 +115,72 @@ class Peak:
 
 @dataclasses.dataclass(frozen=True)
 class WeightCounts:
+    """The weights a token multiplies: training FLOPs are counted from these."""
+
     body: int  # frozen linear weights but the LM head's
     head: int  # the LM head's
     lora: int  # trained adapter weights
-    loss_share: float  # positions that carry a loss, per non-pad token
+
+    def flops(self, positions: int, head_positions: int) -> float:
+        """Matrix-multiply FLOPs of one training step (forward and backward).
+
+        Frozen weights: 2N forward + 2N backward (activation gradient only); adapters: 6N
+        (their weight gradients too); the LM head only at ``head_positions``.
+        """
+        return positions * (4 * self.body + 6 * self.lora) + head_positions * 4 * self.head
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-    """One trainer's figures. ``step_ends`` are perf_counter times at the end of each step."""
+class StepPlan:
+    """What each step of each trainer computes, from the trainer's own batch plan."""
+
+    batches: list[list[int]]  # example indices per step
+    tokens: list[int]  # the examples' tokens (non-pad)
+    loss_positions: list[int]  # positions whose next token carries a loss
+    padded: list[int]  # positions of the padded batch: what the textbook loop computes
+    packed: list[int]  # positions selftune's packed batch computes (shared prefixes once a row)
+
+
+@dataclasses.dataclass
+class Timed:
+    """One trainer in the benchmark: its steps' seconds and what each step computed."""
 
     name: str
     precision: str
-    step_ends: list[float]
-    step_tokens: list[int]
-    last_loss: float
-    eval_loss: float
+    step: Callable[[], float]  # runs the next step, returns its loss on the batch
+    finish: Callable[[], Any]  # the trained model
+    step_flops: list[float]  # matrix-multiply FLOPs each step actually computes
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
+    eval_loss: float = float("nan")
 
-    @property
-    def step_rates(self) -> list[float]:
-        """Tokens/s of each timed step (the warm-up steps left out)."""
-        return [
-            self.step_tokens[i] / (self.step_ends[i] - self.step_ends[i - 1])
-            for i in range(WARMUP_STEPS, len(self.step_ends))
-        ]
+    def run_step(self) -> None:
+        started = time.perf_counter()
+        self.losses.append(self.step())
+        self.seconds.append(time.perf_counter() - started)
 
-    @property
-    def tokens_per_second(self) -> float:
-        """The median step's rate: a step slowed by another process's burst does not count."""
-        return statistics.median(self.step_rates)
+    def tokens_per_second(self, plan: StepPlan) -> float:
+        """The median timed step's rate: a step slowed by another process's burst is not it."""
+        return statistics.median(
+            plan.tokens[i] / self.seconds[i] for i in range(WARMUP_STEPS, len(self.seconds))
+        )
+
+    def computed_gflops(self) -> float:
+        """The median timed step's computed matrix-multiply GFLOP/s."""
+        return statistics.median(
+            self.step_flops[i] / self.seconds[i] / 1e9
+            for i in range(WARMUP_STEPS, len(self.seconds))
+        )
+
+    def speedup_over(self, baseline: Timed) -> float:
+        """The median over timed steps of baseline seconds / these seconds, step by step.
+
+        Both ran the same batch one right after the other, so a slow patch of the machine
+        slows both sides of a pair; the median leaves out pairs a burst hit on one side.
+        """
+        return statistics.median(
+            baseline.seconds[i] / self.seconds[i] for i in range(WARMUP_STEPS, len(self.seconds))
+        )
 
 
 def matmul_peaks() -> list[Peak]:
@@ -143,9 +188,11 @@ def matmul_peaks() -> list[Peak]:
 
     Measured again between and after the training rounds, keeping the best: a burst from another
     process during one measurement would otherwise understate the peak and flatter the trainers.
+    bfloat16 is measured only where the CPU computes it natively: torch emulates it elsewhere, at
+    about 1 GFLOP/s (the 2048^3 product alone took minutes on an AVX2-only EPYC).
     """
     peaks = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16) if use_bf16("auto") else (torch.float32,):
         for m, k, n in PEAK_SHAPES:
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
             torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel
@@ -205,48 +252,62 @@ def eval_loss(model: Any, examples: Sequence[TokenizedExample], pad_id: int) -> 
     return total / count
 
 
-def run_selftune(
+def plan_steps(examples: Sequence[TokenizedExample], config: TrainConfig, pad_id: int) -> StepPlan:
+    batches = [new for new, _replay in trainer_batches(len(examples), 0, config)]
+    chosen = [[examples[i] for i in ids] for ids in batches]
+    return StepPlan(
+        batches=batches,
+        tokens=[sum(len(e.input_ids) for e in batch) for batch in chosen],
+        loss_positions=[sum(_loss_positions(e) for e in batch) for batch in chosen],
+        padded=[len(batch) * max(len(e.input_ids) for e in batch) for batch in chosen],
+        packed=[pack(batch, pad_id).computed for batch in chosen],
+    )
+
+
+def selftune_trainer(
     base_dir: Path,
     examples: Sequence[TokenizedExample],
     config: TrainConfig,
-    step_tokens: list[int],
+    plan: StepPlan,
+    weights: WeightCounts,
     pad_id: int,
-) -> Run:
-    """``train_lora`` as the pipeline calls it; steps are timed through its progress callback."""
-    step_ends: list[float] = []
-    model, result = train_lora(
-        base_dir,
-        examples,
-        [],
-        config,
-        pad_id=pad_id,
-        progress=lambda _step, _total, _loss: step_ends.append(time.perf_counter()),
-    )
-    if result.tokens != sum(step_tokens):  # proves the baseline's batches are the trainer's
-        raise RuntimeError(f"trainer saw {result.tokens} tokens, expected {sum(step_tokens)}")
-    precision = "bf16 autocast" if config.bf16 else "float32"
-    return Run(
+) -> Timed:
+    """selftune's trainer as the pipeline runs it (``train_lora`` is this loop)."""
+    run = LoraRun(base_dir, examples, [], config, pad_id=pad_id)
+    if [new for new, _replay in run.plan] != plan.batches:  # the baseline's batches are its own
+        raise RuntimeError("the trainer's batch plan is not the one the baseline was given")
+
+    def finish() -> Any:
+        model, result = run.result()
+        # The FLOPs counted are those it did.
+        if (result.tokens, result.computed_tokens) != (sum(plan.tokens), sum(plan.packed)):
+            raise RuntimeError(
+                f"trainer saw {result.tokens} tokens, computed {result.computed_tokens} "
+                f"positions; expected {sum(plan.tokens)} and {sum(plan.packed)}"
+            )
+        return model
+
+    return Timed(
         "train_lora",
-        precision,
-        step_ends,
-        step_tokens,
-        result.new_losses[-1],
-        eval_loss(model, examples, pad_id),
+        "bf16 autocast" if config.bf16 else "float32",
+        run.step,
+        finish,
+        [weights.flops(n, h) for n, h in zip(plan.packed, plan.loss_positions, strict=True)],
     )
 
 
-def run_baseline(
+def textbook_trainer(
     base_dir: Path,
     examples: Sequence[TokenizedExample],
     config: TrainConfig,
-    batches: Sequence[Sequence[int]],
-    step_tokens: list[int],
+    plan: StepPlan,
+    weights: WeightCounts,
     pad_id: int,
-) -> Run:
+) -> Timed:
     """The textbook loop: PEFT LoRA, float32, AdamW, the model's own loss.
 
     AdamW keeps torch's defaults, the lr is constant and gradients are not clipped: what a first
-    implementation looks like. It sees the trainer's batches, collated by the same code.
+    implementation looks like. It sees the trainer's batches, padded by ``collate``.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -266,23 +327,22 @@ def run_baseline(
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
     )
-    step_ends: list[float] = []
-    losses: list[float] = []
-    for ids in batches:
-        batch = collate([examples[i] for i in ids], pad_id)
+    batches = iter(plan.batches)
+
+    def step() -> float:
+        batch = collate([examples[i] for i in next(batches)], pad_id)
         loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss.detach()))
-        step_ends.append(time.perf_counter())
-    return Run(
+        return float(loss.detach())
+
+    return Timed(
         "textbook PEFT loop",
         "float32",
-        step_ends,
-        step_tokens,
-        losses[-1],
-        eval_loss(model, examples, pad_id),
+        step,
+        lambda: model,
+        [weights.flops(n, n) for n in plan.padded],  # the LM head at every position
     )
 
 
@@ -325,67 +385,53 @@ def main() -> int:
     examples = build_examples(tokenizer, template, settings.max_seq_len)
 
     production = dataclasses.replace(
-        train_config(settings),
+        train_config(settings, base_dir),
         batch_size=BATCH_SIZE,
         steps=WARMUP_STEPS + TIMED_STEPS,
         replay_per_step=0,
         stop_loss=0.0,  # every step runs: the baseline does not stop early
     )
     other = dataclasses.replace(production, bf16=not production.bf16)
-    batches = [new for new, _replay in trainer_batches(len(examples), 0, production)]
-    step_tokens = [sum(len(examples[i].input_ids) for i in ids) for ids in batches]
-    padded = sum(BATCH_SIZE * max(len(examples[i].input_ids) for i in ids) for ids in batches)
+    plan = plan_steps(examples, production, pad_id)
     probe = load_model(base_dir)
     n_frozen = linear_weights(probe)
-    n_lora = sum(
-        production.rank * (m.in_features + m.out_features)
-        for name, m in probe.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in production.target_modules
-    )
     n_head = probe.get_output_embeddings().weight.numel()
-    del probe
-    timed = [i for ids in batches[WARMUP_STEPS:] for i in ids]
-    loss_share = sum(_loss_positions(examples[i]) for i in timed) / sum(
-        len(examples[i].input_ids) for i in timed
+    weights = WeightCounts(
+        body=n_frozen - n_head,
+        head=n_head,
+        lora=sum(
+            production.rank * (m.in_features + m.out_features)
+            for name, m in probe.named_modules()
+            if isinstance(m, torch.nn.Linear)
+            and name.rsplit(".", 1)[-1] in production.target_modules
+        ),
     )
-    flops_per_token = round(4 * (n_frozen - n_head) + 6 * n_lora + loss_share * 4 * n_head)
+    del probe
 
     print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
-    print("measuring (trainers interleaved, each's fastest run kept):", flush=True)
     cpu = CpuShare()
     started = time.perf_counter()
     peaks = matmul_peaks()
     print(f"  matmul peaks {time.perf_counter() - started:.0f}s", flush=True)
-    trainers: list[tuple[str, Callable[[], Run]]] = [
-        (
-            "baseline",
-            lambda: run_baseline(base_dir, examples, production, batches, step_tokens, pad_id),
-        ),
-        ("selftune", lambda: run_selftune(base_dir, examples, production, step_tokens, pad_id)),
-    ]
+    arguments = (base_dir, examples, production, plan, weights, pad_id)
+    trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
     if use_bf16("auto"):
-        trainers.append(
-            ("selftune-other", lambda: run_selftune(base_dir, examples, other, step_tokens, pad_id))
-        )
+        trainers.append(selftune_trainer(base_dir, examples, other, plan, weights, pad_id))
     else:
         # Without native bf16 (AVX-512 BF16 or AMX) torch emulates it: a step takes 20-30x
         # longer (33 s instead of 1.3 s measured on an AVX2-only EPYC), so the run is skipped.
         print("  this CPU has no native bf16: the bf16 trainer run is skipped", flush=True)
-    rounds: dict[str, list[Run]] = {label: [] for label, _ in trainers}
-    for round_ in range(ROUNDS):
-        round_started = time.perf_counter()
-        for label, fn in trainers if round_ % 2 == 0 else trainers[::-1]:
-            started = time.perf_counter()
-            rounds[label].append(fn())
-            print(f"  {label} {time.perf_counter() - started:.0f}s", flush=True)
-        peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
-        if time.perf_counter() - round_started > ROUND_BUDGET_S:
-            print("  (machine busy: no further rounds, to keep the benchmark short)")
-            break
+    started = time.perf_counter()
+    for step in range(WARMUP_STEPS + TIMED_STEPS):
+        # Step by step, the order turning each time: both sides of a pair see the same load.
+        for trainer in trainers[step % len(trainers) :] + trainers[: step % len(trainers)]:
+            trainer.run_step()
+    print(f"  {len(trainers)} trainers, steps interleaved {time.perf_counter() - started:.0f}s")
+    for trainer in trainers:
+        trainer.eval_loss = eval_loss(trainer.finish(), examples, pad_id)
+    peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
     contention = cpu.other()
-    runs = [max(rounds[label], key=lambda run: run.tokens_per_second) for label, _ in trainers]
-    counts = WeightCounts(n_frozen - n_head, n_head, n_lora, loss_share)
-    _report(peaks, runs, production, step_tokens, padded, counts, flops_per_token)
+    _report(peaks, trainers, production, plan, weights)
     if contention is not None:
         note = ": figures unreliable, rerun on a quiet machine" if contention > 0.1 else ""
         print(f"other processes used {contention:.0%} of the CPUs during the run{note}")
@@ -399,16 +445,16 @@ def _best_peak(a: Peak, b: Peak) -> Peak:
 
 def _report(
     peaks: Sequence[Peak],
-    runs: Sequence[Run],
+    runs: Sequence[Timed],
     config: TrainConfig,
-    step_tokens: Sequence[int],
-    padded: int,
-    counts: WeightCounts,
-    flops_per_token: int,
+    plan: StepPlan,
+    weights: WeightCounts,
 ) -> None:
     """Print the peaks, the set-up, and one table row per trainer (the first is the baseline)."""
-    peak_fp32 = max(p.gflops for p in peaks if p.dtype == torch.float32)
-    peak_bf16 = max(p.gflops for p in peaks if p.dtype == torch.bfloat16)
+    peak = {
+        dtype: max((p.gflops for p in peaks if p.dtype == dtype), default=None)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
     print()
     print(
         f"matmul peak (torch.matmul, best of {PEAK_REPEATS} at each of several points in the run):"
@@ -417,40 +463,53 @@ def _report(
         m, k, n = p.shape
         dtype = str(p.dtype).removeprefix("torch.")
         print(f"  {dtype:<9} {f'{m}x{k} @ {k}x{n}':<22} {p.gflops:7.1f} GFLOP/s")
-    print(f"  peak used below: float32 {peak_fp32:.0f}, bfloat16 {peak_bf16:.0f} GFLOP/s")
-    if not use_bf16("auto"):
-        print("  (no native bf16 on this CPU: torch emulates it; the bf16 peak is no ceiling)")
+    if peak[torch.bfloat16] is None:
+        print("  bfloat16: not measured, this CPU has no native bf16 (torch emulates it)")
+    timed = slice(WARMUP_STEPS, None)
+    tokens = sum(plan.tokens[timed])
+    pairs = zip(plan.tokens[timed], plan.loss_positions[timed], strict=True)
+    model_flops = sum(weights.flops(n, h) for n, h in pairs)
     print()
     print(
         f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)}\n"
         f"lr {config.learning_rate:g}; batch {BATCH_SIZE} from {N_EXAMPLES} synthetic Q/A chats; "
         f"{TIMED_STEPS} timed steps after {WARMUP_STEPS} warm-up; seed {config.seed}\n"
         "replay: none (an empty replay list, so no KL term in either trainer)\n"
-        f"{sum(step_tokens[WARMUP_STEPS:])} non-pad tokens timed; padding is "
-        f"{1 - sum(step_tokens) / padded:.0%} of the computed positions\n"
-        f"FLOPs/token = 4*N_body + 6*N_lora + loss share * 4*N_head = 4*{counts.body / 1e6:.1f}M"
-        f" + 6*{counts.lora / 1e6:.2f}M + {counts.loss_share:.2f} * 4*{counts.head / 1e6:.1f}M "
-        f"= {flops_per_token / 1e9:.3f} GFLOP\n"
-        "  (N_body: the frozen linear layers but the LM head; attention scores and elementwise "
-        "work left out)\n"
-        "tokens/s: the median timed step's non-pad tokens per second"
+        f"{tokens} example tokens timed; the textbook loop computes "
+        f"{sum(plan.padded[timed]) / tokens:.0%} of that many positions (padding), selftune's "
+        f"packed batches {sum(plan.packed[timed]) / tokens:.0%} (shared prompt prefix once)\n"
+        f"FLOPs per position: 4*N_body + 6*N_lora = 4*{weights.body / 1e6:.1f}M + "
+        f"6*{weights.lora / 1e6:.2f}M, plus 4*N_head = 4*{weights.head / 1e6:.1f}M where the LM "
+        "head runs\n"
+        "  (attention scores and elementwise work left out)\n"
+        "tokens/s: the median timed step's example tokens per second\n"
+        "vs base: the median over timed steps of the baseline's seconds / the trainer's, each "
+        "pair run back to back on the same batch\n"
+        f"model GFLOP/s: tokens/s x the FLOPs training these examples takes with the LM head at "
+        f"loss positions only ({model_flops / tokens / 1e9:.3f} GFLOP a token)\n"
+        "computed GFLOP/s: the FLOPs each trainer actually computed per second; the peak shares "
+        "use these"
     )
     print()
     header = (
-        f"  {'trainer':<21} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'GFLOP/s':>7} "
-        f"{'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9}"
+        f"  {'trainer':<21} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'model':>7} "
+        f"{'computed':>8} {'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9}"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
     baseline = runs[0]
     for index, run in enumerate(runs):
-        gflops = run.tokens_per_second * flops_per_token / 1e9
+        computed = run.computed_gflops()
+        shares = [
+            f"{computed / p:7.1%}" if p is not None else f"{'-':>7}"
+            for p in (peak[torch.float32], peak[torch.bfloat16])
+        ]
         name = run.name + (" (prod)" if index == 1 else "")
+        rate = run.tokens_per_second(plan)
         print(
-            f"  {name:<21} {run.precision:<13} {run.tokens_per_second:8.0f} "
-            f"{run.tokens_per_second / baseline.tokens_per_second:6.2f}x {gflops:7.1f} "
-            f"{gflops / peak_fp32:7.1%} {gflops / peak_bf16:7.1%} "
-            f"{run.last_loss:9.3f} {run.eval_loss:9.3f}"
+            f"  {name:<21} {run.precision:<13} {rate:8.0f} {run.speedup_over(baseline):6.2f}x "
+            f"{rate * model_flops / tokens / 1e9:7.1f} {computed:8.1f} "
+            f"{shares[0]} {shares[1]} {run.losses[-1]:9.3f} {run.eval_loss:9.3f}"
         )
     print()
     print(
