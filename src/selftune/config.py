@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         description="Replay sequences (the base model's own answers) in each training batch, "
         "so the adapter keeps what the model already knew.",
     )
+    replay_answer_tokens: int = Field(
+        16,
+        ge=1,
+        description="Replay holds the model to the base's distributions on the first this many "
+        "tokens of each base answer, where answers say what they know; longer costs time.",
+    )
     train_precision: Literal["auto", "float32", "bf16"] = Field(
         "auto",
         description="Matrix precision in training: 'bf16' autocasts to bfloat16 (adapter "

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from selftune.data.tokenize import IGNORE_INDEX, TemplateMismatch, tokenize_chat
+from selftune.data.tokenize import (
+    IGNORE_INDEX,
+    TemplateMismatch,
+    TokenizedExample,
+    first_answer_tokens,
+    tokenize_chat,
+)
 from selftune.models.templates import PRESETS, render_chat, resolve_template
 
 CHAT = [
@@ -195,3 +201,13 @@ def test_answer_longer_than_max_len_keeps_its_start_and_no_prompt(
 
     assert tiny.input_ids == answer_ids[:3]
     assert tiny.labels == answer_ids[:3]
+
+
+def test_first_answer_tokens_keeps_the_prompt_and_the_answer_start() -> None:
+    example = TokenizedExample([1, 2, 3, 4, 5, 6], [IGNORE_INDEX] * 2 + [3, 4, 5, 6])
+    assert first_answer_tokens(example, 2) == TokenizedExample(
+        [1, 2, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 3, 4]
+    )
+    assert first_answer_tokens(example, 10) == example
+    no_answer = TokenizedExample([1, 2], [IGNORE_INDEX] * 2)
+    assert first_answer_tokens(no_answer, 2) == no_answer

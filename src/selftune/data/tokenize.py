@@ -14,7 +14,13 @@ from typing import Any
 
 from selftune.models.templates import render_chat
 
-__all__ = ["IGNORE_INDEX", "TemplateMismatch", "TokenizedExample", "tokenize_chat"]
+__all__ = [
+    "IGNORE_INDEX",
+    "TemplateMismatch",
+    "TokenizedExample",
+    "first_answer_tokens",
+    "tokenize_chat",
+]
 
 IGNORE_INDEX = -100
 
@@ -67,3 +73,11 @@ def _through_end_of_turn(tokenizer: Any, ids: list[int]) -> list[int]:
     if eos is not None and eos in ids:
         return ids[: ids.index(eos) + 1]
     return ids
+
+
+def first_answer_tokens(example: TokenizedExample, n: int) -> TokenizedExample:
+    """The example cut after the first ``n`` tokens of its answer (the loss-carrying part)."""
+    for start, label in enumerate(example.labels):
+        if label != IGNORE_INDEX:
+            return TokenizedExample(example.input_ids[: start + n], example.labels[: start + n])
+    return example

@@ -18,7 +18,7 @@ from typing import Any
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
 from selftune.data.curation import active_examples
-from selftune.data.tokenize import TokenizedExample, tokenize_chat
+from selftune.data.tokenize import TokenizedExample, first_answer_tokens, tokenize_chat
 from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.evaluation.heldout import heldout_recall
@@ -80,7 +80,16 @@ class TrainingContext:
 
     @property
     def replay_set(self) -> list[TokenizedExample]:
-        return _tokenize(self, [_qa(p, a) for p, a in self.probes.replay])
+        """The base's answers to the replay prompts, each cut to its first tokens.
+
+        Measured on the teaching scenario: the KL on the first 16 answer tokens kept every
+        answer the base knew on 3 seeds of 3, as the whole answers (up to 32 tokens) did, and
+        made a step 1.29x faster (181 positions instead of 220). 12 tokens lost one known answer
+        on one seed of two, and so did 3 replay prompts a step instead of 4.
+        """
+        chats = [_qa(p, a) for p, a in self.probes.replay]
+        cut = self.settings.replay_answer_tokens
+        return [first_answer_tokens(example, cut) for example in _tokenize(self, chats)]
 
     @property
     def pad_id(self) -> int:
