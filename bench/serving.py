@@ -18,6 +18,7 @@ prompt by prompt so that both sides see the same (shared, noisy) machine:
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import statistics
@@ -116,11 +117,7 @@ def _compare_engines(engine: LlamaCppEngine, adapter: AdapterRef | None) -> dict
         engine.on_compute_thread(lambda: list(_bare_stream(llm, "Hello")))
         for _ in range(ROUNDS):
             for prompt in prompts:
-                bare.append(
-                    engine.on_compute_thread(
-                        lambda p=prompt: _timed(_bare_stream(llm, p), _bare_tokens)
-                    )
-                )
+                bare.append(engine.on_compute_thread(functools.partial(_bare_timed, llm, prompt)))
                 ours.append(_timed(engine.stream(prompt, params, adapter), _ChunkCounter()))
     finally:
         llm.close()
@@ -130,6 +127,10 @@ def _compare_engines(engine: LlamaCppEngine, adapter: AdapterRef | None) -> dict
         "bare_tps": statistics.median(r for _, r in bare),
         "ours_tps": statistics.median(r for _, r in ours),
     }
+
+
+def _bare_timed(llm: Any, prompt: str) -> tuple[float, float]:
+    return _timed(_bare_stream(llm, prompt), _bare_tokens)
 
 
 def _bare_tokens(chunk: dict[str, Any]) -> int:
