@@ -20,8 +20,11 @@ answers back near the base model's). Measured on the teaching scenario: the new 
 reaches 0.01 after 10 of 25 steps, but stopping there lost a general answer the base knew ("the
 Red Planet"); the replay steps after it bring that back. Stopping 4 or 6 steps after it with
 the learning rate decayed to zero (a warmup-stable-decay schedule, the KL weighted 1, 2 or 4
-times) lost it too, on two seeds. The held-out material is not looked at, so the gate's
-judgement of it stays unbiased.
+times) lost it too, on two seeds. Fewer steps at the constant rate: 16 lost it on two seeds
+of three; 20 kept every known answer on three seeds but left the regression loss up to 8.2%
+above the base's (the gate allows 10%; 25 steps: 1.4-2.9%). Weighting the KL twice lost it on
+two seeds of three at 25 steps. The held-out material is not looked at, so the gate's judgement
+of it stays unbiased.
 """
 
 from __future__ import annotations
