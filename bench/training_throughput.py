@@ -307,10 +307,11 @@ def textbook_trainer(
 ) -> Timed:
     """The textbook loop: PEFT LoRA, float32, AdamW, the model's own loss.
 
-    AdamW keeps torch's defaults (its per-tensor loop); the learning rate follows the trainer's
-    schedule and gradients are clipped at norm 1.0, as transformers' ``Trainer`` does by
-    default, so that both optimize the same objective the same way and their losses differ only
-    by rounding. It sees the trainer's batches, padded by ``collate``.
+    AdamW runs torch's default per-tensor loop with the trainer's hyper-parameters (no weight
+    decay); the learning rate follows the trainer's schedule and gradients are clipped at norm
+    1.0, as transformers' ``Trainer`` does by default, so that both optimize the same objective
+    the same way and their losses differ only by rounding. It sees the trainer's batches,
+    padded by ``collate``.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -328,7 +329,7 @@ def textbook_trainer(
     )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate)
+    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     batches = enumerate(plan.batches)
 
     def step() -> float:
