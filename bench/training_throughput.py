@@ -68,9 +68,10 @@ from selftune.training.packing import pack
 from selftune.training.pipeline import train_config
 from selftune.training.trainer import LoraRun, TrainConfig, collate
 
-# The trainer's own batch plan: the baseline must see exactly the batches the trainer sees.
-# Private, so a change of its signature breaks this benchmark loudly rather than silently.
+# The trainer's batch plan, lr schedule and adapter fields: the baseline trains the same way.
+# Private, so a change of their signatures breaks this benchmark loudly rather than silently.
 from selftune.training.trainer import _batches as trainer_batches
+from selftune.training.trainer import _lora_fields as trainer_lora_fields
 from selftune.training.trainer import _lr_at as trainer_lr_at
 
 BATCH_SIZE = 4
@@ -316,17 +317,7 @@ def textbook_trainer(
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)  # as train_lora does before loading: same adapter init
-    model = get_peft_model(
-        load_model(base_dir),
-        LoraConfig(
-            r=config.rank,
-            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
-            target_modules=list(config.target_modules),
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = get_peft_model(load_model(base_dir), LoraConfig(**trainer_lora_fields(config)))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)

@@ -237,6 +237,18 @@ def _load_base(base_dir: Path, config: TrainConfig) -> Any:
     )
 
 
+def _lora_fields(config: TrainConfig) -> dict[str, Any]:
+    """The adapter's ``LoraConfig`` fields: plain LoRA on the target modules, no dropout."""
+    return {
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "target_modules": list(config.target_modules),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
+
+
 def _autocast(config: TrainConfig) -> torch.autocast:
     device_type = torch.device(config.device).type
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16)
@@ -324,15 +336,7 @@ class LoraRun:
         )
         # 4-bit base layers get PEFT's own bitsandbytes LoRA layers, plain ones the fused layer.
         lora_config = LoraConfig if config.quantize_base else fast_lora_config
-        lora = lora_config(
-            r=config.rank,
-            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
-            target_modules=list(config.target_modules),
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        self.model = get_peft_model(model, lora)
+        self.model = get_peft_model(model, lora_config(**_lora_fields(config)))
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel updates all ~400 adapter tensors in one call (CPU and CUDA alike):
