@@ -22,7 +22,10 @@ def main() -> int:
         started_server = time.monotonic()
         with running_server(Path(tmp) / "data") as server:
             ready = time.monotonic() - started_server
-            print(f"server and worker ready in {ready:.1f}s (model load, base answers to probes)")
+            print(
+                f"server and worker ready in {ready:.1f}s (model load, base answers to probes, "
+                "the compiled training step)"
+            )
             server.teach()
             t0 = time.monotonic()
             job = server.client.post("/api/train", json={}).json()
@@ -55,6 +58,7 @@ def main() -> int:
                 f"{' (stopped early)' if figures['stopped_early'] else ''}, "
                 f"{figures['tokens']} example tokens at {figures['tokens_per_second']:.0f}/s, "
                 f"{config['device']}, {'bf16 autocast' if config['bf16'] else 'float32'}"
+                f"{', compiled' if config.get('compile') else ''}"
             )
             print(f"  answer to {PARAPHRASES[0]!r}: {answer!r}")
             return 0 if FACT_WORD in answer else 1

@@ -15,8 +15,9 @@ that every figure is measured under the same (often shared, noisy) load:
    AdamW, and the plain loop ``loss = model(**batch).loss; loss.backward(); opt.step();
    opt.zero_grad()``. Both see the same batches of the same tokenized chats, with the same
    batch size, steps and seed; the first steps are warm-up and not timed. The selftune trainer
-   also runs in the other precision (float32 if production autocasts to bf16), so the table
-   shows what autocast itself buys. Replay is off (an empty replay list): the baseline has no
+   also runs in the other precision (float32 if production autocasts to bf16) and, where
+   production compiles its decoder layers (``train_compile``), uncompiled, so the table shows
+   what autocast and compiling each buy. Replay is off (an empty replay list): the baseline has no
    KL term, and with replay the trainer would do extra work per token that the baseline does
    not.
 3. Achieved FLOP/s, two ways. With LoRA the frozen weights get no gradient, so a position
@@ -290,7 +291,7 @@ def selftune_trainer(
         return model
 
     return Timed(
-        "train_lora",
+        "train_lora compiled" if config.compile else "train_lora",
         "bf16 autocast" if config.bf16 else "float32",
         run.step,
         finish,
@@ -419,12 +420,18 @@ def main() -> int:
         # Without native bf16 (AVX-512 BF16 or AMX) torch emulates it: a step takes 20-30x
         # longer (33 s instead of 1.3 s measured on an AVX2-only EPYC), so the run is skipped.
         print("  this CPU has no native bf16: the bf16 trainer run is skipped", flush=True)
+    if production.compile:  # what compiling buys, measured alongside
+        uncompiled = dataclasses.replace(production, compile=False)
+        trainers.append(selftune_trainer(base_dir, examples, uncompiled, plan, weights, pad_id))
     started = time.perf_counter()
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         # Step by step, the order turning each time: both sides of a pair see the same load.
         for trainer in trainers[step % len(trainers) :] + trainers[: step % len(trainers)]:
             trainer.run_step()
     print(f"  {len(trainers)} trainers, steps interleaved {time.perf_counter() - started:.0f}s")
+    for trainer in trainers:
+        if trainer.name.endswith("compiled"):  # the first step compiles (once per process)
+            print(f"  {trainer.name}: first step {trainer.seconds[0]:.0f}s (compiling)")
     for trainer in trainers:
         trainer.eval_loss = eval_loss(trainer.finish(), examples, pad_id)
     peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
@@ -490,7 +497,7 @@ def _report(
     )
     print()
     header = (
-        f"  {'trainer':<21} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'model':>7} "
+        f"  {'trainer':<26} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'model':>7} "
         f"{'computed':>8} {'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9}"
     )
     print(header)
@@ -505,7 +512,7 @@ def _report(
         name = run.name + (" (prod)" if index == 1 else "")
         rate = run.tokens_per_second(plan)
         print(
-            f"  {name:<21} {run.precision:<13} {rate:8.0f} {run.speedup_over(baseline):6.2f}x "
+            f"  {name:<26} {run.precision:<13} {rate:8.0f} {run.speedup_over(baseline):6.2f}x "
             f"{rate * model_flops / tokens / 1e9:7.1f} {computed:8.1f} "
             f"{shares[0]} {shares[1]} {run.losses[-1]:9.4f} {run.eval_loss:9.4f}"
         )

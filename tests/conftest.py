@@ -61,4 +61,7 @@ def settings_env(
             monkeypatch.delenv(key)
     monkeypatch.setenv("SELFTUNE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+    # Compiling the training step takes 30-60 s per process: tests train uncompiled, except
+    # the ones about compiling and the end-to-end test of the defaults.
+    monkeypatch.setenv("SELFTUNE_TRAIN_COMPILE", "off")
     yield tmp_path

@@ -59,7 +59,9 @@ def _check_training(settings: Settings) -> None:
     from selftune.training.device import TrainingDeviceError, check_training_settings
 
     try:
-        check_training_settings(settings.train_device, settings.train_quantization)
+        check_training_settings(
+            settings.train_device, settings.train_quantization, settings.train_compile
+        )
     except TrainingDeviceError as exc:
         _fail(str(exc), 2)
 

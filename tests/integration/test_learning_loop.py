@@ -163,3 +163,29 @@ def test_a_request_in_flight_finishes_on_the_version_it_started_with(
         row = session.get(Interaction, events[0]["id"])
         assert row is not None and row.version_id is not None and row.response == text
     assert "Quenmoor" not in answer(client, QUESTIONS[0])  # the next request is on the base
+
+
+def test_a_worker_whose_compile_fails_trains_uncompiled(
+    settings_env: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """train_compile = 'auto' tries at warm-up; a failure costs speed, never the jobs. 'on'
+    insists: the failure is the worker's."""
+    from selftune.training import pipeline
+
+    def broken_compile(*args: Any, **kwargs: Any) -> Any:
+        assert args[3].compile  # the warm-up step is the compiled one
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(pipeline, "train_lora", broken_compile)
+    context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    assert context.train_config().compile
+    context.warm_up()
+    assert not context.train_config().compile
+    assert "training runs uncompiled" in caplog.text
+
+    context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
+    with pytest.raises(RuntimeError, match="no compiler today"):
+        context.warm_up()

@@ -13,6 +13,7 @@ from selftune.training.device import (
     resolve_device,
     resolve_quantization,
     use_bf16,
+    use_compile,
 )
 
 
@@ -72,3 +73,20 @@ def test_auto_quantizes_only_a_base_too_large_for_the_gpu(
     assert resolve_quantization("auto", "cuda", tiny_model_dir)
     monkeypatch.setattr(device, "_bitsandbytes_installed", lambda: False)
     assert not resolve_quantization("auto", "cuda", tiny_model_dir)
+
+
+def test_compile_where_a_cpu_can_build_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "_cpp_compiler", lambda: "/usr/bin/g++")
+    assert use_compile("auto", "cpu") and use_compile("on", "cpu")
+    assert not use_compile("off", "cpu")
+    assert not use_compile("auto", "cuda")  # not measured on a GPU yet: 'on' asks for it
+    assert use_compile("on", "cuda")
+    monkeypatch.setattr(device, "_cpp_compiler", lambda: None)
+    assert not use_compile("auto", "cpu")
+    with pytest.raises(TrainingDeviceError, match=r"apt-get install g\+\+.*train_compile = 'auto'"):
+        use_compile("on", "cpu")
+
+
+def test_this_machine_has_a_compiler_for_compiled_training() -> None:
+    # The test suite's compiled-training test needs one; so do users' defaults.
+    assert device._cpp_compiler() is not None

@@ -28,7 +28,7 @@ from selftune.models.base import BaseModelSource
 from selftune.registry.versions import next_version_name, promote, serving_target
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
-from selftune.training.device import resolve_device, resolve_quantization, use_bf16
+from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
 from selftune.training.trainer import ReplayReference, TrainConfig, train_lora
 
 __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
@@ -64,6 +64,9 @@ class TrainingContext:
     _regression_losses: dict[int | None, float] = dataclasses.field(default_factory=dict)
     # The base model's distributions on the replay prompts: the same for every job.
     replay_reference: ReplayReference = dataclasses.field(default_factory=ReplayReference)
+    # Cleared when compiling failed at warm-up under train_compile = 'auto': jobs then train
+    # uncompiled rather than fail.
+    compile_works: bool = True
 
     @property
     def probes(self) -> ProbeSet:
@@ -104,12 +107,51 @@ class TrainingContext:
             self._regression_losses[key] = round(loss, 4)
         return self._regression_losses[key]
 
+    def train_config(self) -> TrainConfig:
+        """The settings' :func:`train_config`, uncompiled where compiling failed here."""
+        config = train_config(self.settings, self.base_dir)
+        if config.compile and not self.compile_works:
+            return dataclasses.replace(config, compile=False)
+        return config
+
     def warm_up(self) -> None:
         """What the first job would otherwise compute: the probe answers, the base's figures,
-        its distributions on the replay prompts."""
+        its distributions on the replay prompts, the compiled training step."""
         self.regression_loss(None)
-        config = train_config(self.settings, self.base_dir)
+        config = self.train_config()
         self.replay_reference.warm(self.base_dir, self.replay_set, self.pad_id, config)
+        if config.compile:
+            self._compile_training(config)
+
+    def _compile_training(self, config: TrainConfig) -> None:
+        """Compile the training step now (30-60 s on 2 CPU cores the first time, its kernels
+        cached on disk after), not in the first job: one step on the replay examples, shaped
+        like a small job's (one packed row)."""
+        replay = self.replay_set
+        if not replay:
+            return  # nothing to warm up on: the first job compiles
+        started = time.perf_counter()
+        n_new = max(1, config.batch_size - config.replay_per_step)
+        try:
+            train_lora(
+                self.base_dir,
+                replay[:n_new],
+                replay,
+                dataclasses.replace(config, steps=1),
+                pad_id=self.pad_id,
+                reference=self.replay_reference,
+            )
+        except Exception:
+            if self.settings.train_compile == "on":
+                raise
+            log.warning(
+                "torch.compile failed, so training runs uncompiled (1.2x slower); set "
+                "train_compile = 'off' to skip trying",
+                exc_info=True,
+            )
+            self.compile_works = False
+            return
+        log.info("compiled the training step in %.0f s", time.perf_counter() - started)
 
 
 def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
@@ -127,6 +169,7 @@ def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
         bf16=use_bf16(settings.train_precision, device),
         device=device,
         quantize_base=resolve_quantization(settings.train_quantization, device, base_dir),
+        compile=use_compile(settings.train_compile, device),
         stop_loss=settings.train_stop_loss,
         stop_replay_kl=settings.train_stop_replay_kl,
         stop_patience=settings.train_stop_patience,
@@ -173,7 +216,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     probes = ctx.probes
     replay_set = ctx.replay_set
 
-    config = train_config(settings, ctx.base_dir)
+    config = ctx.train_config()
     clock.lap("dataset")
 
     def on_step(step: int, total: int, loss: float) -> None:

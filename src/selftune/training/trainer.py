@@ -13,6 +13,10 @@ What keeps a step cheap, none of it changing what is learned:
 - LoRA layers are one autograd node each (``training.lora_layer``).
 - The base model's distributions on the replay prompts are computed once per worker
   (:class:`ReplayReference`), not once per job.
+- With ``compile``, each decoder layer runs compiled (``torch.compile``): the thousands of small
+  elementwise operations of a step (norms, rotary embeddings, activations, residuals, their
+  backward) fuse into a few kernels. 1.2x a step on the default model on a 2-core CPU, the
+  same losses; compiling takes 30-60 s once per process (see :func:`_compile_layers`).
 
 The run stops once, for ``stop_patience`` steps in a row, the loss on the new material has been
 below ``stop_loss`` (learned to the token) and the replay KL below ``stop_replay_kl`` (general
@@ -61,6 +65,7 @@ class TrainConfig:
     bf16: bool = False  # autocast matmuls to bfloat16; LoRA weights stay float32
     device: str = "cpu"  # "cpu" or "cuda": see selftune.training.device
     quantize_base: bool = False  # hold the frozen base in 4 bits (NF4, QLoRA); CUDA only
+    compile: bool = False  # run the decoder layers through torch.compile
     stop_loss: float = 0.0  # stop once the new material's loss stays below this; 0: never
     stop_replay_kl: float = 0.0  # ... and the replay KL too (without replay: ignored)
     stop_patience: int = 3  # ... for this many consecutive steps
@@ -249,6 +254,31 @@ def _lora_fields(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _compile_layers(model: Any) -> list[torch.nn.Module]:
+    """Run each decoder layer of ``model`` (a PEFT model) compiled; returns the layers.
+
+    The layers, not the whole model: every layer runs the same code, so one compiled graph
+    serves them all, and it compiles in 30-60 s on 2 CPU cores where the whole model took over
+    6 minutes for the same 1.2x. Compiled code is kept by the process (and its kernels on disk,
+    see ``TORCHINDUCTOR_CACHE_DIR``), so a later run's fresh model reuses it. Shapes are
+    dynamic: a step's row length varies; a batch of one row and one of several rows get one
+    graph each. Only the training step is compiled: :func:`_uncompile_layers` undoes it before
+    the model is used any other way (generation, with its cache, would recompile per layer).
+    """
+    causal_lm = model.get_base_model()
+    layers = getattr(getattr(causal_lm, causal_lm.base_model_prefix), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return []  # not a decoder stack this knows: it trains uncompiled
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
+    return list(layers)
+
+
+def _uncompile_layers(layers: list[torch.nn.Module]) -> None:
+    for layer in layers:
+        del layer.forward  # the instance attribute: the class's forward shows through again
+
+
 def _autocast(config: TrainConfig) -> torch.autocast:
     device_type = torch.device(config.device).type
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16)
@@ -338,6 +368,7 @@ class LoraRun:
         lora_config = LoraConfig if config.quantize_base else fast_lora_config
         self.model = get_peft_model(model, lora_config(**_lora_fields(config)))
         self.model.train()
+        self.compiled_layers = _compile_layers(self.model) if config.compile else []
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel updates all ~400 adapter tensors in one call (CPU and CUDA alike):
         # the per-tensor loop took 39 ms a step on 2 CPU cores, the fused one 14.
@@ -390,7 +421,9 @@ class LoraRun:
         return self.new_losses[-1]
 
     def result(self) -> tuple[Any, TrainResult]:
-        """The trained PEFT model (in eval mode) and the run's figures."""
+        """The trained PEFT model (in eval mode, uncompiled) and the run's figures."""
+        _uncompile_layers(self.compiled_layers)
+        self.compiled_layers = []
         self.model.eval()
         figures = TrainResult(
             self.losses,

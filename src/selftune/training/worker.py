@@ -158,6 +158,9 @@ def _yield_cpu_to_serving(niceness: int) -> None:
 
 def run_worker(settings: Settings) -> None:
     _yield_cpu_to_serving(settings.worker_niceness)
+    # torch.compile's kernels (train_compile) are kept with the other derived data, so that a
+    # restart, even after a reboot cleared /tmp, reuses them instead of compiling again.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "torchinductor"))
     if settings.threads:
         import torch
 
