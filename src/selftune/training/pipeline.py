@@ -161,6 +161,7 @@ def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
         target_modules=tuple(settings.lora_target_modules),
+        layers=_top_layers(base_dir, settings.lora_top_layers),
         learning_rate=settings.learning_rate,
         steps=settings.train_steps,
         batch_size=settings.train_batch_size,
@@ -196,6 +197,15 @@ def _tokenize(ctx: TrainingContext, chats: list[list[dict[str, Any]]]) -> list[T
 
 def _qa(prompt: str, answer: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def _top_layers(base_dir: Path, share: float) -> tuple[int, ...]:
+    """Indices of the top ``share`` of the base's decoder layers; () for all of them."""
+    if share >= 1:
+        return ()
+    n_layers = int(json.loads((base_dir / "config.json").read_text())["num_hidden_layers"])
+    count = max(1, round(n_layers * share))
+    return tuple(range(n_layers - count, n_layers))
 
 
 def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[str, Any]:
@@ -247,6 +257,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         "losses": [round(x, 5) for x in result.losses],
         "new_material_losses": [round(x, 5) for x in result.new_losses],
         "seconds": round(result.seconds, 2),
+        "step_seconds": [round(x, 3) for x in result.step_seconds],
         "tokens": result.tokens,
         "tokens_per_second": round(result.tokens_per_second, 1),
         "steps": len(result.losses),

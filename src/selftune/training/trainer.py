@@ -8,6 +8,12 @@ What keeps a step cheap, none of it changing what is learned:
 
 - Batches are packed (``training.packing``): no padding, and the prompt prefix the examples
   share (the system prompt) computed once per row rather than once per example.
+- Adapters sit on the top layers only (``layers``; ``lora_top_layers`` in the settings, half of
+  them by default): nothing below them needs a gradient, so the backward pass stops above them.
+  Measured on the teaching scenario: LoRA on the top 15 of 30 layers made a step 1.3x faster
+  (1.29-1.37 s against 1.73 s on 2 cores), kept every answer the base knew on 3 seeds of 3 with
+  the regression loss 1.3-3.3% above the base's, and answered the paraphrases; on the top 10 it
+  lost "the Red Planet" on one seed of three.
 - The output layer (a 49152-word vocabulary on the default model: a fifth of its weights) runs
   only at the positions that carry a loss, the answers' tokens, instead of at every position.
 - LoRA layers are one autograd node each (``training.lora_layer``).
@@ -55,6 +61,7 @@ class TrainConfig:
     rank: int = 16
     alpha: float = 32.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    layers: tuple[int, ...] = ()  # the decoder layers that get adapters, by index; (): all
     learning_rate: float = 1e-3
     steps: int = 40
     batch_size: int = 8
@@ -85,6 +92,7 @@ class TrainResult:
     tokens: int  # the examples' tokens trained on (what a padded batch computes, less padding)
     computed_tokens: int  # positions computed: shared prompt prefixes count once per row
     stopped_early: bool = False  # the stopping rule held before the last step
+    step_seconds: list[float] = dataclasses.field(default_factory=list)  # each step's time
 
     @property
     def tokens_per_second(self) -> float:
@@ -243,11 +251,13 @@ def _load_base(base_dir: Path, config: TrainConfig) -> Any:
 
 
 def _lora_fields(config: TrainConfig) -> dict[str, Any]:
-    """The adapter's ``LoraConfig`` fields: plain LoRA on the target modules, no dropout."""
+    """The adapter's ``LoraConfig`` fields: plain LoRA on the target modules (of the chosen
+    layers), no dropout."""
     return {
         "r": config.rank,
         "lora_alpha": config.alpha,
         "target_modules": list(config.target_modules),
+        "layers_to_transform": list(config.layers) or None,
         "lora_dropout": 0.0,
         "bias": "none",
         "task_type": "CAUSAL_LM",
@@ -381,6 +391,7 @@ class LoraRun:
         self.new_losses: list[float] = []
         self.tokens = self.computed = 0
         self.seconds = 0.0
+        self.step_seconds: list[float] = []
         self.stopped_early = False
         self._stop = _EarlyStop(config)
 
@@ -417,7 +428,8 @@ class LoraRun:
         replay_kl = (self.losses[-1] - self.new_losses[-1]) / config.replay_weight
         held = self._stop.done(self.new_losses[-1], replay_kl if replay_ids else None)
         self.stopped_early = held and len(self.losses) < len(self.plan)
-        self.seconds += time.perf_counter() - started
+        self.step_seconds.append(time.perf_counter() - started)
+        self.seconds += self.step_seconds[-1]
         return self.new_losses[-1]
 
     def result(self) -> tuple[Any, TrainResult]:
@@ -432,6 +444,7 @@ class LoraRun:
             self.tokens,
             self.computed,
             self.stopped_early,
+            self.step_seconds,
         )
         return self.model, figures
 
