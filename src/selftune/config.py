@@ -187,8 +187,8 @@ class Settings(BaseSettings):
     )
     train_compile: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Compile the decoder layers with torch.compile for training (1.2x a step "
-        "on a 2-core CPU; the worker compiles at start, 30-60 s the first time, a C++ compiler "
+        description="Compile the decoder layers with torch.compile for training (1.15x a step "
+        "on a 2-core CPU; the worker compiles at start, 1-2 minutes there; a C++ compiler "
         "needed): 'auto' on a CPU that has a C++ compiler, 'on' always, 'off' never.",
     )
     seed: int = Field(0, description="Seed for data splits and training.")

@@ -189,3 +189,25 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
     context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
     with pytest.raises(RuntimeError, match="no compiler today"):
         context.warm_up()
+
+
+def test_the_worker_compiles_one_row_and_several_row_batches_at_start(
+    settings_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row count of 1 and other row counts are separate graphs: both are compiled before the
+    first job, so no job stops mid-training to compile."""
+    from selftune.training import pipeline
+    from selftune.training.packing import pack
+
+    steps: list[tuple[int, int]] = []  # (rows of the new examples, batch size) per warm-up step
+
+    def record(base_dir: Path, new: list, replay: list, config: Any, **kwargs: Any) -> None:
+        assert config.compile and config.steps == 1
+        steps.append((pack(new, 0).input_ids.shape[0], config.batch_size))
+
+    monkeypatch.setattr(pipeline, "train_lora", record)
+    context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
+    context.warm_up()
+    replay_per_step = context.settings.replay_per_step
+    assert [rows for rows, _ in steps] == [1, 2]
+    assert all(batch > replay_per_step for _, batch in steps)

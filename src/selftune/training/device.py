@@ -73,7 +73,7 @@ def _cpp_compiler() -> str | None:
 def use_compile(setting: str, device: str) -> bool:
     """Whether to compile the decoder layers for training (``torch.compile``).
 
-    'auto' compiles on a CPU with a C++ compiler, where it was measured: 1.2x a step on the
+    'auto' compiles on a CPU with a C++ compiler, where it was measured: 1.15x a step on the
     default model. GPUs are left to 'on' until measured there.
     """
     if setting == "off":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from selftune.registry.versions import next_version_name, promote, serving_targe
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
+from selftune.training.packing import pack
 from selftune.training.trainer import ReplayReference, TrainConfig, train_lora
 
 __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
@@ -124,34 +126,52 @@ class TrainingContext:
             self._compile_training(config)
 
     def _compile_training(self, config: TrainConfig) -> None:
-        """Compile the training step now (30-60 s on 2 CPU cores the first time, its kernels
-        cached on disk after), not in the first job: one step on the replay examples, shaped
-        like a small job's (one packed row)."""
+        """Compile the training step now, not in a job: one step on replay examples packed in
+        one row (a small job's batch), one on enough of them for several rows (a larger job's).
+
+        Each shape is its own graph: a row count of 1 is compiled as a constant, other counts
+        as a variable. On 2 CPU cores each took 30-60 s (the kernels cached on disk help
+        little: most of it is tracing); a job that had to compile the second would stop for
+        that long mid-training.
+        """
         replay = self.replay_set
         if not replay:
             return  # nothing to warm up on: the first job compiles
         started = time.perf_counter()
         n_new = max(1, config.batch_size - config.replay_per_step)
+        batches = [replay[:n_new], _more_than_a_row(replay, self.pad_id)]
         try:
-            train_lora(
-                self.base_dir,
-                replay[:n_new],
-                replay,
-                dataclasses.replace(config, steps=1),
-                pad_id=self.pad_id,
-                reference=self.replay_reference,
-            )
+            for new in batches:
+                batch_size = len(new) + config.replay_per_step
+                train_lora(
+                    self.base_dir,
+                    new,
+                    replay,
+                    dataclasses.replace(config, steps=1, batch_size=batch_size),
+                    pad_id=self.pad_id,
+                    reference=self.replay_reference,
+                )
         except Exception:
             if self.settings.train_compile == "on":
                 raise
             log.warning(
-                "torch.compile failed, so training runs uncompiled (1.2x slower); set "
+                "torch.compile failed, so training runs uncompiled (1.15x slower); set "
                 "train_compile = 'off' to skip trying",
                 exc_info=True,
             )
             self.compile_works = False
             return
         log.info("compiled the training step in %.0f s", time.perf_counter() - started)
+
+
+def _more_than_a_row(examples: list[TokenizedExample], pad_id: int) -> list[TokenizedExample]:
+    """The first examples, repeated if need be, up to the fewest that pack into two rows."""
+    chosen: list[TokenizedExample] = []
+    for example in itertools.cycle(examples):  # each adds a token at least: this ends
+        chosen.append(example)
+        if len(chosen) > 1 and pack(chosen, pad_id).input_ids.shape[0] > 1:
+            return chosen
+    raise AssertionError("unreachable")
 
 
 def train_config(settings: Settings, base_dir: Path) -> TrainConfig:

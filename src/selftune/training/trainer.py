@@ -21,8 +21,9 @@ What keeps a step cheap, none of it changing what is learned:
   (:class:`ReplayReference`), not once per job.
 - With ``compile``, each decoder layer runs compiled (``torch.compile``): the thousands of small
   elementwise operations of a step (norms, rotary embeddings, activations, residuals, their
-  backward) fuse into a few kernels. 1.2x a step on the default model on a 2-core CPU, the
-  same losses; compiling takes 30-60 s once per process (see :func:`_compile_layers`).
+  backward) fuse into a few kernels. 1.15x a step on the default model on a 2-core CPU, the
+  same losses; compiling takes 30-60 s per batch shape, once per process (see
+  :func:`_compile_layers`; the worker does it at start).
 
 The run stops once, for ``stop_patience`` steps in a row, the loss on the new material has been
 below ``stop_loss`` (learned to the token) and the replay KL below ``stop_replay_kl`` (general
@@ -269,7 +270,7 @@ def _compile_layers(model: Any) -> list[torch.nn.Module]:
 
     The layers, not the whole model: every layer runs the same code, so one compiled graph
     serves them all, and it compiles in 30-60 s on 2 CPU cores where the whole model took over
-    6 minutes for the same 1.2x. Compiled code is kept by the process (and its kernels on disk,
+    6 minutes for the same gain. Compiled code is kept by the process (and its kernels on disk,
     see ``TORCHINDUCTOR_CACHE_DIR``), so a later run's fresh model reuses it. Shapes are
     dynamic: a step's row length varies; a batch of one row and one of several rows get one
     graph each. Only the training step is compiled: :func:`_uncompile_layers` undoes it before
