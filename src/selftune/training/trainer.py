@@ -4,7 +4,7 @@ Each optimizer step sees the new material (sampled if there is more than fits) t
 few replay sequences, the base model's own answers to general prompts, so the adapter learns the
 new material without unlearning what the model knew.
 
-What keeps a step cheap, none of it changing what is learned:
+What keeps a step cheap (all but the top-layers choice without changing what is learned):
 
 - Batches are packed (``training.packing``): no padding, and the prompt prefix the examples
   share (the system prompt) computed once per row rather than once per example.
