@@ -211,3 +211,41 @@ def test_the_worker_compiles_one_row_and_several_row_batches_at_start(
     replay_per_step = context.settings.replay_per_step
     assert [rows for rows, _ in steps] == [1, 2]
     assert all(batch > replay_per_step for _, batch in steps)
+
+
+def test_a_job_whose_compile_fails_trains_again_uncompiled(
+    settings_env: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shape the warm-up did not compile, failing to compile mid-job, costs that job's time
+    and later jobs' speed, never the job (under 'auto')."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from selftune.training import pipeline
+
+    real_train_lora = pipeline.train_lora
+    compiled_calls = []
+
+    def compile_fails(*args: Any, **kwargs: Any) -> Any:
+        if args[3].compile:
+            compiled_calls.append(args[3])
+            raise TorchDynamoException("inductor could not build a kernel")
+        return real_train_lora(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_lora", compile_fails)
+    settings = tiny_settings(tiny_model_dir, train_compile="auto", **LEARNING)
+    engine = TransformersEngine(tiny_model_dir, context_length=256)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        worker = Worker(settings)
+        teach(client)
+        job = client.post("/api/train", json={}).json()
+        assert worker.run_once()
+        view = client.get(f"/api/jobs/{job['job_id']}").json()
+        assert view["status"] == "succeeded", view
+        assert len(compiled_calls) == 1
+        assert "training again uncompiled" in caplog.text
+        assert not worker.context().train_config().compile  # later jobs skip compiling
+        [version] = client.get("/api/versions").json()["data"]
+        assert version["train_metrics"]["config"]["compile"] is False

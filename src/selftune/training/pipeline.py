@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch._dynamo.exc import TorchDynamoException
+
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
 from selftune.data.curation import active_examples
@@ -31,7 +33,7 @@ from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
 from selftune.training.packing import pack
-from selftune.training.trainer import ReplayReference, TrainConfig, train_lora
+from selftune.training.trainer import ReplayReference, TrainConfig, TrainResult, train_lora
 
 __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
 
@@ -253,15 +255,29 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         report(0.05 + 0.75 * step / total, f"training step {step}/{total} loss {loss:.3f}")
 
     report(0.05, "training")
-    model, result = train_lora(
-        ctx.base_dir,
-        train_set,
-        replay_set,
-        config,
-        pad_id=ctx.pad_id,
-        progress=on_step,
-        reference=ctx.replay_reference,
-    )
+
+    def train(config: TrainConfig) -> tuple[Any, TrainResult]:
+        return train_lora(
+            ctx.base_dir,
+            train_set,
+            replay_set,
+            config,
+            pad_id=ctx.pad_id,
+            progress=on_step,
+            reference=ctx.replay_reference,
+        )
+
+    try:
+        model, result = train(config)
+    except TorchDynamoException:
+        # A shape the warm-up did not compile, and compiling it failed: the job trains again
+        # uncompiled, and so do later ones. 'on' insists on compiling: the job fails.
+        if not config.compile or settings.train_compile == "on":
+            raise
+        log.warning("job %s: compiling failed, training again uncompiled", job_id, exc_info=True)
+        ctx.compile_works = False
+        config = dataclasses.replace(config, compile=False)
+        model, result = train(config)
 
     clock.lap("train")
     report(0.82, "saving")
