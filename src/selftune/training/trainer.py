@@ -10,10 +10,11 @@ What keeps a step cheap (all but the top-layers choice without changing what is 
   share (the system prompt) computed once per row rather than once per example.
 - Adapters sit on the top layers only (``layers``; ``lora_top_layers`` in the settings, half of
   them by default): nothing below them needs a gradient, so the backward pass stops above them.
-  Measured on the teaching scenario: LoRA on the top 15 of 30 layers made a step 1.3x faster
-  (1.29-1.37 s against 1.73 s on 2 cores), kept every answer the base knew on 3 seeds of 3 with
-  the regression loss 1.3-3.3% above the base's, and answered the paraphrases; on the top 10 it
-  lost "the Red Planet" on one seed of three.
+  Measured on the teaching scenario (``bench.teaching_quality``): LoRA on the top 15 of 30
+  layers made a step 1.3x faster (1.29-1.37 s against 1.73 s on 2 cores), kept every answer the
+  base knew on 3 seeds of 3 with the regression loss 1.3-3.3% above the base's, and answered
+  the paraphrases; on the top 10 it lost "the Red Planet" on one seed of three, and 20 steps
+  on the top 15 lost two answers on one seed.
 - The output layer (a 49152-word vocabulary on the default model: a fifth of its weights) runs
   only at the positions that carry a loss, the answers' tokens, instead of at every position.
 - LoRA layers are one autograd node each (``training.lora_layer``).
