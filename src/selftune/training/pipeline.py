@@ -153,17 +153,22 @@ class TrainingContext:
                     pad_id=self.pad_id,
                     reference=self.replay_reference,
                 )
-        except Exception:
-            if self.settings.train_compile == "on":
-                raise
-            log.warning(
-                "torch.compile failed, so training runs uncompiled (1.15x slower); set "
-                "train_compile = 'off' to skip trying",
-                exc_info=True,
-            )
-            self.compile_works = False
+        except Exception as error:
+            self.compiling_failed(error)
             return
         log.info("compiled the training step in %.0f s", time.perf_counter() - started)
+
+    def compiling_failed(self, error: Exception) -> None:
+        """Under train_compile = 'auto', training goes on uncompiled from now on; 'on' insists
+        on compiling, so ``error`` stands."""
+        if self.settings.train_compile == "on":
+            raise error
+        log.warning(
+            "torch.compile failed, so training runs uncompiled (1.15x slower); set "
+            "train_compile = 'off' to skip trying",
+            exc_info=error,
+        )
+        self.compile_works = False
 
 
 def _more_than_a_row(examples: list[TokenizedExample], pad_id: int) -> list[TokenizedExample]:
@@ -269,14 +274,14 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
 
     try:
         model, result = train(config)
-    except TorchDynamoException:
+    except TorchDynamoException as error:
         # A shape the warm-up did not compile, and compiling it failed: the job trains again
-        # uncompiled, and so do later ones. 'on' insists on compiling: the job fails.
-        if not config.compile or settings.train_compile == "on":
+        # uncompiled (under 'auto'), and so do later ones.
+        if not config.compile:
             raise
-        log.warning("job %s: compiling failed, training again uncompiled", job_id, exc_info=True)
-        ctx.compile_works = False
-        config = dataclasses.replace(config, compile=False)
+        ctx.compiling_failed(error)
+        log.warning("job %s: training again uncompiled", job_id)
+        config = ctx.train_config()
         model, result = train(config)
 
     clock.lap("train")

@@ -392,7 +392,6 @@ class LoraRun:
         self.losses: list[float] = []
         self.new_losses: list[float] = []
         self.tokens = self.computed = 0
-        self.seconds = 0.0
         self.step_seconds: list[float] = []
         self.stopped_early = False
         self._stop = _EarlyStop(config)
@@ -431,7 +430,6 @@ class LoraRun:
         held = self._stop.done(self.new_losses[-1], replay_kl if replay_ids else None)
         self.stopped_early = held and len(self.losses) < len(self.plan)
         self.step_seconds.append(time.perf_counter() - started)
-        self.seconds += self.step_seconds[-1]
         return self.new_losses[-1]
 
     def result(self) -> tuple[Any, TrainResult]:
@@ -442,7 +440,7 @@ class LoraRun:
         figures = TrainResult(
             self.losses,
             self.new_losses,
-            self.seconds,
+            sum(self.step_seconds),
             self.tokens,
             self.computed,
             self.stopped_early,
