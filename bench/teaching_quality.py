@@ -29,7 +29,6 @@ from selftune.config import load_settings
 from selftune.engines.base import AdapterRef
 from selftune.evaluation.probes import generate_answers
 from selftune.training.pipeline import _export_gguf, _tokenize, split_heldout
-from selftune.training.trainer import train_lora
 from selftune.training.worker import Worker
 
 
@@ -76,14 +75,7 @@ def main() -> int:
         for seed in seeds:
             config = dataclasses.replace(ctx.train_config(), seed=seed)
             started = time.perf_counter()
-            model, result = train_lora(
-                ctx.base_dir,
-                train_set,
-                ctx.replay_set,
-                config,
-                pad_id=ctx.pad_id,
-                reference=ctx.replay_reference,
-            )
+            model, result = ctx.train(train_set, config)
             seconds = time.perf_counter() - started
             path = Path(tmp) / f"seed{seed}"
             path.mkdir()

@@ -34,9 +34,14 @@ that every figure is measured under the same (often shared, noisy) load:
      same yardstick for every trainer, so it moves with tokens/s.
    - *computed* GFLOP/s: what each trainer actually multiplied. The textbook loop computes
      padding and the LM head at every position; selftune's packed batches compute a prompt
-     prefix the examples share once per row (``selftune.training.packing``). The shares of the
-     peaks are of this figure: they say how well the machine is used, not how much work was
-     avoided.
+     prefix the examples share once per row (``selftune.training.packing``), and the layers
+     below the adapters once per example, not at every step that sees it
+     (``selftune.training.frozen_layers``). The shares of the peaks are of this figure: they
+     say how well the machine is used, not how much work was avoided.
+
+   The 32 examples come round again after 8 steps, so the first timed steps see examples new
+   to the trainer and the later ones only examples seen before (as a job's 25 steps over a few
+   chats and the replay prompts do); the speed-up is also printed for each kind of step.
 4. The loss after the same steps, on the last batch and over all examples, so that speed never
    silently costs quality.
 
@@ -152,15 +157,21 @@ class WeightCounts:
             ),
         )
 
-    def flops(self, positions: int, head_positions: int) -> float:
+    def flops(
+        self, positions: int, head_positions: int, frozen_positions: int | None = None
+    ) -> float:
         """Matrix-multiply FLOPs of one training step (forward and backward).
 
         Frozen weights: 2N forward + 2N backward (activation gradient only) where the backward
         pass goes; adapters: 6N (their weight gradients too); the LM head only at
-        ``head_positions``.
+        ``head_positions``. The layers below the backward pass run at ``frozen_positions``
+        (default: every position); selftune's trainer keeps their outputs per example
+        (``selftune.training.frozen_layers``) and runs them for examples not seen before.
         """
-        per_position = 2 * self.body + 2 * self.body_backward + 6 * self.lora
-        return positions * per_position + head_positions * 4 * self.head
+        frozen = positions if frozen_positions is None else frozen_positions
+        per_position = 2 * self.body_backward + 2 * self.body_backward + 6 * self.lora
+        below = 2 * (self.body - self.body_backward)
+        return positions * per_position + frozen * below + head_positions * 4 * self.head
 
 
 def _layer_index(module_name: str) -> int | None:
@@ -189,6 +200,9 @@ class Timed:
     step: Callable[[], float]  # runs the next step, returns its loss on the batch
     finish: Callable[[], Any]  # the trained model
     step_flops: list[float]  # matrix-multiply FLOPs each step actually computes
+    # Positions each step ran through the layers below the adapters (selftune's trainer keeps
+    # their outputs per example); None: all of them at every step.
+    frozen_positions: list[int] | None = None
     seconds: list[float] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
     eval_loss: float = float("nan")
@@ -211,15 +225,24 @@ class Timed:
             for i in range(WARMUP_STEPS, len(self.seconds))
         )
 
-    def speedup_over(self, baseline: Timed) -> float:
-        """The median over timed steps of baseline seconds / these seconds, step by step.
+    def speedup_over(self, baseline: Timed, steps: Sequence[int] | None = None) -> float:
+        """The median over timed ``steps`` (default: all) of baseline seconds / these seconds,
+        step by step.
 
         Both ran the same batch one right after the other, so a slow patch of the machine
         slows both sides of a pair; the median leaves out pairs a burst hit on one side.
         """
-        return statistics.median(
-            baseline.seconds[i] / self.seconds[i] for i in range(WARMUP_STEPS, len(self.seconds))
-        )
+        timed = range(WARMUP_STEPS, len(self.seconds)) if steps is None else steps
+        return statistics.median(baseline.seconds[i] / self.seconds[i] for i in timed)
+
+    def steps_by_novelty(self) -> tuple[list[int], list[int]]:
+        """The timed steps whose batch had examples new to the frozen layers, and the others
+        (all of a batch's examples seen before: the layers below the adapters skipped)."""
+        timed = range(WARMUP_STEPS, len(self.seconds))
+        if self.frozen_positions is None:
+            return list(timed), []
+        new = [i for i in timed if self.frozen_positions[i]]
+        return new, [i for i in timed if not self.frozen_positions[i]]
 
 
 def matmul_peaks() -> list[Peak]:
@@ -308,6 +331,15 @@ def selftune_trainer(
 ) -> Timed:
     """selftune's trainer as the pipeline runs it (``train_lora`` is this loop)."""
     run = LoraRun(base_dir, examples, [], config, pad_id=pad_id)
+    step_flops: list[float] = []
+
+    def step() -> float:
+        loss = run.step()
+        index = len(step_flops)  # counted from what the step did: examples seen before skip
+        frozen = run.frozen_positions[index]  # the layers below the adapters
+        step_flops.append(weights.flops(plan.packed[index], plan.loss_positions[index], frozen))
+        return loss
+
     if [new for new, _replay in run.plan] != plan.batches:  # the baseline's batches are its own
         raise RuntimeError("the trainer's batch plan is not the one the baseline was given")
 
@@ -324,9 +356,10 @@ def selftune_trainer(
     return Timed(
         "train_lora compiled" if config.compile else "train_lora",
         "bf16 autocast" if config.bf16 else "float32",
-        run.step,
+        step,
         finish,
-        [weights.flops(n, h) for n, h in zip(plan.packed, plan.loss_positions, strict=True)],
+        step_flops,
+        run.frozen_positions,
     )
 
 
@@ -546,6 +579,15 @@ def _report(
     for run in runs[1:]:
         change = run.eval_loss / baseline.eval_loss - 1
         print(f"  {run.name} ({run.precision}): eval loss {change:+.2%} vs the textbook loop")
+    for run in runs[1:]:
+        new, seen = run.steps_by_novelty()
+        if new and seen:
+            on_new, on_seen = run.speedup_over(baseline, new), run.speedup_over(baseline, seen)
+            print(
+                f"  {run.name} ({run.precision}): {on_new:.2f}x on the {len(new)} steps with "
+                f"examples new to it, {on_seen:.2f}x on the {len(seen)} with only examples seen "
+                "before (the layers below the adapters skipped)"
+            )
     print()
     print(
         "  last loss: cross-entropy on the last step's batch; eval loss: on all examples after\n"

@@ -25,3 +25,9 @@ def test_the_backward_pass_is_counted_only_where_it_goes(tiny_model_dir: Path) -
     assert top.flops(10, 2) == 10 * (2 * 2 * per_layer + 2 * per_layer + 6 * per_layer_lora) + (
         2 * 4 * every.head
     )
+    # Layer 0 ran for 3 of the 10 positions only (its outputs kept for the others).
+    assert (
+        top.flops(10, 2, frozen_positions=3)
+        == (3 * 2 * per_layer + 10 * (2 * per_layer + 2 * per_layer + 6 * per_layer_lora))
+        + 2 * 4 * every.head
+    )

@@ -33,6 +33,17 @@ def test_the_shared_prefix_is_laid_out_once_and_positions_restart_after_it() -> 
     assert batch.counts == [2, 1]
 
 
+def test_example_positions_are_the_prefix_then_its_own_tokens() -> None:
+    examples = [_example([1, 2, 3, 10 + i, 20 + i, 30 + i], 2) for i in range(3)]
+    batch = pack(examples, pad_id=0, row_tokens=8)  # rows [1 2 3 10 20 11 21] [1 2 3 12 22 . .]
+    flat = batch.input_ids.reshape(-1)
+    for index, example in enumerate(examples):
+        positions = batch.example_positions(index)
+        assert flat[positions].tolist() == example.input_ids[: needed_length(example)]
+    assert batch.example_positions(1).tolist() == [0, 1, 2, 5, 6]
+    assert batch.example_positions(2).tolist() == [7, 8, 9, 10, 11]
+
+
 def test_examples_attend_to_the_prefix_and_themselves_only() -> None:
     a = _example([1, 2, 10, 11, 12], 2)
     b = _example([1, 2, 20, 21, 22], 2)

@@ -11,7 +11,14 @@ import torch
 from selftune.data.tokenize import TokenizedExample, tokenize_chat
 from selftune.models.base import load_tokenizer
 from selftune.training import trainer
-from selftune.training.trainer import ReplayReference, TrainConfig, collate, train_lora
+from selftune.training.frozen_layers import FrozenLayers
+from selftune.training.trainer import (
+    ReplayReference,
+    TrainConfig,
+    collate,
+    train_lora,
+    warm_replay,
+)
 
 # Losses of the first 6 steps of the tiny deterministic run below. If a deliberate change to
 # the loop moves them, update them in the same commit and say why in its message.
@@ -123,7 +130,7 @@ def test_the_replay_reference_is_computed_once_per_base_and_replay_set(
         lambda *args: computed.append(1) or original(*args),
     )
     reference = ReplayReference()
-    reference.warm(tiny_model_dir, replay, pad_id, config)
+    warm_replay(tiny_model_dir, replay, pad_id, config, reference, FrozenLayers())
     for _ in range(2):
         _, result = train_lora(
             tiny_model_dir, new, replay, config, pad_id=pad_id, reference=reference
@@ -134,10 +141,14 @@ def test_the_replay_reference_is_computed_once_per_base_and_replay_set(
     assert len(computed) == 2  # another replay set
 
 
-def test_trainer_matches_the_textbook_peft_loop(tiny_model_dir: Path, examples: tuple) -> None:
-    """Packed rows, the fused LoRA layer, the output layer at loss positions only and the fused
-    optimizer change the speed of training, never its numbers: step by step, the losses are
-    those of the throughput benchmark's textbook loop (PEFT, padded batches, the model's loss).
+@pytest.mark.parametrize("layers", [(), (1,)])
+def test_trainer_matches_the_textbook_peft_loop(
+    tiny_model_dir: Path, examples: tuple, layers: tuple[int, ...]
+) -> None:
+    """Packed rows, the fused LoRA layer, the output layer at loss positions only, the fused
+    optimizer and the kept outputs of the layers below the adapters change the speed of
+    training, never its numbers: step by step, the losses are those of the throughput
+    benchmark's textbook loop (PEFT, padded batches, the model's loss).
     """
     from bench.training_throughput import (
         WeightCounts,
@@ -149,8 +160,9 @@ def test_trainer_matches_the_textbook_peft_loop(tiny_model_dir: Path, examples: 
     new, _replay, pad_id = examples
     training = new * 2  # 6 chats, 2 a step: 3 steps see different pairs
     config = TrainConfig(
-        rank=4, alpha=8, learning_rate=1e-2, steps=5, batch_size=2, replay_per_step=0, seed=3
-    )
+        rank=4, alpha=8, learning_rate=1e-2, steps=5, batch_size=2, replay_per_step=0, seed=3,
+        layers=layers,
+    )  # fmt: skip
     plan = plan_steps(training, config, pad_id)
     weights = WeightCounts(body=1, body_backward=1, head=1, lora=1)  # FLOPs not looked at here
     textbook = textbook_trainer(tiny_model_dir, training, config, plan, weights, pad_id)

@@ -46,6 +46,8 @@ class PackedBatch:
     counts: list[int]  # loss positions per example, in the order the examples were given
     tokens: int  # the examples' tokens: what a padded batch computes, less the padding
     computed: int  # positions the transformer computes, padding at rows' ends excluded
+    prefix: int = 0  # the shared prefix's length, at the start of every row
+    spans: tuple[tuple[int, int, int], ...] = ()  # per example: row, own tokens' offset, needed
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return dataclasses.replace(
@@ -55,6 +57,23 @@ class PackedBatch:
             attention_mask=self.attention_mask.to(device),
             loss_index=self.loss_index.to(device),
             targets=self.targets.to(device),
+        )
+
+    def example_positions(self, index: int) -> torch.Tensor:
+        """Flat indices (into the R * L positions) of example ``index``'s positions 0 to
+        ``needed_length - 1``, in its own order: its row's shared prefix, then its own tokens.
+
+        A position's hidden state depends only on the example's tokens up to it, so the states
+        at these indices are the example's own, whatever else shares the batch.
+        """
+        row, offset, needed = self.spans[index]
+        start = row * self.input_ids.shape[1]
+        device = self.input_ids.device
+        return torch.cat(
+            [
+                torch.arange(start, start + self.prefix, device=device),
+                torch.arange(start + offset, start + offset + needed - self.prefix, device=device),
+            ]
         )
 
 
@@ -153,4 +172,6 @@ def pack(
         counts=counts,
         tokens=sum(len(e.input_ids) for e in examples),
         computed=computed,
+        prefix=prefix,
+        spans=tuple((row, offset, n) for (row, offset), n in zip(placed, needed, strict=True)),
     )

@@ -32,8 +32,16 @@ from selftune.registry.versions import next_version_name, promote, serving_targe
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
+from selftune.training.frozen_layers import FrozenLayers
 from selftune.training.packing import pack
-from selftune.training.trainer import ReplayReference, TrainConfig, TrainResult, train_lora
+from selftune.training.trainer import (
+    ProgressFn,
+    ReplayReference,
+    TrainConfig,
+    TrainResult,
+    train_lora,
+    warm_replay,
+)
 
 __all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
 
@@ -68,6 +76,8 @@ class TrainingContext:
     _regression_losses: dict[int | None, float] = dataclasses.field(default_factory=dict)
     # The base model's distributions on the replay prompts: the same for every job.
     replay_reference: ReplayReference = dataclasses.field(default_factory=ReplayReference)
+    # The examples' states below the adapted layers: the replay prompts' serve every job.
+    frozen_layers: FrozenLayers = dataclasses.field(default_factory=FrozenLayers)
     # Cleared when compiling failed at warm-up under train_compile = 'auto': jobs then train
     # uncompiled rather than fail.
     compile_works: bool = True
@@ -111,6 +121,22 @@ class TrainingContext:
             self._regression_losses[key] = round(loss, 4)
         return self._regression_losses[key]
 
+    def train(
+        self, new: list[TokenizedExample], config: TrainConfig, progress: ProgressFn | None = None
+    ) -> tuple[Any, TrainResult]:
+        """:func:`train_lora` on ``new`` with the replay set, and what this worker keeps about
+        the base between jobs (its replay distributions, the states below the adapters)."""
+        return train_lora(
+            self.base_dir,
+            new,
+            self.replay_set,
+            config,
+            pad_id=self.pad_id,
+            progress=progress,
+            reference=self.replay_reference,
+            frozen=self.frozen_layers,
+        )
+
     def train_config(self) -> TrainConfig:
         """The settings' :func:`train_config`, uncompiled where compiling failed here."""
         config = train_config(self.settings, self.base_dir)
@@ -120,10 +146,18 @@ class TrainingContext:
 
     def warm_up(self) -> None:
         """What the first job would otherwise compute: the probe answers, the base's figures,
-        its distributions on the replay prompts, the compiled training step."""
+        its distributions on the replay prompts and their states below the adapted layers, the
+        compiled training step."""
         self.regression_loss(None)
         config = self.train_config()
-        self.replay_reference.warm(self.base_dir, self.replay_set, self.pad_id, config)
+        warm_replay(
+            self.base_dir,
+            self.replay_set,
+            self.pad_id,
+            config,
+            self.replay_reference,
+            self.frozen_layers,
+        )
         if config.compile:
             self._compile_training(config)
 
@@ -145,14 +179,7 @@ class TrainingContext:
         try:
             for new in batches:
                 batch_size = len(new) + config.replay_per_step
-                train_lora(
-                    self.base_dir,
-                    new,
-                    replay,
-                    dataclasses.replace(config, steps=1, batch_size=batch_size),
-                    pad_id=self.pad_id,
-                    reference=self.replay_reference,
-                )
+                self.train(new, dataclasses.replace(config, steps=1, batch_size=batch_size))
         except Exception as error:
             self.compiling_failed(error)
             return
@@ -251,7 +278,6 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     train_set = _tokenize(ctx, [e.messages for e in train_rows])
     heldout_set = _tokenize(ctx, [e.messages for e in heldout_rows])
     probes = ctx.probes
-    replay_set = ctx.replay_set
 
     config = ctx.train_config()
     clock.lap("dataset")
@@ -261,19 +287,8 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
 
     report(0.05, "training")
 
-    def train(config: TrainConfig) -> tuple[Any, TrainResult]:
-        return train_lora(
-            ctx.base_dir,
-            train_set,
-            replay_set,
-            config,
-            pad_id=ctx.pad_id,
-            progress=on_step,
-            reference=ctx.replay_reference,
-        )
-
     try:
-        model, result = train(config)
+        model, result = ctx.train(train_set, config, on_step)
     except TorchDynamoException as error:
         # A shape the warm-up did not compile, and compiling it failed: the job trains again
         # uncompiled (under 'auto'), and so do later ones.
@@ -282,7 +297,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         ctx.compiling_failed(error)
         log.warning("job %s: training again uncompiled", job_id)
         config = ctx.train_config()
-        model, result = train(config)
+        model, result = ctx.train(train_set, config, on_step)
 
     clock.lap("train")
     report(0.82, "saving")
