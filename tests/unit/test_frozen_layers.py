@@ -69,15 +69,18 @@ def _examples(model_dir: Path) -> tuple[list[TokenizedExample], list[TokenizedEx
     return new, replay, tokenizer.pad_token_id
 
 
-@pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
+@pytest.mark.parametrize(
+    ("model", "bf16"),
+    [("tiny_model_dir", False), ("qwen2_model_dir", False), ("tiny_model_dir", True)],
+)
 def test_kept_states_train_to_the_losses_of_the_whole_stack(
-    model: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    model: str, bf16: bool, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model_dir: Path = request.getfixturevalue(model)
     new, replay, pad_id = _examples(model_dir)
     config = TrainConfig(
         rank=4, alpha=8, learning_rate=1e-2, steps=5, batch_size=4, replay_per_step=2,
-        layers=(1,), seed=0,
+        layers=(1,), seed=0, bf16=bf16,
     )  # fmt: skip
     run = LoraRun(model_dir, new, replay, config, pad_id=pad_id)
     assert run.split == 1
@@ -92,7 +95,9 @@ def test_kept_states_train_to_the_losses_of_the_whole_stack(
         whole_run.step()
     _, whole = whole_run.result()
 
-    assert split.losses == pytest.approx(whole.losses, rel=1e-5)
+    # Under bf16 autocast the kept states were computed in another batch shape: products
+    # round differently in the last of bf16's 8 bits.
+    assert split.losses == pytest.approx(whole.losses, rel=1e-2 if bf16 else 1e-5)
     assert split.losses[-1] < split.losses[0]  # it learned: the comparison is not vacuous
     # The whole stack runs every position of every step; the split one each example once.
     assert whole.frozen_positions == [

@@ -143,7 +143,7 @@ class FrozenLayers:
         )
         flat = hidden.reshape(-1, hidden.shape[-1])
         for index, example in enumerate(examples):
-            state = flat[batch.example_positions(index)].clone()
+            state = flat[batch.example_positions(index)]  # a copy: indexing by a tensor
             self._states[_name(example)] = state
             self._bytes += state.numel() * state.element_size()
         self.computed_positions += batch.computed
