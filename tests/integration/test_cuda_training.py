@@ -40,9 +40,10 @@ def test_auto_picks_the_gpu() -> None:
     assert resolve_device("auto") == "cuda"
 
 
-def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("layers", [(), (1,)])  # (1,): layer 0's outputs kept on the GPU
+def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path, layers: tuple[int, ...]) -> None:
     new, replay, pad_id = _examples(tiny_model_dir)
-    config = TrainConfig(rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3)
+    config = TrainConfig(rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, layers=layers)
     _, on_cpu = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     gpu = dataclasses.replace(config, device="cuda")
     model, on_gpu = train_lora(tiny_model_dir, new, replay, gpu, pad_id=pad_id)
