@@ -21,6 +21,7 @@ from selftune.training.trainer import (
     train_lora,
     warm_replay,
 )
+from tests.conftest import TINY_SHAPE
 
 
 def _chat(question: str, answer: str) -> list[dict[str, str]]:
@@ -35,13 +36,8 @@ def qwen2_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
+        **TINY_SHAPE,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(99)
