@@ -169,9 +169,9 @@ class WeightCounts:
         (``selftune.training.frozen_layers``) and runs them for examples not seen before.
         """
         frozen = positions if frozen_positions is None else frozen_positions
-        per_position = 2 * self.body_backward + 2 * self.body_backward + 6 * self.lora
-        below = 2 * (self.body - self.body_backward)
-        return positions * per_position + frozen * below + head_positions * 4 * self.head
+        above = 4 * self.body_backward + 6 * self.lora  # forward and backward
+        below = 2 * (self.body - self.body_backward)  # forward only
+        return positions * above + frozen * below + head_positions * 4 * self.head
 
 
 def _layer_index(module_name: str) -> int | None:

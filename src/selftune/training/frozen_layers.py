@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,8 +70,8 @@ def run_layers(
 class FrozenLayers:
     """Each example's hidden states after the frozen layers, computed once and kept.
 
-    Kept states belong to one base model, precision, device and split (:meth:`key`); asking
-    with another key drops them all.
+    Kept states belong to one base setup (model, precision, device) and split (:meth:`key`);
+    asking with another key drops them all.
     """
 
     def __init__(self, max_bytes: int = _MAX_BYTES) -> None:
@@ -83,9 +82,8 @@ class FrozenLayers:
         self.computed_positions = 0  # positions run through the frozen layers, all told
 
     @staticmethod
-    def key(base_dir: Path, split: int, precision: str, device: str) -> str:
-        text = f"{base_dir.resolve()}|{split}|{precision}|{device}"
-        return hashlib.sha256(text.encode()).hexdigest()
+    def key(base_setup: str, split: int) -> str:
+        return hashlib.sha256(f"{base_setup}|{split}".encode()).hexdigest()
 
     def hidden(
         self,

@@ -239,8 +239,7 @@ class ReplayReference:
 
     @staticmethod
     def key(base_dir: Path, replay: Sequence[TokenizedExample], config: TrainConfig) -> str:
-        digest = hashlib.sha256(f"{base_dir.resolve()}|{config.bf16}|{config.device}|".encode())
-        digest.update(f"{config.quantize_base}".encode())
+        digest = hashlib.sha256(_base_setup(base_dir, config).encode())
         for example in replay:
             digest.update(repr((example.input_ids, example.labels)).encode())
         return digest.hexdigest()
@@ -277,6 +276,12 @@ def warm_replay(
     _keep_frozen_states(model, base_dir, replay, config, frozen)
 
 
+def _base_setup(base_dir: Path, config: TrainConfig) -> str:
+    """What the frozen base's outputs depend on besides their inputs: the base, its precision
+    and device. What is kept from one job to the next is kept for one setup."""
+    return f"{base_dir.resolve()}|{config.bf16}|{config.device}|{config.quantize_base}"
+
+
 def _keep_frozen_states(
     model: Any,
     base_dir: Path,
@@ -290,8 +295,7 @@ def _keep_frozen_states(
     split = split_layer(backbone, config.layers)
     if not split:
         return 0, ""
-    precision = f"bf16={config.bf16},nf4={config.quantize_base}"
-    key = FrozenLayers.key(base_dir, split, precision, config.device)
+    key = FrozenLayers.key(_base_setup(base_dir, config), split)
     with _autocast(config):
         frozen.fill(backbone, key, split, examples, _mask_dtype(model))
     return split, key
