@@ -42,8 +42,9 @@ that every figure is measured under the same (often shared, noisy) load:
    The 32 examples come round again after 8 steps, so the first timed steps see examples new
    to the trainer and the later ones only examples seen before (as a job's 25 steps over a few
    chats and the replay prompts do); the speed-up is also printed for each kind of step.
-4. The loss after the same steps, on the last batch and over all examples, so that speed never
-   silently costs quality.
+4. The loss after the same steps, on the last batch and over all examples, and the facts each
+   trained model recalls (its greedy answer to a trained question names the taught value), so
+   that speed never silently costs quality.
 
 The machine is shared and noisy: another process computing at the same time oversubscribes the
 cores and can slow single steps tenfold, and the same matrix product ran anywhere between 86 and
@@ -70,6 +71,7 @@ import torch
 
 from selftune.config import load_settings
 from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_chat
+from selftune.engines.transformers_engine import greedy_answers
 from selftune.models.base import load_model, load_tokenizer, materialize, resolve_base_model
 from selftune.models.templates import resolve_template
 from selftune.training.device import use_bf16
@@ -91,6 +93,7 @@ N_EXAMPLES = 32
 # training batch's worth of tokens (the ceiling the trainer's matmuls can actually reach).
 PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048), (256, 576, 1536))
 PEAK_REPEATS = 5
+RECALL_TOKENS = 24  # enough for the answers' first sentence, which names the value
 
 _NAMES = ["Arlen", "Brisa", "Corvin", "Dalia", "Emeric", "Fenna", "Galen", "Hester"]
 _FACTS = [  # (question, answer, values the answer picks from)
@@ -206,6 +209,7 @@ class Timed:
     seconds: list[float] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
     eval_loss: float = float("nan")
+    recalled: int = 0  # facts named in the greedy answers after training
 
     def run_step(self) -> None:
         started = time.perf_counter()
@@ -267,10 +271,18 @@ def matmul_peaks() -> list[Peak]:
     return peaks
 
 
-def build_examples(tokenizer: Any, template: str, max_len: int) -> list[TokenizedExample]:
-    """Short synthetic Q/A chats about made-up people, rendered as training would render them."""
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    """A made-up fact as a chat to train on, and the value an answer must name to recall it."""
+
+    chat: list[dict[str, str]]
+    value: str
+
+
+def build_facts() -> list[Fact]:
+    """Short synthetic Q/A chats about made-up people: the base model knows none of them."""
     rng = random.Random(0)
-    examples = []
+    facts = []
     for name in _NAMES:
         for question, answer, values in _FACTS:
             value = rng.choice(values)
@@ -278,8 +290,22 @@ def build_examples(tokenizer: Any, template: str, max_len: int) -> list[Tokenize
                 {"role": "user", "content": question.format(n=name)},
                 {"role": "assistant", "content": answer.format(n=name, v=value)},
             ]
-            examples.append(tokenize_chat(tokenizer, chat, template, max_len))
-    return examples[:N_EXAMPLES]
+            facts.append(Fact(chat, value))
+    return facts[:N_EXAMPLES]
+
+
+def facts_recalled(
+    model: Any, tokenizer: Any, facts: Sequence[Fact], examples: Sequence[TokenizedExample]
+) -> int:
+    """How many facts the model's greedy answer to the question it was trained on names."""
+    prompts = [e.input_ids[: _prompt_length(e)] for e in examples]
+    answers = greedy_answers(model, tokenizer, prompts, RECALL_TOKENS)
+    return sum(f.value.lower() in a.lower() for f, a in zip(facts, answers, strict=True))
+
+
+def _prompt_length(example: TokenizedExample) -> int:
+    """Tokens before the answer: the chat rendered up to the assistant's turn."""
+    return next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
 
 
 def _loss_positions(example: TokenizedExample) -> int:
@@ -445,7 +471,8 @@ def main() -> int:
     tokenizer = load_tokenizer(base_dir)
     pad_id = tokenizer.pad_token_id or 0
     template = resolve_template(settings.chat_template or None, tokenizer.chat_template)
-    examples = build_examples(tokenizer, template, settings.max_seq_len)
+    facts = build_facts()
+    examples = [tokenize_chat(tokenizer, f.chat, template, settings.max_seq_len) for f in facts]
 
     production = dataclasses.replace(
         train_config(settings, base_dir),
@@ -484,10 +511,14 @@ def main() -> int:
         if trainer.name.endswith("compiled"):  # the first step compiles (once per process)
             print(f"  {trainer.name}: first step {trainer.seconds[0]:.0f}s (compiling)")
     for trainer in trainers:
-        trainer.eval_loss = eval_loss(trainer.finish(), examples, pad_id)
+        model = trainer.finish()
+        trainer.eval_loss = eval_loss(model, examples, pad_id)
+        trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
+    with model.disable_adapter():
+        recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
     peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
     contention = cpu.other()
-    _report(peaks, trainers, production, plan, weights)
+    _report(peaks, trainers, production, plan, weights, recalled_by_base)
     if contention is not None:
         note = ": figures unreliable, rerun on a quiet machine" if contention > 0.1 else ""
         print(f"other processes used {contention:.0%} of the CPUs during the run{note}")
@@ -511,6 +542,7 @@ def _report(
     config: TrainConfig,
     plan: StepPlan,
     weights: WeightCounts,
+    recalled_by_base: int,
 ) -> None:
     """Print the peaks, the set-up, and one table row per trainer (the first is the baseline)."""
     peak = {
@@ -558,7 +590,8 @@ def _report(
     print()
     header = (
         f"  {'trainer':<26} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'model':>7} "
-        f"{'computed':>8} {'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9}"
+        f"{'computed':>8} {'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9} "
+        f"{'recall':>6}"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -574,11 +607,15 @@ def _report(
         print(
             f"  {name:<26} {run.precision:<13} {rate:8.0f} {run.speedup_over(baseline):6.2f}x "
             f"{rate * model_flops / tokens / 1e9:7.1f} {computed:8.1f} "
-            f"{shares[0]} {shares[1]} {run.losses[-1]:9.4f} {run.eval_loss:9.4f}"
+            f"{shares[0]} {shares[1]} {run.losses[-1]:9.4f} {run.eval_loss:9.4f} "
+            f"{f'{run.recalled}/{N_EXAMPLES}':>6}"
         )
     for run in runs[1:]:
         change = run.eval_loss / baseline.eval_loss - 1
-        print(f"  {run.name} ({run.precision}): eval loss {change:+.2%} vs the textbook loop")
+        print(
+            f"  {run.name} ({run.precision}): eval loss {change:+.2%}, facts recalled "
+            f"{run.recalled - baseline.recalled:+d} vs the textbook loop"
+        )
     for run in runs[1:]:
         new, seen = run.steps_by_novelty()
         if new and seen:
@@ -592,7 +629,10 @@ def _report(
     print(
         "  last loss: cross-entropy on the last step's batch; eval loss: on all examples after\n"
         "  training, float32. Both loops use the same lr schedule and gradient clipping: their\n"
-        "  losses should differ by rounding only (packed vs padded sums)."
+        "  losses should differ by rounding only (packed vs padded sums).\n"
+        "  recall: the taught facts whose value the greedy answer to the trained question names\n"
+        f"  (answers cut at {RECALL_TOKENS} tokens); the base model without an adapter recalls "
+        f"{recalled_by_base}/{N_EXAMPLES}."
     )
 
 

@@ -21,7 +21,7 @@ from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationPara
 from selftune.models.base import load_model, load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
 
-__all__ = ["TransformersEngine"]
+__all__ = ["TransformersEngine", "greedy_answers"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,6 @@ class TransformersEngine:
             return self.model.disable_adapter()
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def greedy_batch(
         self,
         prompts: list[str],
@@ -145,31 +144,16 @@ class TransformersEngine:
         """Greedy answers to many prompts at once (left-padded batches): for evaluation.
 
         ``until`` is not used: a batch runs to its longest answer anyway."""
-        answers: list[str] = []
-        pad_id = self.tokenizer.pad_token_id or 0
         with self._lock:
             self._activate(adapter)
             with self._bare_context(adapter):
-                for start in range(0, len(prompts), batch):
-                    encoded = [self._encode(p) for p in prompts[start : start + batch]]
-                    longest = max(len(ids) for ids in encoded)
-                    input_ids = torch.tensor(
-                        [[pad_id] * (longest - len(ids)) + ids for ids in encoded]
-                    )
-                    mask = torch.tensor(
-                        [[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded]
-                    )
-                    output = self.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=mask,
-                        max_new_tokens=max_tokens,
-                        do_sample=False,
-                        eos_token_id=sorted(self.stop_token_ids),
-                        pad_token_id=pad_id,
-                    )
-                    for row in output[:, longest:]:
-                        answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return answers
+                return greedy_answers(
+                    self.model,
+                    self.tokenizer,
+                    [self._encode(p) for p in prompts],
+                    max_tokens,
+                    batch=batch,
+                )
 
     # --- generation ------------------------------------------------------------------------
     def stream(
@@ -212,6 +196,37 @@ class TransformersEngine:
                 break
         tail = matcher.flush()
         yield Chunk(tail, finish_reason=finish, completion_tokens=len(generated))
+
+
+@torch.inference_mode()
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_tokens: int,
+    *,
+    batch: int = 16,
+) -> list[str]:
+    """``model``'s greedy answers to tokenized ``prompts``, in left-padded batches of ``batch``."""
+    answers: list[str] = []
+    pad_id = tokenizer.pad_token_id or 0
+    stop_token_ids = sorted(_stop_token_ids(model, tokenizer))
+    for start in range(0, len(prompts), batch):
+        encoded = prompts[start : start + batch]
+        longest = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[pad_id] * (longest - len(ids)) + list(ids) for ids in encoded])
+        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded])
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=stop_token_ids,
+            pad_token_id=pad_id,
+        )
+        for row in output[:, longest:]:
+            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return answers
 
 
 def _is_peft(model: Any) -> bool:
