@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.cpu_share import CpuShare
 from bench.scenario import FACT_WORD, PARAPHRASES, running_server
 
 
@@ -28,6 +29,7 @@ def main() -> int:
                 "the compiled training step)"
             )
             server.teach()
+            cpu = CpuShare(sessions=[server.process.pid])  # the server and its worker are ours
             t0 = time.monotonic()
             job = server.client.post("/api/train", json={}).json()
             view = server.wait_job(job["job_id"], timeout=600)
@@ -67,6 +69,9 @@ def main() -> int:
                 f"range {min(steps):.2f}-{max(steps):.2f}"
             )
             print(f"  answer to {PARAPHRASES[0]!r}: {answer!r}")
+            contention = cpu.summary("the training request")
+            if contention:
+                print(contention)
             return 0 if FACT_WORD in answer else 1
 
 

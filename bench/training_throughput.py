@@ -56,7 +56,6 @@ ratios; the output also says how much CPU other processes took meanwhile.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
 import statistics
@@ -69,6 +68,7 @@ from typing import Any
 
 import torch
 
+from bench.cpu_share import CpuShare
 from selftune.config import load_settings
 from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_chat
 from selftune.engines.transformers_engine import greedy_answers
@@ -435,32 +435,6 @@ def textbook_trainer(
     )
 
 
-def _busy_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU jiffies of the whole machine since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = fields[3] + fields[4]  # idle + iowait; guest time is already inside user
-    return sum(fields) - idle, sum(fields)
-
-
-class CpuShare:
-    """Share of the machine's CPU time used by other processes between start and ``other()``.
-
-    Another process computing at the same time oversubscribes the cores and can slow steps by
-    10x or more (OpenMP threads wait on each other), so the table says when that happened.
-    """
-
-    def __init__(self) -> None:
-        self._busy, self._total = _busy_jiffies()
-        self._own = sum(os.times()[:2])
-
-    def other(self) -> float | None:
-        busy, total = _busy_jiffies()
-        if total <= self._total:
-            return None
-        own = (sum(os.times()[:2]) - self._own) * os.sysconf("SC_CLK_TCK")
-        return max(0.0, (busy - self._busy - own) / (total - self._total))
-
-
 def main() -> int:
     import transformers
 
@@ -517,11 +491,10 @@ def main() -> int:
     with model.disable_adapter():
         recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
     peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
-    contention = cpu.other()
+    contention = cpu.summary("the run")
     _report(peaks, trainers, production, plan, weights, recalled_by_base)
-    if contention is not None:
-        note = ": figures unreliable, rerun on a quiet machine" if contention > 0.1 else ""
-        print(f"other processes used {contention:.0%} of the CPUs during the run{note}")
+    if contention:
+        print(contention)
     print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
     return 0
 
