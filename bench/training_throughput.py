@@ -91,7 +91,8 @@ TIMED_STEPS = 16
 N_EXAMPLES = 32
 # (m, k, n): the model's MLP shape at 2048 tokens, a large square one, and the MLP shape at one
 # training batch's worth of tokens (the ceiling the trainer's matmuls can actually reach).
-PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048), (256, 576, 1536))
+BATCH_SHAPE = (256, 576, 1536)
+PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048), BATCH_SHAPE)
 PEAK_REPEATS = 5
 RECALL_TOKENS = 24  # enough for the answers' first sentence, which names the value
 
@@ -257,18 +258,21 @@ def matmul_peaks() -> list[Peak]:
     bfloat16 is measured only where the CPU computes it natively: torch emulates it elsewhere, at
     about 1 GFLOP/s (the 2048^3 product alone took minutes on an AVX2-only EPYC).
     """
-    peaks = []
-    for dtype in (torch.float32, torch.bfloat16) if use_bf16("auto") else (torch.float32,):
-        for m, k, n in PEAK_SHAPES:
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel
-            best = float("inf")
-            for _ in range(PEAK_REPEATS):
-                started = time.perf_counter()
-                torch.matmul(a, b)
-                best = min(best, time.perf_counter() - started)
-            peaks.append(Peak(dtype, (m, k, n), 2 * m * k * n / best / 1e9))
-    return peaks
+    dtypes = (torch.float32, torch.bfloat16) if use_bf16("auto") else (torch.float32,)
+    return [matmul_peak(shape, dtype) for dtype in dtypes for shape in PEAK_SHAPES]
+
+
+def matmul_peak(shape: tuple[int, int, int], dtype: torch.dtype) -> Peak:
+    """The best of ``PEAK_REPEATS`` timed ``torch.matmul`` calls of ``shape`` (m, k, n)."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel
+    best = float("inf")
+    for _ in range(PEAK_REPEATS):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return Peak(dtype, shape, 2 * m * k * n / best / 1e9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,7 +492,7 @@ def main() -> int:
         model = trainer.finish()
         trainer.eval_loss = eval_loss(model, examples, pad_id)
         trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
-    with model.disable_adapter():
+    with model.disable_adapter():  # the base: the last trained model, its adapter off
         recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
     peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
     contention = cpu.summary("the run")
