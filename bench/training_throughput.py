@@ -70,7 +70,12 @@ import torch
 
 from bench.cpu_share import CpuShare
 from selftune.config import load_settings
-from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_chat
+from selftune.data.tokenize import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    first_answer_tokens,
+    tokenize_chat,
+)
 from selftune.engines.transformers_engine import greedy_answers
 from selftune.models.base import load_model, load_tokenizer, materialize, resolve_base_model
 from selftune.models.templates import resolve_template
@@ -302,14 +307,13 @@ def facts_recalled(
     model: Any, tokenizer: Any, facts: Sequence[Fact], examples: Sequence[TokenizedExample]
 ) -> int:
     """How many facts the model's greedy answer to the question it was trained on names."""
-    prompts = [e.input_ids[: _prompt_length(e)] for e in examples]
-    answers = greedy_answers(model, tokenizer, prompts, RECALL_TOKENS)
+    answers = greedy_answers(model, tokenizer, [_question(e) for e in examples], RECALL_TOKENS)
     return sum(f.value.lower() in a.lower() for f, a in zip(facts, answers, strict=True))
 
 
-def _prompt_length(example: TokenizedExample) -> int:
-    """Tokens before the answer: the chat rendered up to the assistant's turn."""
-    return next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+def _question(example: TokenizedExample) -> list[int]:
+    """The example's tokens before its answer: the chat rendered up to the assistant's turn."""
+    return first_answer_tokens(example, 0).input_ids
 
 
 def _loss_positions(example: TokenizedExample) -> int:

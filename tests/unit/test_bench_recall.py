@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.training_throughput import _prompt_length, build_facts, facts_recalled
+from bench.training_throughput import _question, build_facts, facts_recalled
 from selftune.data.tokenize import tokenize_chat
 from selftune.models.base import load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
@@ -21,7 +21,7 @@ def test_recall_counts_the_facts_a_trained_model_answers_with(tiny_model_dir: Pa
     pad_id = tokenizer.pad_token_id or 0
     for fact, example in zip(facts, examples, strict=True):  # asked as a user would ask
         asked = render_chat(tokenizer, fact.chat[:-1], template, add_generation_prompt=True)
-        assert tokenizer.decode(example.input_ids[: _prompt_length(example)]) == asked
+        assert tokenizer.decode(_question(example)) == asked
     config = TrainConfig(
         rank=8, alpha=16, learning_rate=1e-2, steps=30, batch_size=2, replay_per_step=0,
         warmup_steps=0, seed=0,
