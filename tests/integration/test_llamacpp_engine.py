@@ -204,6 +204,27 @@ def test_an_answer_can_end_once_its_test_holds(
         engine.greedy_batch(prompts, 24, versions[0], until=[None])
 
 
+@pytest.mark.parametrize("context_length", [256, 2048])
+def test_answers_decoded_together_are_each_prompt_s_own(
+    tiny_gguf: Path, tiny_model_dir: Path, versions: list[AdapterRef], context_length: int
+) -> None:
+    """``greedy_batch`` decodes prompts together, as sequences of one batch, in groups of at
+    most 8 that fit the context (2048: 8 then 4; 256: a few at a time). Each answer must be
+    the one the prompt gets alone, and serving afterwards must be unaffected."""
+    engine = LlamaCppEngine(
+        tiny_gguf, tiny_model_dir, context_length=context_length, threads=1, f32_kv_cache=True
+    )
+    questions = [f"{question} ({i})" for i, question in enumerate(QUESTIONS * 3)]
+    prompts = [engine.render_chat([{"role": "user", "content": q}]) for q in questions]
+    assert sum(len(engine.tokenize(p)) + 24 for p in prompts) > 256  # no single group fits
+    for adapter in versions:  # (the bare tiny model answers blank lines only)
+        alone = [_text(engine, prompt, adapter).strip() for prompt in prompts]
+        assert len(set(alone)) > 1
+        assert engine.greedy_batch(prompts, 24, adapter) == alone
+        assert [_text(engine, prompt, adapter).strip() for prompt in prompts[:2]] == alone[:2]
+    engine.close()
+
+
 def test_concurrent_requests_each_keep_their_adapter(
     engine: LlamaCppEngine, versions: list[AdapterRef]
 ) -> None:

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 # Adapters kept loaded; older ones are loaded from disk again if a request names them.
 _MAX_LOADED_ADAPTERS = 8
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
+# Sequences a context decodes together (evaluation's greedy answers); serving uses one.
+_SEQUENCES = 8
 T = TypeVar("T")
 
 
@@ -313,29 +315,67 @@ class LlamaCppEngine:
         prompts: list[str],
         max_tokens: int,
         adapter: AdapterRef | None,
-        batch: int = 16,
+        batch: int = _SEQUENCES,
         until: Sequence[Callable[[str], bool]] | None = None,
     ) -> list[str]:
-        """Greedy answers to many prompts, as served (the same path as ``stream``); an answer
-        ends early once its ``until`` test holds."""
-        params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+        """Greedy answers to many prompts, up to ``batch`` decoded together as sequences of one
+        batch (one pass over the weights per token for all of them); an answer ends early once
+        its ``until`` test holds.
+
+        Decoding together is what makes evaluation cheap on a CPU, where a step of one
+        sequence costs nearly as much as a step of several: on 2 cores, the default model
+        answered the 52 probe prompts (32 tokens) in 9.0 s together against 22.3 s one after
+        another, and a gate's 8 retention questions in 0.84 s against 1.86 s. The answers are
+        the ones served, one at a time, but for near-ties that rounding decides, since a
+        batch's arithmetic runs in another order: 1 of those 52 went on past the end of turn
+        that one at a time chose.
+        """
         tests = list(until) if until is not None else [None] * len(prompts)
         if len(tests) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(tests)} 'until' tests")
-
-        def answer(prompt: str, done: Callable[[str], bool] | None) -> str:
-            self._use(self._ctx, adapter)
-            text = ""
-            with contextlib.closing(self._generate(self.tokenize(prompt), params)) as chunks:
-                for chunk in chunks:
-                    text += chunk.text
-                    if done is not None and done(text):
-                        break
-            return text.strip()
-
-        return self.on_compute_thread(
-            lambda: [answer(prompt, done) for prompt, done in zip(prompts, tests, strict=True)]
+        bos = int(self.lib.llama_vocab_bos(self._vocab))
+        encoded = [self.tokenize(prompt) or [bos] for prompt in prompts]
+        groups = _fitting_groups(
+            [len(ids) + max_tokens for ids in encoded], min(batch, _SEQUENCES), self.context_length
         )
+
+        def answer_all() -> list[str]:
+            self._use(self._ctx, adapter)
+            answers: list[str] = []
+            for group in groups:
+                answers += self._greedy_together(encoded[group], max_tokens, tests[group])
+            return answers
+
+        return self.on_compute_thread(answer_all)
+
+    def _greedy_together(
+        self,
+        prompts: list[list[int]],
+        max_tokens: int,
+        tests: Sequence[Callable[[str], bool] | None],
+    ) -> list[str]:
+        """Greedy answers to ``prompts``, each its own sequence in one llama.cpp batch."""
+        ctx = self._ctx
+        answers = [_Answer(len(ids)) for ids in prompts]
+        try:
+            logits = ctx.prefill_sequences(prompts)
+            live = list(range(len(prompts))) if max_tokens > 0 else []
+            while live:
+                picked = logits.argmax(axis=1)  # greedy: llama.cpp's greedy sampler is argmax
+                still = []
+                for seq, token in zip(live, picked.tolist(), strict=True):
+                    answer, test = answers[seq], tests[seq]
+                    if self.is_end_of_generation(token):
+                        continue
+                    answer.add(token, self.piece(token))
+                    if len(answer.tokens) < max_tokens and not (test and test(answer.text)):
+                        still.append(seq)
+                live = still
+                if live:
+                    logits = ctx.decode_next([(seq, *answers[seq].next_token) for seq in live])
+        finally:
+            ctx.end_sequences(len(prompts))
+        return [answer.finish() for answer in answers]
 
     def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
         """Mean loss per answer token of tokenized examples (``input_ids``/``labels``)."""
@@ -391,6 +431,21 @@ class LlamaCppEngine:
         return [self._embed_ctx.pooled_embedding(ids) for ids in encoded]
 
 
+def _fitting_groups(sizes: list[int], most: int, room: int) -> list[slice]:
+    """Consecutive groups of at most ``most`` items whose ``sizes`` (cells of the KV cache)
+    add up to at most ``room``; an item larger than ``room`` alone in its group."""
+    groups: list[slice] = []
+    start, used = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start == most or used + size > room):
+            groups.append(slice(start, i))
+            start, used = i, 0
+        used += size
+    if sizes:
+        groups.append(slice(start, len(sizes)))
+    return groups
+
+
 class _CallerThread(Executor):
     """Runs each submitted call at once in the submitting thread (see ``own_thread``)."""
 
@@ -433,8 +488,37 @@ def gguf_weights(path: Path) -> GgufWeights:
         lib.llama_model_free(model)
 
 
+@dataclasses.dataclass
+class _Answer:
+    """One greedy answer being decoded: its tokens and its text so far."""
+
+    prompt_length: int
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    _decoder: Any = dataclasses.field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+    def add(self, token: int, piece: bytes) -> None:
+        self.tokens.append(token)
+        self.text += self._decoder.decode(piece)
+
+    @property
+    def next_token(self) -> tuple[int, int]:
+        """(position, token) of the last token, to be appended to the sequence's cache."""
+        return self.prompt_length + len(self.tokens) - 1, self.tokens[-1]
+
+    def finish(self) -> str:
+        return (self.text + self._decoder.decode(b"", final=True)).strip()
+
+
 class _Context:
-    """One llama.cpp context with a reusable batch, and the tokens its KV cache holds."""
+    """One llama.cpp context with a reusable batch, and the tokens its KV cache holds.
+
+    Serving uses sequence 0 only; evaluation decodes several sequences together
+    (:meth:`prefill_sequences`). The KV cache is unified: all sequences share its ``n_ctx``
+    cells, so one sequence alone can still use the whole context.
+    """
 
     def __init__(self, engine: LlamaCppEngine, *, n_ctx: int, embeddings: bool) -> None:
         lib = self.lib = engine.lib
@@ -445,6 +529,9 @@ class _Context:
         params.n_batch = n_ctx if embeddings else min(n_ctx, 512)
         params.n_ubatch = params.n_batch if embeddings else min(n_ctx, 512)
         params.n_threads = params.n_threads_batch = engine.threads
+        if not embeddings:
+            params.n_seq_max = _SEQUENCES
+            params.kv_unified = True
         params.embeddings = embeddings
         if embeddings:
             params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
@@ -459,7 +546,8 @@ class _Context:
         self.n_batch = int(params.n_batch)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self.memory = lib.llama_get_memory(self.ctx)
-        self.cached: list[int] = []  # tokens whose keys and values the cache holds
+        self.cached: list[int] = []  # tokens whose keys and values sequence 0 holds
+        self.shared_prefix = 0  # of the sequences of prefill_sequences
         self.adapter_handle: Any = None
         self.adapter_scale = 1.0
 
@@ -524,43 +612,92 @@ class _Context:
         n_embd = self.lib.llama_model_n_embd(self.lib.llama_get_model(self.ctx))
         return list(np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(float))
 
-    def _decode(self, ids: list[int], output_positions: list[int] | None) -> np.ndarray:
-        """Append ``ids`` to the cache in batches. Returns the logits of ``output_positions``
-        (indices into ``ids``), or computes only the last position's when it is None."""
-        wanted = set(output_positions or ())
-        rows: list[np.ndarray] = []
-        for start in range(0, len(ids), self.n_batch):
-            chunk = ids[start : start + self.n_batch]
-            last_chunk = start + self.n_batch >= len(ids)
-            flags = [
-                (start + i) in wanted if output_positions is not None else False
-                for i in range(len(chunk))
+    def prefill_sequences(self, prompts: list[list[int]]) -> np.ndarray:
+        """Evaluate each prompt as its own sequence (0, 1, ...), for :meth:`decode_next`.
+
+        Their shared prefix (the system prompt) is evaluated once, or kept from the cache,
+        and shared by all. Returns each prompt's next-token logits: (len(prompts), n_vocab).
+        """
+        last = [len(ids) - 1 for ids in prompts]
+        # Each prompt's last token is evaluated in its own sequence: its logits are wanted.
+        shared = min(_common_prefix(prompts), *last)
+        first = prompts[0]
+        kept = self._reuse_prefix(first, shared)
+        self._decode_entries([(0, pos, first[pos], False) for pos in range(kept, shared)])
+        self.shared_prefix = shared
+        for seq in range(1, len(prompts)):
+            self.lib.llama_memory_seq_cp(self.memory, 0, seq, -1, -1)
+        return self._decode_entries(
+            [
+                (seq, pos, ids[pos], pos == last[seq])
+                for seq, ids in enumerate(prompts)
+                for pos in range(shared, len(ids))
             ]
-            if output_positions is None and last_chunk:
-                flags[-1] = True
-            self._fill(chunk, len(self.cached), flags)
+        )
+
+    def decode_next(self, tokens: list[tuple[int, int, int]]) -> np.ndarray:
+        """Append one token to each of several sequences: (sequence, position, token) each.
+        Returns their next-token logits, in the same order."""
+        return self._decode_entries([(seq, pos, token, True) for seq, pos, token in tokens])
+
+    def end_sequences(self, count: int) -> None:
+        """Drop sequences 1 to ``count - 1``, and sequence 0's tokens after the shared prefix
+        of :meth:`prefill_sequences`, which later requests may reuse."""
+        for seq in range(1, count):
+            self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        self.forget(self.shared_prefix)
+
+    def _decode(self, ids: list[int], output_positions: list[int] | None) -> np.ndarray:
+        """Append ``ids`` to sequence 0. Returns the logits of ``output_positions`` (indices
+        into ``ids``), or computes only the last position's when it is None."""
+        first = len(self.cached)
+        wanted = set(output_positions or ())
+        if output_positions is None and ids:
+            wanted = {len(ids) - 1}
+        logits = self._decode_entries(
+            [(0, first + i, token, i in wanted) for i, token in enumerate(ids)]
+        )
+        return logits if output_positions is not None else logits[:0]
+
+    def _decode_entries(self, entries: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """Evaluate (sequence, position, token, wants logits) entries in batches of
+        ``n_batch``. Returns the logits of the entries that want them, in order."""
+        rows: list[np.ndarray] = []
+        for start in range(0, len(entries), self.n_batch):
+            chunk = entries[start : start + self.n_batch]
+            self._fill(chunk)
             status = self.lib.llama_decode(self.ctx, self.batch)
             if status != 0:
                 self.forget()
                 raise EngineError(f"llama.cpp could not evaluate the prompt (status {status})")
-            self.cached.extend(chunk)
-            n_out = sum(flags)
-            if output_positions is not None and n_out:
+            self.cached.extend(token for seq, _, token, _ in chunk if seq == 0)
+            n_out = sum(wants for *_, wants in chunk)
+            if n_out:
                 pointer = self.lib.llama_get_logits(self.ctx)
                 rows.append(np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy())
         if not rows:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         return np.concatenate(rows)
 
-    def _fill(self, tokens: list[int], first_pos: int, flags: list[bool]) -> None:
+    def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
         batch = self.batch
-        batch.n_tokens = len(tokens)
-        for i, token in enumerate(tokens):
+        batch.n_tokens = len(entries)
+        for i, (seq, pos, token, wants_logits) in enumerate(entries):
             batch.token[i] = token
-            batch.pos[i] = first_pos + i
+            batch.pos[i] = pos
             batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = flags[i]
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = wants_logits
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """How many leading tokens all ``sequences`` share."""
+    length = 0
+    for column in zip(*sequences, strict=False):
+        if len(set(column)) > 1:
+            break
+        length += 1
+    return length
 
 
 class _Sampler:
