@@ -53,14 +53,19 @@ def generate_answers(
     adapter: Any,
     max_tokens: int,
     until: Sequence[Callable[[str], bool]] | None = None,
+    *,
+    one_at_a_time: bool = False,
 ) -> list[str]:
     """Greedy answers of ``engine`` (the base if ``adapter`` is None) to prompts or chats;
-    ``until``: see ``EvaluatingEngine.greedy_batch``."""
+    ``until``: see ``EvaluatingEngine.greedy_batch``. ``one_at_a_time`` answers each prompt
+    alone, exactly as served, rather than several decoded together (faster; near-ties that
+    rounding decides may go the other way)."""
     texts = [
         engine.render_chat([{"role": "user", "content": p}] if isinstance(p, str) else p)
         for p in prompts
     ]
-    answers: list[str] = engine.greedy_batch(texts, max_tokens, adapter, until=until)
+    batch = {"batch": 1} if one_at_a_time else {}
+    answers: list[str] = engine.greedy_batch(texts, max_tokens, adapter, until=until, **batch)
     return answers
 
 
@@ -73,7 +78,13 @@ def build_probe_set(engine: Any, cache_dir: Path, key: str) -> ProbeSet:
         cached = json.loads(path.read_text())
     else:
         questions = [item["prompt"] for item in probes["regression"]]
-        answers = generate_answers(engine, questions + probes["replay"], None, _ANSWER_TOKENS)
+        # The reference is what the base answers as served, one prompt at a time: decoded
+        # together, 1 of the 52 answers of the default model went on past its end of turn,
+        # and training on that replay set lost a known answer on 1 seed of 3 ("the capital of
+        # France", right by 0.23 logits). Once per base model, cached: 22 s on 2 cores.
+        answers = generate_answers(
+            engine, questions + probes["replay"], None, _ANSWER_TOKENS, one_at_a_time=True
+        )
         cached = {
             "regression": [
                 {**item, "base_answer": answer}
