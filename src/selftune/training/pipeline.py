@@ -220,6 +220,7 @@ def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
         steps=settings.train_steps,
         batch_size=settings.train_batch_size,
         replay_per_step=settings.replay_per_step,
+        replay_top_k=settings.replay_top_k,
         seed=settings.seed,
         bf16=use_bf16(settings.train_precision, device),
         device=device,
