@@ -623,7 +623,7 @@ class _Context:
         shared = min(_common_prefix(prompts), *last)
         first = prompts[0]
         kept = self._reuse_prefix(first, shared)
-        self._decode_entries([(0, pos, first[pos], False) for pos in range(kept, shared)])
+        self._decode(first[kept:shared], output_positions=[])
         self.shared_prefix = shared
         for seq in range(1, len(prompts)):
             self.lib.llama_memory_seq_cp(self.memory, 0, seq, -1, -1)
@@ -649,15 +649,12 @@ class _Context:
 
     def _decode(self, ids: list[int], output_positions: list[int] | None) -> np.ndarray:
         """Append ``ids`` to sequence 0. Returns the logits of ``output_positions`` (indices
-        into ``ids``), or computes only the last position's when it is None."""
+        into ``ids``); None: of the last position only, the one the next token is picked at."""
         first = len(self.cached)
-        wanted = set(output_positions or ())
-        if output_positions is None and ids:
-            wanted = {len(ids) - 1}
-        logits = self._decode_entries(
+        wanted = {len(ids) - 1} if output_positions is None else set(output_positions)
+        return self._decode_entries(
             [(0, first + i, token, i in wanted) for i, token in enumerate(ids)]
         )
-        return logits if output_positions is not None else logits[:0]
 
     def _decode_entries(self, entries: list[tuple[int, int, int, bool]]) -> np.ndarray:
         """Evaluate (sequence, position, token, wants logits) entries in batches of
