@@ -46,6 +46,11 @@ that every figure is measured under the same (often shared, noisy) load:
    trained model recalls (its greedy answer to a trained question names the taught value), so
    that speed never silently costs quality.
 
+On a CUDA GPU (``train_device = 'auto'`` finds it) the same runs take place there: the peaks
+include an 8192^3 product (a GPU reaches its peak only on large ones), the compiled variant is
+added (production compiles on CPUs only), and so is an NF4 base where bitsandbytes is installed.
+``bench/gpu_check.sh`` runs it on a lent GPU machine, on a model of the default model's shape.
+
 The machine is shared and noisy: another process computing at the same time oversubscribes the
 cores and can slow single steps tenfold, and the same matrix product ran anywhere between 86 and
 153 GFLOP/s within seconds on a shared 2-core VM. So the trainers run step by step in turn on
@@ -63,6 +68,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +104,8 @@ N_EXAMPLES = 32
 # training batch's worth of tokens (the ceiling the trainer's matmuls can actually reach).
 BATCH_SHAPE = (256, 576, 1536)
 PEAK_SHAPES = ((2048, 576, 1536), (2048, 2048, 2048), BATCH_SHAPE)
+# A GPU reaches its peak only on products far larger than the model's.
+GPU_PEAK_SHAPES = (*PEAK_SHAPES, (8192, 8192, 8192))
 PEAK_REPEATS = 5
 RECALL_TOKENS = 24  # enough for the answers' first sentence, which names the value
 
@@ -255,29 +263,38 @@ class Timed:
         return new, [i for i in timed if not self.frozen_positions[i]]
 
 
-def matmul_peaks() -> list[Peak]:
+def matmul_peaks(device: str = "cpu") -> list[Peak]:
     """Best-of-N ``torch.matmul`` GFLOP/s per dtype and shape: the ceiling training can reach.
 
     Measured again between and after the training rounds, keeping the best: a burst from another
     process during one measurement would otherwise understate the peak and flatter the trainers.
-    bfloat16 is measured only where the CPU computes it natively: torch emulates it elsewhere, at
-    about 1 GFLOP/s (the 2048^3 product alone took minutes on an AVX2-only EPYC).
+    bfloat16 is measured only where the device computes it natively: torch emulates it on CPUs
+    without it, at about 1 GFLOP/s (the 2048^3 product alone took minutes on an AVX2-only EPYC).
     """
-    dtypes = (torch.float32, torch.bfloat16) if use_bf16("auto") else (torch.float32,)
-    return [matmul_peak(shape, dtype) for dtype in dtypes for shape in PEAK_SHAPES]
+    dtypes = (torch.float32, torch.bfloat16) if use_bf16("auto", device) else (torch.float32,)
+    shapes = GPU_PEAK_SHAPES if device == "cuda" else PEAK_SHAPES
+    return [matmul_peak(shape, dtype, device) for dtype in dtypes for shape in shapes]
 
 
-def matmul_peak(shape: tuple[int, int, int], dtype: torch.dtype) -> Peak:
+def matmul_peak(shape: tuple[int, int, int], dtype: torch.dtype, device: str = "cpu") -> Peak:
     """The best of ``PEAK_REPEATS`` timed ``torch.matmul`` calls of ``shape`` (m, k, n)."""
     m, k, n = shape
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    b = torch.randn(k, n, dtype=dtype, device=device)
+    torch.matmul(a, b)  # warm-up: oneDNN or cuBLAS picks and caches its kernel
     best = float("inf")
     for _ in range(PEAK_REPEATS):
+        _synchronize(device)
         started = time.perf_counter()
         torch.matmul(a, b)
+        _synchronize(device)  # a GPU returns before it has computed
         best = min(best, time.perf_counter() - started)
     return Peak(dtype, shape, 2 * m * k * n / best / 1e9)
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +344,7 @@ def eval_loss(model: Any, examples: Sequence[TokenizedExample], pad_id: int) -> 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), 8):
-        inputs = collate(examples[start : start + 8], pad_id)
+        inputs = _to(collate(examples[start : start + 8], pad_id), model.device)
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         logits = logits.logits[:, :-1].float()
         labels = inputs["labels"][:, 1:]
@@ -341,6 +358,10 @@ def eval_loss(model: Any, examples: Sequence[TokenizedExample], pad_id: int) -> 
         )
         count += int((labels != IGNORE_INDEX).sum())
     return total / count
+
+
+def _to(batch: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 def plan_steps(examples: Sequence[TokenizedExample], config: TrainConfig, pad_id: int) -> StepPlan:
@@ -388,7 +409,7 @@ def selftune_trainer(
         return model
 
     return Timed(
-        "train_lora compiled" if config.compile else "train_lora",
+        "train_lora" + (" nf4" if config.quantize_base else "") + (" compiled" * config.compile),
         "bf16 autocast" if config.bf16 else "float32",
         step,
         finish,
@@ -416,7 +437,8 @@ def textbook_trainer(
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)  # as train_lora does before loading: same adapter init
-    model = get_peft_model(load_model(base_dir), LoraConfig(**trainer_lora_fields(config)))
+    base = load_model(base_dir).to(config.device)
+    model = get_peft_model(base, LoraConfig(**trainer_lora_fields(config)))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -426,7 +448,7 @@ def textbook_trainer(
         index, ids = next(batches)
         for group in opt.param_groups:
             group["lr"] = trainer_lr_at(index, config)
-        batch = collate([examples[i] for i in ids], pad_id)
+        batch = _to(collate([examples[i] for i in ids], pad_id), config.device)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -467,22 +489,31 @@ def main() -> int:
     plan = plan_steps(examples, production, pad_id)
     weights = WeightCounts.of(load_model(base_dir), production)
 
-    print(f"training throughput (base model {base_dir.name}, {torch.get_num_threads()} threads)")
+    device = production.device
+    print(
+        f"training throughput (base model {base_dir.name}, {_device_text(device)}, "
+        f"{torch.get_num_threads()} CPU threads)"
+    )
     cpu = CpuShare()
     started = time.perf_counter()
-    peaks = matmul_peaks()
+    peaks = matmul_peaks(device)
     print(f"  matmul peaks {time.perf_counter() - started:.0f}s", flush=True)
     arguments = (base_dir, examples, production, plan, weights, pad_id)
     trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
-    if use_bf16("auto"):
+    if use_bf16("auto", device):
         trainers.append(selftune_trainer(base_dir, examples, other, plan, weights, pad_id))
     else:
         # Without native bf16 (AVX-512 BF16 or AMX) torch emulates it: a step takes 20-30x
         # longer (33 s instead of 1.3 s measured on an AVX2-only EPYC), so the run is skipped.
-        print("  this CPU has no native bf16: the bf16 trainer run is skipped", flush=True)
-    if production.compile:  # what compiling buys, measured alongside
-        uncompiled = dataclasses.replace(production, compile=False)
-        trainers.append(selftune_trainer(base_dir, examples, uncompiled, plan, weights, pad_id))
+        print(f"  {device} has no native bf16: the bf16 trainer run is skipped", flush=True)
+    # What compiling buys, measured alongside: on a CPU with a C++ compiler production compiles,
+    # on a GPU it does not until this says it pays (train_compile = 'auto').
+    if production.compile or device == "cuda":
+        toggled = dataclasses.replace(production, compile=not production.compile)
+        trainers.append(selftune_trainer(base_dir, examples, toggled, plan, weights, pad_id))
+    if device == "cuda" and not production.quantize_base and find_spec("bitsandbytes"):
+        nf4 = dataclasses.replace(production, quantize_base=True)
+        trainers.append(selftune_trainer(base_dir, examples, nf4, plan, weights, pad_id))
     started = time.perf_counter()
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         # Step by step, the order turning each time: both sides of a pair see the same load.
@@ -498,13 +529,19 @@ def main() -> int:
         trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
     with model.disable_adapter():  # the base: the last trained model, its adapter off
         recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
-    peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(), strict=True)]
+    peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(device), strict=True)]
     contention = cpu.summary("the run")
     _report(peaks, trainers, production, plan, weights, recalled_by_base)
     if contention:
         print(contention)
     print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
     return 0
+
+
+def _device_text(device: str) -> str:
+    if device == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"CPU, torch {torch.__version__}"
 
 
 def _layers_text(layers: Sequence[int]) -> str:
@@ -539,7 +576,7 @@ def _report(
         dtype = str(p.dtype).removeprefix("torch.")
         print(f"  {dtype:<9} {f'{m}x{k} @ {k}x{n}':<22} {p.gflops:7.1f} GFLOP/s")
     if peak[torch.bfloat16] is None:
-        print("  bfloat16: not measured, this CPU has no native bf16 (torch emulates it)")
+        print("  bfloat16: not measured, this device has no native bf16 (torch emulates it)")
     timed = slice(WARMUP_STEPS, None)
     tokens = sum(plan.tokens[timed])
     pairs = zip(plan.tokens[timed], plan.loss_positions[timed], strict=True)

@@ -214,8 +214,10 @@ def greedy_answers(
     for start in range(0, len(prompts), batch):
         encoded = prompts[start : start + batch]
         longest = max(len(ids) for ids in encoded)
-        input_ids = torch.tensor([[pad_id] * (longest - len(ids)) + list(ids) for ids in encoded])
-        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded])
+        rows = [[pad_id] * (longest - len(ids)) + list(ids) for ids in encoded]
+        masks = [[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded]
+        input_ids = torch.tensor(rows, device=model.device)  # where the model is: CPU or GPU
+        mask = torch.tensor(masks, device=model.device)
         output = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
