@@ -32,8 +32,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from selftune.models.base import default_gguf_path
 
-    gguf = default_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A saved copy of that tokenizer, where the 98 MB GGUF cannot go (a GPU machine that is
+    # sent the working tree alone: see bench/device_kit.py).
+    saved = os.environ.get("SELFTUNE_TEST_TOKENIZER")
+    if saved:
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+    else:
+        gguf = default_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         num_hidden_layers=2,

@@ -6,6 +6,7 @@ Skipped where PyTorch sees no GPU (the CPU build of torch, or no device).
 from __future__ import annotations
 
 import dataclasses
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -61,4 +62,37 @@ def test_bf16_on_the_gpu_learns(tiny_model_dir: Path) -> None:
         rank=4, alpha=8, learning_rate=1e-2, steps=8, batch_size=3, device="cuda", bf16=True
     )
     _, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    assert result.new_losses[-1] < result.new_losses[0]
+
+
+def test_compiled_layers_on_the_gpu_train_to_the_same_losses(tiny_model_dir: Path) -> None:
+    """``train_compile = 'on'`` on a GPU: inductor's Triton kernels, the same numbers."""
+    new, replay, pad_id = _examples(tiny_model_dir)
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, layers=(1,), device="cuda"
+    )
+    _, eager = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    compiled_config = dataclasses.replace(config, compile=True)
+    _, compiled = train_lora(tiny_model_dir, new, replay, compiled_config, pad_id=pad_id)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
+
+
+@pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="needs bitsandbytes (.[gpu])")
+@pytest.mark.parametrize("layers", [(), (1,)])
+def test_a_4_bit_base_on_the_gpu_learns(tiny_model_dir: Path, layers: tuple[int, ...]) -> None:
+    new, replay, pad_id = _examples(tiny_model_dir)
+    config = TrainConfig(
+        rank=4,
+        alpha=8,
+        learning_rate=1e-2,
+        steps=8,
+        batch_size=3,
+        layers=layers,
+        device="cuda",
+        bf16=use_bf16("auto", "cuda"),
+        quantize_base=True,
+    )
+    model, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    frozen = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert frozen, "the base's linear layers were not held in 4 bits"
     assert result.new_losses[-1] < result.new_losses[0]
