@@ -56,7 +56,9 @@ def prepare(kit: Path, python: str = GPU_PYTHON) -> None:
     from selftune.models.base import default_gguf_path
 
     if kit.exists():
-        shutil.rmtree(kit)
+        if not (kit / "wheels").is_dir():  # a folder of something else: not ours to delete
+            raise SystemExit(f"{kit} exists and is not a device kit; name another with --kit")
+        shutil.rmtree(kit)  # an older kit: remade whole, so no stale wheel travels with it
     wheels = kit / "wheels"
     wheels.mkdir(parents=True)
     pins = [_pinned(name) for name in MISSING]
