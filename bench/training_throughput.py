@@ -82,7 +82,7 @@ from selftune.data.tokenize import (
     first_answer_tokens,
     tokenize_chat,
 )
-from selftune.engines.transformers_engine import greedy_answers
+from selftune.engines.transformers_engine import greedy_answers, mean_answer_nll
 from selftune.models.base import load_model, load_tokenizer, materialize, resolve_base_model
 from selftune.models.templates import resolve_template
 from selftune.training.device import use_bf16
@@ -338,30 +338,10 @@ def _loss_positions(example: TokenizedExample) -> int:
     return sum(label != IGNORE_INDEX for label in example.labels[1:])
 
 
-@torch.no_grad()
 def eval_loss(model: Any, examples: Sequence[TokenizedExample], pad_id: int) -> float:
     """Token-weighted cross-entropy on the answers of all examples, float32, no autocast."""
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), 8):
-        inputs = _to(collate(examples[start : start + 8], pad_id), model.device)
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        logits = logits.logits[:, :-1].float()
-        labels = inputs["labels"][:, 1:]
-        total += float(
-            torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-        )
-        count += int((labels != IGNORE_INDEX).sum())
-    return total / count
-
-
-def _to(batch: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
-    return {name: tensor.to(device) for name, tensor in batch.items()}
+    return mean_answer_nll(model, examples, pad_id)
 
 
 def plan_steps(examples: Sequence[TokenizedExample], config: TrainConfig, pad_id: int) -> StepPlan:
@@ -409,7 +389,9 @@ def selftune_trainer(
         return model
 
     return Timed(
-        "train_lora" + (" nf4" if config.quantize_base else "") + (" compiled" * config.compile),
+        "train_lora"
+        + (" nf4" if config.quantize_base else "")
+        + (" compiled" if config.compile else ""),
         "bf16 autocast" if config.bf16 else "float32",
         step,
         finish,
@@ -448,7 +430,8 @@ def textbook_trainer(
         index, ids = next(batches)
         for group in opt.param_groups:
             group["lr"] = trainer_lr_at(index, config)
-        batch = _to(collate([examples[i] for i in ids], pad_id), config.device)
+        padded = collate([examples[i] for i in ids], pad_id)
+        batch = {name: tensor.to(config.device) for name, tensor in padded.items()}
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -126,7 +126,7 @@ class TransformersEngine:
             self._activate(adapter)
             context = self._bare_context(adapter)
             with context:
-                return _mean_answer_nll(self.model, examples, pad_id)
+                return mean_answer_nll(self.model, examples, pad_id)
 
     def _bare_context(self, adapter: AdapterRef | None) -> Any:
         if adapter is None and _is_peft(self.model):
@@ -254,13 +254,15 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _mean_answer_nll(model: Any, examples: list[Any], pad_id: int) -> float:
+@torch.inference_mode()
+def mean_answer_nll(model: Any, examples: Sequence[Any], pad_id: int) -> float:
     """Mean negative log-likelihood per loss-carrying token over ``examples`` (nats/token)."""
     from selftune.training.trainer import collate
 
     total, count = 0.0, 0
     for start in range(0, len(examples), 8):
-        inputs = collate(examples[start : start + 8], pad_id)
+        batch = collate(examples[start : start + 8], pad_id)
+        inputs = {name: tensor.to(model.device) for name, tensor in batch.items()}
         logits = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         ).logits
