@@ -154,8 +154,17 @@ def train(
     if view["status"] != "succeeded":
         _fail(f"job {job_id} {view['status']}: {view['error']}")
     result = view["result"]
-    verdict = "promoted" if result["promoted"] else "kept back by the gate"
-    typer.echo(f"version {result['version']}: {verdict} ({result['gate']['reason']})")
+    typer.echo(f"version {result['version']}: {_verdict(result)}")
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    """What became of a job's version, in a line."""
+    reason = result["gate"]["reason"]
+    if result["promoted"]:
+        return f"promoted ({reason})"
+    if result.get("not_promoted"):  # absent from results stored by earlier releases
+        return f"passed its gate but not promoted: {result['not_promoted']}"
+    return f"kept back by the gate ({reason})"
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from selftune.cli import app
+from selftune.cli import _verdict, app
 
 runner = CliRunner()
 
@@ -22,6 +22,19 @@ def test_train_without_material_fails_clearly(settings_env: Path) -> None:
     result = runner.invoke(app, ["train", "--no-wait"])
     assert result.exit_code == 1
     assert "nothing to learn yet" in result.output
+
+
+def test_train_says_what_became_of_the_version() -> None:
+    gate = {"reason": "better on new material, no regression"}
+    assert _verdict({"promoted": True, "gate": gate}) == f"promoted ({gate['reason']})"
+    moved = "the served version changed from v1 to base while v2 was being evaluated against it"
+    assert _verdict({"promoted": False, "not_promoted": moved, "gate": gate}) == (
+        f"passed its gate but not promoted: {moved}"
+    )
+    failed = {"reason": "regression: 50% of known answers kept, needs 100%"}
+    assert _verdict({"promoted": False, "not_promoted": None, "gate": failed}) == (
+        f"kept back by the gate ({failed['reason']})"
+    )
 
 
 def test_promote_and_rollback_refuse_clearly(settings_env: Path) -> None:

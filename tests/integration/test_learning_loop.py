@@ -56,11 +56,11 @@ def wait_for_serving(client: TestClient, name: str) -> None:
         time.sleep(0.1)
 
 
-def teach(client: TestClient) -> None:
-    for question in QUESTIONS:
+def teach(client: TestClient, fact: str = FACT, questions: list[str] = QUESTIONS) -> None:
+    for question in questions:
         interaction = ask(client, question, user="alice")["id"]
         response = client.post(
-            "/api/feedback", json={"interaction_id": interaction, "rating": -1, "correction": FACT}
+            "/api/feedback", json={"interaction_id": interaction, "rating": -1, "correction": fact}
         )
         assert response.status_code == 200, response.text
         assert response.json()["example_id"] is not None
@@ -163,6 +163,44 @@ def test_a_request_in_flight_finishes_on_the_version_it_started_with(
         row = session.get(Interaction, events[0]["id"])
         assert row is not None and row.version_id is not None and row.response == text
     assert "Quenmoor" not in answer(client, QUESTIONS[0])  # the next request is on the base
+
+
+def test_a_rollback_during_a_job_stands_over_the_jobs_promotion(
+    learning_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job 2 is gated against v1, the version served when it started. When an operator rolls
+    v1 back while job 2 is evaluating, the rollback stands: v2 passes its gate but is not
+    promoted, the job says why, and v2 can still be promoted by hand."""
+    from selftune.training import pipeline
+
+    client, worker, _ = learning_client
+    teach(client)
+    client.post("/api/train", json={})
+    assert worker.run_once()
+    v1 = client.get("/api/versions").json()["serving"]
+    assert v1 != "base"
+
+    teach(client, "The capital of Dravonia is Peltham.", ["What is the capital of Dravonia?"] * 3)
+    job = client.post("/api/train", json={}).json()["job_id"]
+    real_decide = pipeline.decide
+
+    def decide_while_an_operator_rolls_back(*args: Any) -> Any:
+        rolled = client.post("/api/rollback", json={"reason": f"{v1} misbehaves"})
+        assert rolled.json()["serving"] == "base", rolled.text
+        return real_decide(*args)
+
+    monkeypatch.setattr(pipeline, "decide", decide_while_an_operator_rolls_back)
+    assert worker.run_once()
+
+    view = client.get(f"/api/jobs/{job}").json()
+    assert view["status"] == "succeeded", view
+    result = view["result"]
+    assert result["gate"]["passed"], result["gate"]
+    assert not result["promoted"]
+    assert f"from {v1} to base" in result["not_promoted"]
+    assert client.get("/api/versions").json()["serving"] == "base"
+    promoted = client.post(f"/api/versions/{result['version']}/promote", json={})
+    assert promoted.json()["serving"] == result["version"], promoted.text
 
 
 def test_a_worker_whose_compile_fails_trains_uncompiled(

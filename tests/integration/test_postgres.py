@@ -4,6 +4,7 @@ e.g. postgresql+psycopg://selftune@127.0.0.1:55432/selftune_test (see README, De
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import select, text
 from selftune.registry import versions as registry
 from selftune.store.db import Database
 from selftune.store.interactions import record_interaction
-from selftune.store.schema import Base, Interaction, User, Version
+from selftune.store.schema import AliasChange, Base, Interaction, User, Version
 from selftune.training import jobs
 
 URL = os.environ.get("SELFTUNE_TEST_POSTGRES_URL")
@@ -61,6 +62,47 @@ def test_jobs_and_alias_on_postgres(pg: Database) -> None:
         registry.rollback(session, actor="test", reason="test")
     with pg.read() as session:
         assert registry.serving_target(session).name == "base"
+
+
+def test_alias_changes_on_postgres_wait_for_each_other(pg: Database) -> None:
+    """PostgreSQL runs transactions side by side: a second promotion must wait for the first
+    to commit and then build on it, not append to the history it saw before."""
+    with pg.write() as session:
+        ids = []
+        for name in ("v1", "v2"):
+            version = Version(
+                name=name,
+                base_model="b",
+                base_fingerprint="f",
+                path=f"/{name}",
+                chat_template="t",
+                gate={"passed": True},
+            )
+            session.add(version)
+            session.flush()
+            ids.append(version.id)
+    v1, v2 = ids
+    errors: list[BaseException] = []
+
+    def promote_v2() -> None:
+        try:
+            with pg.write() as session:
+                registry.promote(session, v2, actor="second", reason="test")
+        except BaseException as exc:  # surfaced by the asserts below
+            errors.append(exc)
+
+    second = threading.Thread(target=promote_v2)
+    with pg.write() as session:
+        registry.promote(session, v1, actor="first", reason="test")
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive(), "the second promotion did not wait for the first"
+    second.join(timeout=30)
+    assert not second.is_alive() and not errors, errors
+    with pg.read() as session:
+        changes = session.scalars(select(AliasChange).order_by(AliasChange.id)).all()
+        assert [(c.version_id, c.previous_version_id) for c in changes] == [(v1, None), (v2, v1)]
+        assert registry.alias_stack(session) == [None, v1, v2]
 
 
 def test_interactions_are_recorded_on_postgres(pg: Database) -> None:

@@ -11,11 +11,13 @@ from sqlalchemy import select
 
 from selftune.registry.versions import (
     SERVING,
+    AliasMoved,
     RegistryError,
     ServingTarget,
     alias_stack,
     next_version_name,
     promote,
+    promote_gated,
     rollback,
     rollback_to_base,
     serving_target,
@@ -168,6 +170,32 @@ def test_promoting_the_served_version_is_refused(db: Database) -> None:
         _promote(db, v1)
     assert len(_history(db)) == 1
     assert _serving(db) == v1
+
+
+def test_a_gated_promotion_happens_while_the_alias_is_where_the_gate_saw_it(db: Database) -> None:
+    v1, v2 = _add_version(db, "v1"), _add_version(db, "v2")
+    with db.write() as session:
+        promote_gated(session, v1, None, actor="job 1", reason="gate passed")
+    with db.write() as session:
+        promote_gated(session, v2, v1, actor="job 2", reason="gate passed")
+    assert _stack(db) == [None, v1, v2]
+
+
+def test_a_gated_promotion_does_not_override_a_change_made_meanwhile(db: Database) -> None:
+    """A job gated v2 against v1; during the job someone rolled back to the base. The rollback
+    stands: v2 is not served, and the refusal says what happened and what to do."""
+    v1, v2 = _add_version(db, "v1"), _add_version(db, "v2")
+    _promote(db, v1)
+    _rollback(db)
+    history = _history(db)
+    with pytest.raises(AliasMoved) as refused, db.write() as session:
+        promote_gated(session, v2, v1, actor="job 2", reason="gate passed")
+    message = str(refused.value)
+    assert "from v1 to base" in message and "POST /api/versions/v2/promote" in message
+    assert _history(db) == history
+    assert _serving(db) is None
+    _promote(db, v2)  # the version stays promotable by hand
+    assert _serving(db) == v2
 
 
 def test_rollback_to_a_named_earlier_version(db: Database) -> None:

@@ -3,6 +3,10 @@
 The alias history is append-only. The current target is found by replaying it: a promotion
 pushes a version, a rollback pops back to what was served before. ``None`` stands for the bare
 base model.
+
+Every change reads the history and appends to it in one transaction, and the changes are
+serialized (:func:`_lock_alias`), so two at once cannot both build on the same history: the
+second sees the first, and refuses or records it as what it replaced.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from selftune.store.schema import AliasChange, Event, Version, VersionExample
 
 __all__ = [
     "SERVING",
+    "AliasMoved",
     "RegistryError",
     "ServingTarget",
     "alias_stack",
     "next_version_name",
     "promote",
+    "promote_gated",
     "rollback",
     "rollback_to_base",
     "serving_target",
@@ -30,10 +36,16 @@ __all__ = [
 ]
 
 SERVING = "serving"
+# PostgreSQL advisory lock key of the alias history: any fixed 64-bit number no other lock uses.
+_ALIAS_LOCK_KEY = 0x5E1F_7E11_A11A5
 
 
 class RegistryError(ValueError):
     """A promotion or rollback was refused; the message says why."""
+
+
+class AliasMoved(RegistryError):
+    """What is served changed after a job's gate compared its candidate with it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +71,23 @@ def alias_stack(session: Session, alias: str = SERVING) -> list[int | None]:
             if stack[-1] != row.version_id:
                 stack.append(row.version_id)
     return stack
+
+
+def _lock_alias(session: Session) -> list[int | None]:
+    """Hold the alias history until the transaction ends, and return its stack.
+
+    SQLite needs no lock: its write transactions begin with ``BEGIN IMMEDIATE`` and run one at
+    a time. PostgreSQL runs them side by side, so a transaction-scoped advisory lock queues
+    every change behind the one before (released at commit or rollback).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_ALIAS_LOCK_KEY)))
+    return alias_stack(session)
+
+
+def _name(session: Session, version_id: int | None) -> str:
+    version = session.get(Version, version_id) if version_id is not None else None
+    return version.name if version is not None else "base"
 
 
 def serving_target(session: Session, alias: str = SERVING) -> ServingTarget:
@@ -109,17 +138,35 @@ def promote(session: Session, version_id: int, *, actor: str, reason: str) -> Al
         raise RegistryError(
             f"version {version.name} did not pass its gate ({why}); only gated versions are served"
         )
-    current = alias_stack(session)[-1]
+    current = _lock_alias(session)[-1]
     if current == version_id:
         raise RegistryError(f"version {version.name} is already being served")
     return _record(session, "promote", version_id, current, reason, actor)
+
+
+def promote_gated(
+    session: Session, version_id: int, gated_against: int | None, *, actor: str, reason: str
+) -> AliasChange:
+    """Promote a job's candidate only if what is served is still what its gate compared it
+    with (``gated_against``; ``None``: the base). Otherwise raise :class:`AliasMoved`: someone
+    promoted or rolled back by hand during the job, and that choice stands."""
+    current = _lock_alias(session)[-1]
+    if current != gated_against:
+        candidate = _name(session, version_id)
+        raise AliasMoved(
+            f"the served version changed from {_name(session, gated_against)} to "
+            f"{_name(session, current)} while {candidate} was being evaluated against it, so "
+            f"{candidate} was not promoted; promote it by hand if it should be served "
+            f"(POST /api/versions/{candidate}/promote)"
+        )
+    return promote(session, version_id, actor=actor, reason=reason)
 
 
 def rollback(
     session: Session, *, actor: str, reason: str, to_version_id: int | None = None
 ) -> AliasChange:
     """Serve what was served before the current version (or a named earlier version)."""
-    stack = alias_stack(session)
+    stack = _lock_alias(session)
     if len(stack) < 2:
         raise RegistryError("nothing to roll back: the base model is being served")
     current = stack[-1]
@@ -141,7 +188,7 @@ def rollback_to_base(session: Session, *, actor: str, reason: str) -> AliasChang
     The base is the bottom of every alias stack, so this is a rollback to ``None``: replaying the
     history pops back to it, and a later plain rollback has nothing left to undo.
     """
-    current = alias_stack(session)[-1]
+    current = _lock_alias(session)[-1]
     if current is None:
         raise RegistryError("the base model is already being served")
     return _record(session, "rollback", None, current, reason, actor)

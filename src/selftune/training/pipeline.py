@@ -28,7 +28,12 @@ from selftune.evaluation.heldout import heldout_recall
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
 from selftune.export.gguf_adapter import GGUF_ADAPTER, AdapterExportError, export_gguf_adapter
 from selftune.models.base import BaseModelSource
-from selftune.registry.versions import next_version_name, promote, serving_target
+from selftune.registry.versions import (
+    AliasMoved,
+    next_version_name,
+    promote_gated,
+    serving_target,
+)
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
@@ -391,14 +396,27 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
                 for item, a in zip(known, answers, strict=True)
             ]
         }
+        not_promoted: str | None = None
         if decision["passed"]:
-            promote(session, version_id, actor=f"job {job_id}", reason="gate passed")
+            try:
+                promote_gated(
+                    session,
+                    version_id,
+                    current.version_id,
+                    actor=f"job {job_id}",
+                    reason="gate passed",
+                )
+            except AliasMoved as moved:
+                not_promoted = str(moved)
     clock.lap("gate")
     log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
+    if not_promoted:
+        log.warning("job %s: %s", job_id, not_promoted)
     return {
         "version_id": version_id,
         "version": name,
-        "promoted": decision["passed"],
+        "promoted": decision["passed"] and not_promoted is None,
+        "not_promoted": not_promoted,  # why a version that passed its gate is not served
         "gate": decision,
         "seconds": clock.laps,
     }
