@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from selftune.registry import versions as registry
 from selftune.store.db import Database
 from selftune.store.interactions import record_interaction
-from selftune.store.schema import AliasChange, Base, Interaction, User, Version
+from selftune.store.schema import AliasChange, Base, Interaction, Job, User, Version
 from selftune.training import jobs
 
 URL = os.environ.get("SELFTUNE_TEST_POSTGRES_URL")
@@ -103,6 +103,45 @@ def test_alias_changes_on_postgres_wait_for_each_other(pg: Database) -> None:
         changes = session.scalars(select(AliasChange).order_by(AliasChange.id)).all()
         assert [(c.version_id, c.previous_version_id) for c in changes] == [(v1, None), (v2, v1)]
         assert registry.alias_stack(session) == [None, v1, v2]
+
+
+def test_a_job_being_claimed_is_skipped_by_a_second_worker(pg: Database) -> None:
+    """Worker 1 holds job 1's row mid-claim: worker 2 takes job 2 at once, neither waiting
+    for worker 1 nor claiming job 1 a second time."""
+    first, second = jobs.enqueue(pg, "train", "alice"), jobs.enqueue(pg, "train", "alice")
+    claimed: list[int | None] = []
+
+    def claim_as_worker_2() -> None:
+        job = jobs.claim(pg, "w2")
+        claimed.append(job.id if job else None)
+
+    with pg.write() as session:  # worker 1, between reading the row and committing its claim
+        session.execute(select(Job).where(Job.id == first).with_for_update())
+        worker_2 = threading.Thread(target=claim_as_worker_2)
+        worker_2.start()
+        worker_2.join(timeout=10)
+        assert not worker_2.is_alive(), "worker 2 waited for worker 1's row"
+    assert claimed == [second]
+
+
+def test_a_cancel_waits_for_a_claim_in_progress(pg: Database) -> None:
+    """A cancel during a claim sees the claim's outcome: the job is running with a stop
+    requested, not marked cancelled while a worker runs it."""
+    job_id = jobs.enqueue(pg, "train", "alice")
+    outcome: list[str] = []
+    canceller = threading.Thread(target=lambda: outcome.append(jobs.cancel(pg, job_id)))
+    with pg.write() as session:  # a claim between reading the row and committing
+        job = session.get(Job, job_id, with_for_update=True)
+        assert job is not None
+        canceller.start()
+        canceller.join(timeout=1.0)
+        assert canceller.is_alive(), "the cancel did not wait for the claim"
+        job.status = "running"
+    canceller.join(timeout=30)
+    assert outcome == ["running"]
+    with pg.read() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "running" and job.cancel_requested
 
 
 def test_interactions_are_recorded_on_postgres(pg: Database) -> None:

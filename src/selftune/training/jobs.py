@@ -3,6 +3,11 @@
 A worker claims a job inside one write transaction, so two workers never take the same job. A
 running job carries a heartbeat; a job whose heartbeat is older than ``stale_seconds`` belonged to
 a worker that died and is queued again (up to ``max_attempts`` in all).
+
+Every change reads the job's row ``FOR UPDATE``. SQLite runs one write transaction at a time and
+needs no row locks (SQLAlchemy leaves the clause out there); PostgreSQL runs them side by side,
+so without the lock two workers could claim one job, or a cancel be lost to a claim. A claim
+skips rows another transaction holds (``SKIP LOCKED``) and takes the next queued job instead.
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ def enqueue(db: Database, kind: str, user_id: str, params: dict[str, Any] | None
 def claim(db: Database, worker_id: str) -> Job | None:
     with db.write() as session:
         job = session.scalars(
-            select(Job).where(Job.status == "queued").order_by(Job.id).limit(1)
+            select(Job)
+            .where(Job.status == "queued")
+            .order_by(Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
         ).first()
         if job is None:
             return None
@@ -64,7 +73,7 @@ def claim(db: Database, worker_id: str) -> Job | None:
 def report(db: Database, job_id: int, progress: float, stage: str) -> bool:
     """Record progress and refresh the heartbeat; returns True if cancellation was asked for."""
     with db.write() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.status != "running":
             return True
         job.progress, job.stage, job.heartbeat_at = progress, stage, utcnow()
@@ -81,7 +90,7 @@ def finish(
 ) -> None:
     assert status in TERMINAL
     with db.write() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         assert job is not None
         job.status, job.result, job.error = status, result, error
         job.finished_at = utcnow()
@@ -94,7 +103,7 @@ def finish(
 def requeue(db: Database, job_id: int, reason: str) -> None:
     """Put a running job back in the queue (its worker is stopping); the attempt is not counted."""
     with db.write() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is not None and job.status == "running":
             job.status, job.stage, job.worker_id = "queued", "queued", None
             job.attempts = max(0, job.attempts - 1)
@@ -106,7 +115,9 @@ def recover_stale(db: Database, stale_seconds: float, max_attempts: int) -> list
     cutoff = utcnow() - dt.timedelta(seconds=stale_seconds)
     recovered = []
     with db.write() as session:
-        for job in session.scalars(select(Job).where(Job.status == "running")):
+        for job in session.scalars(
+            select(Job).where(Job.status == "running").with_for_update(skip_locked=True)
+        ):
             if job.heartbeat_at is not None and as_utc(job.heartbeat_at) > cutoff:
                 continue
             if job.cancel_requested:
@@ -123,7 +134,7 @@ def recover_stale(db: Database, stale_seconds: float, max_attempts: int) -> list
 
 def retry(db: Database, job_id: int) -> None:
     with db.write() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise JobError(f"no job with id {job_id}")
         if job.status not in ("failed", "cancelled"):
@@ -138,7 +149,7 @@ def retry(db: Database, job_id: int) -> None:
 def cancel(db: Database, job_id: int) -> str:
     """Cancel a queued job at once, or ask a running one to stop; returns the new status."""
     with db.write() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise JobError(f"no job with id {job_id}")
         if job.status == "queued":
