@@ -320,11 +320,20 @@ def _report_check(check: dict[str, Any], fmt: str) -> None:
 
 
 @keys_app.command("create")
-def keys_create(user: Annotated[str, typer.Option(help="The key's owner.")]) -> None:
+def keys_create(
+    user: Annotated[str, typer.Option(help="The key's owner.")],
+    admin: Annotated[
+        bool,
+        typer.Option(
+            help="The key may also change what every user is served: promote, roll back, "
+            "load and unload adapters."
+        ),
+    ] = False,
+) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
     from selftune.api.auth import create_key
 
-    typer.echo(create_key(_database(_settings()), user))
+    typer.echo(create_key(_database(_settings()), user, admin=admin))
 
 
 @keys_app.command("revoke")

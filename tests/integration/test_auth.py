@@ -99,3 +99,43 @@ def test_feedback_validation(secured: tuple[TestClient, dict[str, str], dict[str
         "/api/feedback", json={"interaction_id": "chatcmpl-x", "rating": 1}, headers=alice
     )
     assert missing.status_code == 404
+
+
+# Each changes what every user is served; an admin key passes on to the route's own checks.
+SHARED_CHANGES = [
+    ("/api/rollback", {}, 409),  # nothing to roll back
+    ("/api/versions/v9/promote", {}, 404),  # no such version
+    ("/lora-adapters", [], 200),  # the base, already served
+    ("/v1/load_lora_adapter", {"lora_name": "mine", "lora_path": "/nonexistent"}, 400),
+    ("/v1/unload_lora_adapter", {"lora_name": "mine"}, 404),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "admin_status"), SHARED_CHANGES)
+def test_changing_what_everyone_is_served_needs_an_admin_key(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+    path: str,
+    body: object,
+    admin_status: int,
+) -> None:
+    client, alice, _ = secured
+    refused = client.post(path, json=body, headers=alice)
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_error", "admin_key_required")
+    assert "selftune keys create --user NAME --admin" in error["message"]
+
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    operator = {"Authorization": f"Bearer {create_key(db, 'operator', admin=True)}"}
+    allowed = client.post(path, json=body, headers=operator)
+    assert allowed.status_code == admin_status, allowed.text
+
+
+def test_an_open_server_trusts_every_local_caller_with_the_served_model(
+    client: TestClient,
+) -> None:
+    """Without auth_required a key only names its owner: omitting it would do the same."""
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    user_key = {"Authorization": f"Bearer {create_key(db, 'alice')}"}
+    assert client.post("/api/rollback", json={}, headers=user_key).status_code == 409
+    assert client.post("/api/rollback", json={}).status_code == 409

@@ -74,3 +74,24 @@ def test_keys_create_prints_a_key_once(settings_env: Path) -> None:
     assert result.output.strip().startswith("st-")
     revoked = runner.invoke(app, ["keys", "revoke", "--user", "dana"])
     assert "revoked 1 keys" in revoked.output
+
+
+def test_keys_create_admin_makes_an_admin_key(settings_env: Path) -> None:
+    from sqlalchemy import select
+
+    from selftune.api.auth import hash_key
+    from selftune.config import load_settings
+    from selftune.store import Database
+    from selftune.store.schema import ApiKey
+
+    keys = {}
+    for user, flags in (("erin", ["--admin"]), ("frank", [])):
+        result = runner.invoke(app, ["keys", "create", "--user", user, *flags])
+        assert result.exit_code == 0, result.output
+        keys[user] = result.output.strip()
+    db = Database(load_settings().resolved_database_url)
+    with db.read() as session:
+        admin_of = dict(session.execute(select(ApiKey.key_hash, ApiKey.admin)).tuples().all())
+    db.dispose()
+    assert admin_of[hash_key(keys["erin"])] is True
+    assert admin_of[hash_key(keys["frank"])] is False

@@ -47,7 +47,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0002"]
+    assert versions == ["0003"]
 
 
 def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path) -> None:
@@ -68,6 +68,34 @@ def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path) -> None:
     with db.read() as session:
         assert session.get(User, "old-user") is not None
     assert "workers" in _tables(db)
+
+
+def test_keys_made_before_admin_keys_existed_are_users_keys(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from selftune.store.db import _MIGRATIONS
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with db.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+        conn.execute(text("INSERT INTO users (id, created_at) VALUES ('old', '2026-01-01')"))
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (user_id, key_hash, prefix, created_at) "
+                "VALUES ('old', 'h', 'st-', '2026-01-01')"
+            )
+        )
+    db.migrate()
+    with db.read() as session:
+        assert session.scalars(select(ApiKey.admin)).all() == [False]
+    with db.engine.begin() as conn:  # and the step back keeps the keys
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0002")
+        assert conn.execute(text("SELECT key_hash FROM api_keys")).scalars().all() == ["h"]
 
 
 def test_migrating_twice_is_a_no_op(db: Database) -> None:

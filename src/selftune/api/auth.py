@@ -2,7 +2,8 @@
 
 Without ``auth_required`` the server trusts its local callers: the request's ``user`` field
 names the user (``anonymous`` if absent) and a valid key, when given, names its owner. With
-``auth_required`` every call needs a valid key, and its owner is the user.
+``auth_required`` every call needs a valid key, and its owner is the user; changing what every
+user is served (promoting, rolling back, loading adapters) needs an admin key.
 """
 
 from __future__ import annotations
@@ -27,22 +28,34 @@ ANONYMOUS = "anonymous"
 class Caller:
     user_id: str | None  # None: no key given on an open server
     authenticated: bool
+    admin: bool  # an admin key, or any caller of an open server (it trusts its local callers)
 
     def user(self, declared: str | None) -> str:
         """The user to record: the key's owner, else the declared ``user`` field."""
         return self.user_id or declared or ANONYMOUS
+
+    def require_admin(self, action: str) -> None:
+        """Refuse ``action`` (e.g. "promoting a version") to a caller without an admin key."""
+        if not self.admin:
+            raise ApiError(
+                403,
+                f"{action} changes what every user is served and needs an admin key; an "
+                "operator creates one with 'selftune keys create --user NAME --admin'",
+                type="permission_error",
+                code="admin_key_required",
+            )
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(db: Database, user_id: str) -> str:
+def create_key(db: Database, user_id: str, *, admin: bool = False) -> str:
     """Create a key for ``user_id``; the key is returned once and only its hash is kept."""
     key = "st-" + secrets.token_urlsafe(32)
     with db.write() as session:
         ensure_user(session, user_id)
-        session.add(ApiKey(user_id=user_id, key_hash=hash_key(key), prefix=key[:8]))
+        session.add(ApiKey(user_id=user_id, key_hash=hash_key(key), prefix=key[:8], admin=admin))
     return key
 
 
@@ -66,7 +79,7 @@ def resolve_caller(db: Database, authorization: str | None, required: bool) -> C
                 type="authentication_error",
                 code="invalid_api_key",
             )
-        return Caller(None, False)
+        return Caller(None, False, admin=True)
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise ApiError(
@@ -76,13 +89,14 @@ def resolve_caller(db: Database, authorization: str | None, required: bool) -> C
             code="invalid_api_key",
         )
     with db.read() as session:
-        owner = session.scalar(
-            select(ApiKey.user_id).where(
+        row = session.execute(
+            select(ApiKey.user_id, ApiKey.admin).where(
                 ApiKey.key_hash == hash_key(key.strip()), ApiKey.revoked_at.is_(None)
             )
-        )
-    if owner is None:
+        ).first()
+    if row is None:
         raise ApiError(
             401, "invalid or revoked API key", type="authentication_error", code="invalid_api_key"
         )
-    return Caller(owner, True)
+    owner, admin = row
+    return Caller(owner, True, admin=admin or not required)

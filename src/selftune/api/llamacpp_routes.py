@@ -324,6 +324,7 @@ async def set_lora_adapters(
     """Set what the served name answers with: one version at scale 1, or none (the base)."""
     state = app_state(request)
     caller = await caller_of(state, authorization)
+    caller.require_admin("setting the served adapter")
     version_id = await run_in_threadpool(_default_version, state, body)
     actor = caller.user(None)
     reason = "set through POST /lora-adapters"

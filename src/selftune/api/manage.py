@@ -207,6 +207,7 @@ async def promote_version(
 ) -> Any:
     state = app_state(request)
     caller = await _caller(state, authorization)
+    caller.require_admin("promoting a version")
     version_id = await run_in_threadpool(resolve_version_id, state, ref)
     reason = body.reason if body else "promoted through the API"
     return await move_alias(
@@ -220,6 +221,7 @@ async def rollback(
 ) -> Any:
     state = app_state(request)
     caller = await _caller(state, authorization)
+    caller.require_admin("rolling back")
     body = body or RollbackRequest()
     return await move_alias(
         state,

@@ -56,7 +56,8 @@ async def load_lora_adapter(
     body: LoadLoraRequest, request: Request, authorization: str | None = Header(None)
 ) -> PlainTextResponse:
     state = app_state(request)
-    await caller_of(state, authorization)
+    # The server reads lora_path from its own disk, and the name is every user's to call.
+    (await caller_of(state, authorization)).require_admin("loading an adapter")
     engine = ready_engine(state)
     await run_in_threadpool(install, state, engine, body.lora_name, Path(body.lora_path))
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
@@ -67,7 +68,7 @@ async def unload_lora_adapter(
     body: UnloadLoraRequest, request: Request, authorization: str | None = Header(None)
 ) -> PlainTextResponse:
     state = app_state(request)
-    await caller_of(state, authorization)
+    (await caller_of(state, authorization)).require_admin("unloading an adapter")
 
     def remove() -> None:
         with state.runtime_lock:
