@@ -112,3 +112,33 @@ def test_killed_worker_leaves_no_version_and_the_job_is_retried(
     assert job.result is not None
     verify_manifest(versions / job.result["version"])
     assert sorted(p.name for p in versions.iterdir()) == [job.result["version"]]
+
+
+def test_a_worker_whose_job_was_taken_does_not_record_its_outcome(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's heartbeat went silent mid-job (its database out of reach), so the job was
+    queued again and another worker took it. This worker's outcome is not recorded over that
+    run's, and the log says why."""
+    from selftune.training import worker as worker_module
+    from selftune.training.worker import Worker
+
+    worker = Worker(load_settings())
+    db = worker.db
+    job_id = jobs.enqueue(db, "train", "alice")
+
+    def lose_the_job(*_args: object) -> dict[str, object]:
+        with db.write() as session:  # as the other worker's recovery and claim would leave it
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.worker_id, job.stage = "other-host:1", "training step 3/25 loss 1.000"
+        return {"version": "v1", "promoted": False}
+
+    monkeypatch.setattr(Worker, "context", lambda self: None)
+    monkeypatch.setattr(worker_module, "run_training_job", lose_the_job)
+    assert worker.run_once()
+
+    job = _job(db, job_id)
+    assert (job.status, job.worker_id, job.result) == ("running", "other-host:1", None)
+    assert f"job {job_id}: no longer this worker's" in caplog.text
+    db.dispose()

@@ -13,6 +13,8 @@ from selftune.store.schema import Event, Job, User, utcnow
 from selftune.training import jobs
 from selftune.training.jobs import JobError
 
+W = "worker"  # the worker that claims the jobs below
+
 
 def _job(db: Database, job_id: int) -> Job:
     with db.read() as session:
@@ -94,24 +96,24 @@ def test_concurrent_workers_never_claim_the_same_job(db: Database) -> None:
 
 
 def test_claim_on_an_empty_queue(db: Database) -> None:
-    assert jobs.claim(db, "worker") is None
+    assert jobs.claim(db, W) is None
 
 
 def test_claim_returns_a_usable_detached_job(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice", {"k": "v"})
-    job = jobs.claim(db, "worker")
+    job = jobs.claim(db, W)
     assert job is not None
     assert (job.id, job.status, job.params, job.attempts) == (job_id, "running", {"k": "v"}, 1)
 
 
 def test_report_records_progress_and_returns_the_cancel_flag(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
+    jobs.claim(db, W)
     _set(db, job_id, heartbeat_at=utcnow() - dt.timedelta(seconds=30))
     before = _job(db, job_id).heartbeat_at
     assert before is not None
 
-    assert jobs.report(db, job_id, 0.25, "training") is False
+    assert jobs.report(db, job_id, 0.25, "training", worker_id=W) is False
 
     job = _job(db, job_id)
     assert (job.progress, job.stage) == (0.25, "training")
@@ -119,22 +121,22 @@ def test_report_records_progress_and_returns_the_cancel_flag(db: Database) -> No
     assert job.heartbeat_at > before
 
     assert jobs.cancel(db, job_id) == "running"
-    assert jobs.report(db, job_id, 0.5, "training") is True
+    assert jobs.report(db, job_id, 0.5, "training", worker_id=W) is True
 
 
 def test_report_on_a_job_that_is_not_running_asks_to_stop(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    assert jobs.report(db, job_id, 0.1, "x") is True  # still queued
-    assert jobs.report(db, 999, 0.1, "x") is True  # unknown
+    assert jobs.report(db, job_id, 0.1, "x", worker_id=W) is True  # still queued
+    assert jobs.report(db, 999, 0.1, "x", worker_id=W) is True  # unknown
     assert _job(db, job_id).stage == "queued"
 
 
 def test_finish_succeeded(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
-    jobs.report(db, job_id, 0.5, "training")
+    jobs.claim(db, W)
+    jobs.report(db, job_id, 0.5, "training", worker_id=W)
 
-    jobs.finish(db, job_id, "succeeded", result={"version": "v1"})
+    jobs.finish(db, job_id, "succeeded", result={"version": "v1"}, worker_id=W)
 
     job = _job(db, job_id)
     assert (job.status, job.stage, job.progress) == ("succeeded", "succeeded", 1.0)
@@ -146,22 +148,24 @@ def test_finish_succeeded(db: Database) -> None:
 
 def test_finish_failed_keeps_progress_and_error(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
-    jobs.report(db, job_id, 0.5, "training")
+    jobs.claim(db, W)
+    jobs.report(db, job_id, 0.5, "training", worker_id=W)
 
-    jobs.finish(db, job_id, "failed", error="out of memory")
+    jobs.finish(db, job_id, "failed", error="out of memory", worker_id=W)
 
     job = _job(db, job_id)
     assert (job.status, job.stage, job.progress) == ("failed", "failed", 0.5)
     assert job.error == "out of memory"
-    assert jobs.report(db, job_id, 0.6, "training") is True  # a finished job is not revived
+    assert (
+        jobs.report(db, job_id, 0.6, "training", worker_id=W) is True
+    )  # a finished job is not revived
     assert _job(db, job_id).status == "failed"
 
 
 def test_finish_rejects_a_non_terminal_status(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
     with pytest.raises(AssertionError):
-        jobs.finish(db, job_id, "running")
+        jobs.finish(db, job_id, "running", worker_id=W)
 
 
 def test_recover_stale_requeues_a_silent_job(db: Database) -> None:
@@ -180,6 +184,40 @@ def test_recover_stale_requeues_a_silent_job(db: Database) -> None:
     assert again is not None
     assert again.id == job_id
     assert again.attempts == 2
+
+
+def test_a_worker_that_lost_its_job_leaves_the_next_run_alone(db: Database) -> None:
+    """Worker A went silent (its database out of reach for a while), the job was queued again
+    and worker B claimed it. A's late beats, outcome and requeue write nothing."""
+    job_id = jobs.enqueue(db, "train", "alice")
+    jobs.claim(db, "a")
+    _make_stale(db, job_id)
+    jobs.recover_stale(db, stale_seconds=60, max_attempts=3)
+    jobs.claim(db, "b")
+    jobs.report(db, job_id, 0.5, "training", worker_id="b")
+
+    assert jobs.report(db, job_id, 0.9, "a's stage", worker_id="a") is True  # A stops
+    assert jobs.finish(db, job_id, "cancelled", worker_id="a") is False
+    jobs.requeue(db, job_id, "a stops", worker_id="a")
+
+    job = _job(db, job_id)
+    assert (job.status, job.worker_id, job.progress, job.stage) == ("running", "b", 0.5, "training")
+    assert jobs.finish(db, job_id, "succeeded", worker_id="b") is True
+    assert _job(db, job_id).status == "succeeded"
+
+
+def test_a_job_queued_again_is_not_ended_by_its_old_worker(db: Database) -> None:
+    job_id = jobs.enqueue(db, "train", "alice")
+    jobs.claim(db, "a")
+    _make_stale(db, job_id)
+    jobs.recover_stale(db, stale_seconds=60, max_attempts=3)
+
+    assert jobs.report(db, job_id, 0.9, "training", worker_id="a") is True
+    assert jobs.finish(db, job_id, "cancelled", error="stopped", worker_id="a") is False
+
+    assert _job(db, job_id).status == "queued"  # not cancelled: the next worker runs it
+    claimed = jobs.claim(db, "b")
+    assert claimed is not None and claimed.id == job_id
 
 
 def test_recover_stale_fails_a_job_after_max_attempts(db: Database) -> None:
@@ -217,15 +255,15 @@ def test_recover_stale_leaves_a_fresh_heartbeat_alone(db: Database) -> None:
 
 def test_recover_stale_treats_a_missing_heartbeat_as_stale(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
+    jobs.claim(db, W)
     _set(db, job_id, heartbeat_at=None)
     assert jobs.recover_stale(db, stale_seconds=60, max_attempts=3) == [job_id]
 
 
 def test_recover_stale_ignores_finished_jobs(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
-    jobs.finish(db, job_id, "succeeded")
+    jobs.claim(db, W)
+    jobs.finish(db, job_id, "succeeded", worker_id=W)
     _make_stale(db, job_id)
     assert jobs.recover_stale(db, stale_seconds=60, max_attempts=3) == []
     assert _job(db, job_id).status == "succeeded"
@@ -234,10 +272,10 @@ def test_recover_stale_ignores_finished_jobs(db: Database) -> None:
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
 def test_retry_a_failed_or_cancelled_job(db: Database, status: str) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
-    jobs.report(db, job_id, 0.7, "training")
+    jobs.claim(db, W)
+    jobs.report(db, job_id, 0.7, "training", worker_id=W)
     jobs.cancel(db, job_id)
-    jobs.finish(db, job_id, status, result={"partial": True}, error="it broke")
+    jobs.finish(db, job_id, status, result={"partial": True}, error="it broke", worker_id=W)
 
     jobs.retry(db, job_id)
 
@@ -245,7 +283,7 @@ def test_retry_a_failed_or_cancelled_job(db: Database, status: str) -> None:
     assert (job.status, job.stage, job.error, job.result) == ("queued", "queued", None, None)
     assert (job.attempts, job.progress, job.cancel_requested) == (0, 0.0, False)
     assert _event_kinds(db)[-1] == "job_retried"
-    claimed = jobs.claim(db, "worker")
+    claimed = jobs.claim(db, W)
     assert claimed is not None
     assert claimed.id == job_id
 
@@ -254,9 +292,9 @@ def test_retry_a_failed_or_cancelled_job(db: Database, status: str) -> None:
 def test_retry_refuses_other_statuses(db: Database, status: str) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
     if status != "queued":
-        jobs.claim(db, "worker")
+        jobs.claim(db, W)
     if status == "succeeded":
-        jobs.finish(db, job_id, "succeeded")
+        jobs.finish(db, job_id, "succeeded", worker_id=W)
     with pytest.raises(JobError, match=f"is {status}"):
         jobs.retry(db, job_id)
     assert _job(db, job_id).status == status
@@ -273,24 +311,24 @@ def test_cancel_a_queued_job_at_once(db: Database) -> None:
     job = _job(db, job_id)
     assert (job.status, job.stage) == ("cancelled", "cancelled")
     assert job.finished_at is not None
-    assert jobs.claim(db, "worker") is None
+    assert jobs.claim(db, W) is None
 
 
 def test_cancel_a_running_job_asks_it_to_stop(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
+    jobs.claim(db, W)
     assert jobs.cancel(db, job_id) == "running"
     job = _job(db, job_id)
     assert job.status == "running"
     assert job.cancel_requested is True
-    assert jobs.report(db, job_id, 0.1, "training") is True
+    assert jobs.report(db, job_id, 0.1, "training", worker_id=W) is True
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
 def test_cancel_a_finished_job_is_refused(db: Database, status: str) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
-    jobs.finish(db, job_id, status)
+    jobs.claim(db, W)
+    jobs.finish(db, job_id, status, worker_id=W)
     with pytest.raises(JobError, match=f"already {status}"):
         jobs.cancel(db, job_id)
     assert _job(db, job_id).status == status
@@ -303,9 +341,9 @@ def test_cancel_unknown_job(db: Database) -> None:
 
 def test_requeue_a_running_job_does_not_count_the_attempt(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
+    jobs.claim(db, W)
 
-    jobs.requeue(db, job_id, "worker shutting down")
+    jobs.requeue(db, job_id, "worker shutting down", worker_id=W)
 
     job = _job(db, job_id)
     assert (job.status, job.stage, job.worker_id, job.attempts) == ("queued", "queued", None, 0)
@@ -317,10 +355,10 @@ def test_requeue_a_running_job_does_not_count_the_attempt(db: Database) -> None:
 
 def test_requeue_leaves_other_statuses_alone(db: Database) -> None:
     job_id = jobs.enqueue(db, "train", "alice")
-    jobs.claim(db, "worker")
-    jobs.finish(db, job_id, "succeeded")
-    jobs.requeue(db, job_id, "late")
-    jobs.requeue(db, 999, "unknown")
+    jobs.claim(db, W)
+    jobs.finish(db, job_id, "succeeded", worker_id=W)
+    jobs.requeue(db, job_id, "late", worker_id=W)
+    jobs.requeue(db, 999, "unknown", worker_id=W)
     assert _job(db, job_id).status == "succeeded"
 
 
@@ -347,14 +385,14 @@ def test_job_view(db: Database) -> None:
     assert queued["finished_at"] is None
     dt.datetime.fromisoformat(queued["created_at"])
 
-    jobs.claim(db, "worker")
-    jobs.report(db, job_id, 1 / 3, "training")
+    jobs.claim(db, W)
+    jobs.report(db, job_id, 1 / 3, "training", worker_id=W)
     running = jobs.job_view(_job(db, job_id))
     assert running["progress"] == 0.3333
     assert running["attempts"] == 1
     assert running["started_at"] is not None
 
-    jobs.finish(db, job_id, "succeeded", result={"version": "v1"})
+    jobs.finish(db, job_id, "succeeded", result={"version": "v1"}, worker_id=W)
     done = jobs.job_view(_job(db, job_id))
     assert done["result"] == {"version": "v1"}
     assert done["finished_at"] is not None

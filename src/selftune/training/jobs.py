@@ -2,7 +2,9 @@
 
 A worker claims a job inside one write transaction, so two workers never take the same job. A
 running job carries a heartbeat; a job whose heartbeat is older than ``stale_seconds`` belonged to
-a worker that died and is queued again (up to ``max_attempts`` in all).
+a worker that died and is queued again (up to ``max_attempts`` in all). A worker's reports and
+final write only count while the job is still its own (``worker_id``): one that went silent
+without dying finds, when it is heard again, that it has lost the job, and writes nothing.
 
 Every change reads the job's row ``FOR UPDATE``. SQLite runs one write transaction at a time and
 needs no row locks (SQLAlchemy leaves the clause out there); PostgreSQL runs them side by side,
@@ -70,11 +72,18 @@ def claim(db: Database, worker_id: str) -> Job | None:
         return job
 
 
-def report(db: Database, job_id: int, progress: float, stage: str) -> bool:
-    """Record progress and refresh the heartbeat; returns True if cancellation was asked for."""
+def _runs_it(job: Job | None, worker_id: str) -> bool:
+    """Whether ``worker_id`` still runs ``job``. A worker whose heartbeat went stale (a database
+    out of reach for a while) may find its job queued again, or claimed by another worker."""
+    return job is not None and job.status == "running" and job.worker_id == worker_id
+
+
+def report(db: Database, job_id: int, progress: float, stage: str, *, worker_id: str) -> bool:
+    """Record progress and refresh the heartbeat; returns True if the worker should stop: a
+    cancel was asked for, or the job is no longer this worker's (then nothing is written)."""
     with db.write() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is None or job.status != "running":
+        if job is None or not _runs_it(job, worker_id):
             return True
         job.progress, job.stage, job.heartbeat_at = progress, stage, utcnow()
         return job.cancel_requested
@@ -85,12 +94,16 @@ def finish(
     job_id: int,
     status: str,
     *,
+    worker_id: str,
     result: dict[str, Any] | None = None,
     error: str | None = None,
-) -> None:
+) -> bool:
+    """Record the end of a job this worker runs; False (nothing written) if it no longer does."""
     assert status in TERMINAL
     with db.write() as session:
         job = session.get(Job, job_id, with_for_update=True)
+        if not _runs_it(job, worker_id):
+            return False
         assert job is not None
         job.status, job.result, job.error = status, result, error
         job.finished_at = utcnow()
@@ -98,13 +111,14 @@ def finish(
         if status == "succeeded":
             job.progress = 1.0
         session.add(Event(kind=f"job_{status}", payload={"job_id": job_id, "error": error}))
+        return True
 
 
-def requeue(db: Database, job_id: int, reason: str) -> None:
+def requeue(db: Database, job_id: int, reason: str, *, worker_id: str) -> None:
     """Put a running job back in the queue (its worker is stopping); the attempt is not counted."""
     with db.write() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is not None and job.status == "running":
+        if job is not None and _runs_it(job, worker_id):
             job.status, job.stage, job.worker_id = "queued", "queued", None
             job.attempts = max(0, job.attempts - 1)
             session.add(Event(kind="job_requeued", payload={"job_id": job_id, "reason": reason}))

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from types import FrameType
+from typing import Any
 
 from selftune.atomic import remove_incomplete
 from selftune.config import Settings
@@ -55,7 +56,9 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._done.wait(self.every):
             try:
-                self.cancelled = jobs.report(self.db, self.job_id, self.progress, self.stage)
+                self.cancelled = jobs.report(
+                    self.db, self.job_id, self.progress, self.stage, worker_id=self.worker_id
+                )
                 mark_worker(self.db, self.worker_id, "busy")
             except Exception:  # a busy database must not kill the job; the next beat retries
                 log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
@@ -113,19 +116,29 @@ class Worker:
             finally:
                 beat.stop()  # before the final write, so no late beat follows it
         except _Stop:
-            jobs.requeue(self.db, job.id, "the worker was stopped")
+            jobs.requeue(self.db, job.id, "the worker was stopped", worker_id=self.worker_id)
             raise
         except JobCancelled as exc:
-            jobs.finish(self.db, job.id, "cancelled", error=str(exc))
+            self._finish(job.id, "cancelled", error=str(exc))
         except NoTrainingData as exc:
-            jobs.finish(self.db, job.id, "failed", error=str(exc))
+            self._finish(job.id, "failed", error=str(exc))
         except Exception as exc:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            jobs.finish(self.db, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+            self._finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
         else:
-            jobs.finish(self.db, job.id, "succeeded", result=result)
-        log.info("job %s: done", job.id)
+            self._finish(job.id, "succeeded", result=result)
         return True
+
+    def _finish(self, job_id: int, status: str, **outcome: Any) -> None:
+        if jobs.finish(self.db, job_id, status, worker_id=self.worker_id, **outcome):
+            log.info("job %s: %s", job_id, status)
+        else:  # its heartbeat went stale and the job was queued again: the next run counts
+            log.warning(
+                "job %s: no longer this worker's (queued again while its heartbeat was silent); "
+                "this run's outcome (%s) is not recorded",
+                job_id,
+                status,
+            )
 
     def run_forever(self) -> None:
         last_mark = 0.0
