@@ -50,18 +50,23 @@ def test_migrate_records_the_head_revision(db: Database) -> None:
     assert versions == ["0003"]
 
 
-def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path) -> None:
+def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
+    """Bring ``db``'s schema to an earlier ``revision``, as an older release left it."""
     from alembic import command
     from alembic.config import Config
 
     from selftune.store.db import _MIGRATIONS
 
-    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with db.engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0001")
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    _migrate_to(db, "0001")
     with db.write() as session:
         session.add(User(id="old-user"))
     db.migrate()
@@ -71,17 +76,9 @@ def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path) -> None:
 
 
 def test_keys_made_before_admin_keys_existed_are_users_keys(tmp_path: Path) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from selftune.store.db import _MIGRATIONS
-
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    _migrate_to(db, "0002")
     with db.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0002")
         conn.execute(text("INSERT INTO users (id, created_at) VALUES ('old', '2026-01-01')"))
         conn.execute(
             text(
@@ -92,9 +89,8 @@ def test_keys_made_before_admin_keys_existed_are_users_keys(tmp_path: Path) -> N
     db.migrate()
     with db.read() as session:
         assert session.scalars(select(ApiKey.admin)).all() == [False]
-    with db.engine.begin() as conn:  # and the step back keeps the keys
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0002")
+    _migrate_to(db, "0002", down=True)  # and the step back keeps the keys
+    with db.engine.connect() as conn:
         assert conn.execute(text("SELECT key_hash FROM api_keys")).scalars().all() == ["h"]
 
 
