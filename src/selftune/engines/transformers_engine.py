@@ -141,9 +141,10 @@ class TransformersEngine:
         batch: int = 16,
         until: Sequence[Callable[[str], bool]] | None = None,
     ) -> list[str]:
-        """Greedy answers to many prompts at once (left-padded batches): for evaluation.
-
-        ``until`` is not used: a batch runs to its longest answer anyway."""
+        """Greedy answers to many prompts at once (left-padded batches): for evaluation. An
+        answer ends once its ``until`` test holds, and a batch once all of its answers have."""
+        if until is not None and len(until) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(until)} 'until' tests")
         with self._lock:
             self._activate(adapter)
             with self._bare_context(adapter):
@@ -153,6 +154,7 @@ class TransformersEngine:
                     [self._encode(p) for p in prompts],
                     max_tokens,
                     batch=batch,
+                    until=until,
                 )
 
     # --- generation ------------------------------------------------------------------------
@@ -206,8 +208,12 @@ def greedy_answers(
     max_tokens: int,
     *,
     batch: int = 16,
+    until: Sequence[Callable[[str], bool]] | None = None,
 ) -> list[str]:
-    """``model``'s greedy answers to tokenized ``prompts``, in left-padded batches of ``batch``."""
+    """``model``'s greedy answers to tokenized ``prompts``, in left-padded batches of ``batch``;
+    with ``until`` (one test per prompt), each answer ends once its test holds."""
+    from transformers import StoppingCriteriaList
+
     answers: list[str] = []
     pad_id = tokenizer.pad_token_id or 0
     stop_token_ids = sorted(_stop_token_ids(model, tokenizer))
@@ -218,6 +224,7 @@ def greedy_answers(
         masks = [[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded]
         input_ids = torch.tensor(rows, device=model.device)  # where the model is: CPU or GPU
         mask = torch.tensor(masks, device=model.device)
+        ended = _UntilHolds(tokenizer, longest, until[start : start + batch]) if until else None
         output = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -225,10 +232,35 @@ def greedy_answers(
             do_sample=False,
             eos_token_id=stop_token_ids,
             pad_token_id=pad_id,
+            stopping_criteria=StoppingCriteriaList([ended] if ended else []),
         )
-        for row in output[:, longest:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        for row, tokens in enumerate(output[:, longest:]):
+            if ended and row in ended.answers:  # the padding after the end is no answer
+                answers.append(ended.answers[row])
+            else:
+                answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
     return answers
+
+
+class _UntilHolds:
+    """A stopping criterion for ``generate``: a row ends once its answer so far passes its test
+    (the text it had then is kept in ``answers``); the batch ends once every row has ended."""
+
+    def __init__(
+        self, tokenizer: Any, prompt_length: int, tests: Sequence[Callable[[str], bool] | None]
+    ) -> None:
+        self.tokenizer, self.prompt_length, self.tests = tokenizer, prompt_length, tests
+        self.answers: dict[int, str] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        for row, test in enumerate(self.tests):
+            if test is not None and row not in self.answers:
+                new = input_ids[row, self.prompt_length :]
+                text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+                if test(text):
+                    self.answers[row] = text
+        ended = [row in self.answers for row in range(len(self.tests))]
+        return torch.tensor(ended, device=input_ids.device)
 
 
 def _is_peft(model: Any) -> bool:
