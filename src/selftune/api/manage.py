@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from selftune.api.auth import Caller, resolve_caller
+from selftune.api.auth import Caller
 from selftune.api.errors import ApiError
+from selftune.api.openai_routes import caller_of
 from selftune.api.schemas import FeedbackRequest, PromoteRequest, RollbackRequest, TrainRequest
 from selftune.api.state import AppState, app_state
 from selftune.atomic import ArtifactError
@@ -28,18 +29,12 @@ __all__ = ["move_alias", "resolve_version_id", "router"]
 router = APIRouter(prefix="/api")
 
 
-async def _caller(state: AppState, authorization: str | None) -> Caller:
-    return await run_in_threadpool(
-        resolve_caller, state.db, authorization, state.settings.auth_required
-    )
-
-
 @router.post("/feedback")
 async def feedback(
     body: FeedbackRequest, request: Request, authorization: str | None = Header(None)
 ) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
 
     def write() -> dict[str, Any]:
         with state.db.write() as session:
@@ -80,7 +75,7 @@ async def train(
     request: Request, body: TrainRequest | None = None, authorization: str | None = Header(None)
 ) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
 
     def queue() -> int:
         with state.db.read() as session:
@@ -111,7 +106,7 @@ def _job_or_404(state: AppState, caller: Caller, job_id: int) -> Job:
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: int, request: Request, authorization: str | None = Header(None)) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
     job = await run_in_threadpool(_job_or_404, state, caller, job_id)
     return jobs.job_view(job)
 
@@ -119,7 +114,7 @@ async def get_job(job_id: int, request: Request, authorization: str | None = Hea
 @router.get("/jobs")
 async def list_jobs(request: Request, authorization: str | None = Header(None)) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
 
     def read() -> list[dict[str, Any]]:
         with state.db.read() as session:
@@ -133,7 +128,7 @@ async def list_jobs(request: Request, authorization: str | None = Header(None)) 
 
 async def _job_action(request: Request, authorization: str | None, job_id: int, action: Any) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
     await run_in_threadpool(_job_or_404, state, caller, job_id)
     try:
         await run_in_threadpool(action, state.db, job_id)
@@ -158,7 +153,7 @@ async def cancel_job(
 @router.get("/versions")
 async def list_versions(request: Request, authorization: str | None = Header(None)) -> Any:
     state = app_state(request)
-    await _caller(state, authorization)
+    await caller_of(state, authorization)
 
     def read() -> dict[str, Any]:
         with state.db.read() as session:
@@ -206,7 +201,7 @@ async def promote_version(
     authorization: str | None = Header(None),
 ) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
     caller.require_admin("promoting a version")
     version_id = await run_in_threadpool(resolve_version_id, state, ref)
     reason = body.reason if body else "promoted through the API"
@@ -220,7 +215,7 @@ async def rollback(
     request: Request, body: RollbackRequest | None = None, authorization: str | None = Header(None)
 ) -> Any:
     state = app_state(request)
-    caller = await _caller(state, authorization)
+    caller = await caller_of(state, authorization)
     caller.require_admin("rolling back")
     body = body or RollbackRequest()
     return await move_alias(
@@ -259,7 +254,7 @@ async def export_merged(
     """Merge a version into its base as one GGUF, check it on the version's held-out examples,
     and say where to download it. Takes seconds to a minute; an existing export returns at once."""
     state = app_state(request)
-    await _caller(state, authorization)
+    await caller_of(state, authorization)
     fmt = (body or ExportRequest()).format
     version_id = await run_in_threadpool(resolve_version_id, state, ref)
     try:
