@@ -15,7 +15,7 @@ skips rows another transaction holds (``SKIP LOCKED``) and takes the next queued
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import select
 
@@ -72,7 +72,7 @@ def claim(db: Database, worker_id: str) -> Job | None:
         return job
 
 
-def _runs_it(job: Job | None, worker_id: str) -> bool:
+def _runs_it(job: Job | None, worker_id: str) -> TypeGuard[Job]:
     """Whether ``worker_id`` still runs ``job``. A worker whose heartbeat went stale (a database
     out of reach for a while) may find its job queued again, or claimed by another worker."""
     return job is not None and job.status == "running" and job.worker_id == worker_id
@@ -83,7 +83,7 @@ def report(db: Database, job_id: int, progress: float, stage: str, *, worker_id:
     cancel was asked for, or the job is no longer this worker's (then nothing is written)."""
     with db.write() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is None or not _runs_it(job, worker_id):
+        if not _runs_it(job, worker_id):
             return True
         job.progress, job.stage, job.heartbeat_at = progress, stage, utcnow()
         return job.cancel_requested
@@ -104,7 +104,6 @@ def finish(
         job = session.get(Job, job_id, with_for_update=True)
         if not _runs_it(job, worker_id):
             return False
-        assert job is not None
         job.status, job.result, job.error = status, result, error
         job.finished_at = utcnow()
         job.stage = status
@@ -118,7 +117,7 @@ def requeue(db: Database, job_id: int, reason: str, *, worker_id: str) -> None:
     """Put a running job back in the queue (its worker is stopping); the attempt is not counted."""
     with db.write() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is not None and _runs_it(job, worker_id):
+        if _runs_it(job, worker_id):
             job.status, job.stage, job.worker_id = "queued", "queued", None
             job.attempts = max(0, job.attempts - 1)
             session.add(Event(kind="job_requeued", payload={"job_id": job_id, "reason": reason}))
