@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from selftune.api.app import create_app
 from selftune.atomic import verify_manifest
 from selftune.engines.transformers_engine import TransformersEngine
-from selftune.store.schema import Interaction
+from selftune.store.schema import Interaction, Job
 from selftune.training.worker import Worker
 from tests.integration.conftest import tiny_settings
 
@@ -201,6 +201,67 @@ def test_a_rollback_during_a_job_stands_over_the_jobs_promotion(
     assert client.get("/api/versions").json()["serving"] == "base"
     promoted = client.post(f"/api/versions/{result['version']}/promote", json={})
     assert promoted.json()["serving"] == result["version"], promoted.text
+
+
+def _taken_by_another_worker(db: Any, job_id: int) -> None:
+    """Leave the job as another worker's recovery and claim would: this worker went silent."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.worker_id, job.attempts = "other-host:1", job.attempts + 1
+
+
+def test_a_job_lost_during_its_gate_promotes_nothing(
+    learning_client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker took the job while this one evaluated its candidate: the candidate keeps
+    its figures but is not served, and the job's record is left to the run that holds it."""
+    from selftune.training import pipeline
+
+    client, worker, _ = learning_client
+    teach(client)
+    job_id = client.post("/api/train", json={}).json()["job_id"]
+    real_decide = pipeline.decide
+
+    def decide_as_the_job_is_taken(*args: Any) -> Any:
+        _taken_by_another_worker(worker.db, job_id)
+        return real_decide(*args)
+
+    monkeypatch.setattr(pipeline, "decide", decide_as_the_job_is_taken)
+    assert worker.run_once()
+
+    versions = client.get("/api/versions").json()
+    assert versions["serving"] == "base"
+    [version] = versions["data"]
+    assert version["gate"]["passed"], version["gate"]  # it would have been promoted
+    view = client.get(f"/api/jobs/{job_id}").json()
+    assert (view["status"], view["result"]) == ("running", None)
+    assert f"job {job_id} stopped being this worker's while it evaluated" in caplog.text
+
+
+def test_a_job_lost_during_training_registers_nothing(
+    learning_client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker took the job before this one registered its version: no version, and
+    no folder left behind."""
+    from selftune.training import pipeline
+
+    client, worker, settings = learning_client
+    teach(client)
+    job_id = client.post("/api/train", json={}).json()["job_id"]
+    real_export = pipeline._export_gguf
+
+    def export_as_the_job_is_taken(*args: Any) -> Any:
+        _taken_by_another_worker(worker.db, job_id)
+        return real_export(*args)
+
+    monkeypatch.setattr(pipeline, "_export_gguf", export_as_the_job_is_taken)
+    assert worker.run_once()
+
+    assert client.get("/api/versions").json()["data"] == []
+    assert list(settings.versions_dir.iterdir()) == []
+    assert client.get(f"/api/jobs/{job_id}").json()["status"] == "running"
+    assert f"job {job_id} stopped being this worker's while it trained" in caplog.text
 
 
 def test_a_worker_whose_compile_fails_trains_uncompiled(

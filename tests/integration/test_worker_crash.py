@@ -127,7 +127,7 @@ def test_a_worker_whose_job_was_taken_does_not_record_its_outcome(
     db = worker.db
     job_id = jobs.enqueue(db, "train", "alice")
 
-    def lose_the_job(*_args: object) -> dict[str, object]:
+    def lose_the_job(*_args: object, **_kwargs: object) -> dict[str, object]:
         with db.write() as session:  # as the other worker's recovery and claim would leave it
             job = session.get(Job, job_id)
             assert job is not None

@@ -197,6 +197,9 @@ def test_a_worker_that_lost_its_job_leaves_the_next_run_alone(db: Database) -> N
     jobs.report(db, job_id, 0.5, "training", worker_id="b")
 
     assert jobs.report(db, job_id, 0.9, "a's stage", worker_id="a") is True  # A stops
+    with db.write() as session:  # A's pipeline registers and promotes nothing
+        assert not jobs.holds(session, job_id, "a")
+        assert jobs.holds(session, job_id, "b")
     assert jobs.finish(db, job_id, "cancelled", worker_id="a") is False
     jobs.requeue(db, job_id, "a stops", worker_id="a")
 
@@ -216,6 +219,8 @@ def test_a_job_queued_again_is_not_ended_by_its_old_worker(db: Database) -> None
     assert jobs.finish(db, job_id, "cancelled", error="stopped", worker_id="a") is False
 
     assert _job(db, job_id).status == "queued"  # not cancelled: the next worker runs it
+    with db.write() as session:
+        assert not jobs.holds(session, job_id, "a")
     claimed = jobs.claim(db, "b")
     assert claimed is not None and claimed.id == job_id
 

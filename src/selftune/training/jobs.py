@@ -4,7 +4,9 @@ A worker claims a job inside one write transaction, so two workers never take th
 running job carries a heartbeat; a job whose heartbeat is older than ``stale_seconds`` belonged to
 a worker that died and is queued again (up to ``max_attempts`` in all). A worker's reports and
 final write only count while the job is still its own (``worker_id``): one that went silent
-without dying finds, when it is heard again, that it has lost the job, and writes nothing.
+without dying finds, when it is heard again, that it has lost the job, and writes nothing. The
+training pipeline checks the same (:func:`holds`) in the transactions that register its version
+and promote it, so a run that lost its job never serves what it trained.
 
 Every change reads the job's row ``FOR UPDATE``. SQLite runs one write transaction at a time and
 needs no row locks (SQLAlchemy leaves the clause out there); PostgreSQL runs them side by side,
@@ -18,6 +20,7 @@ import datetime as dt
 from typing import Any, TypeGuard
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from selftune.store.db import Database
 from selftune.store.schema import Event, Job, as_utc, utcnow
@@ -30,6 +33,7 @@ __all__ = [
     "claim",
     "enqueue",
     "finish",
+    "holds",
     "job_view",
     "recover_stale",
     "report",
@@ -76,6 +80,12 @@ def _runs_it(job: Job | None, worker_id: str) -> TypeGuard[Job]:
     """Whether ``worker_id`` still runs ``job``. A worker whose heartbeat went stale (a database
     out of reach for a while) may find its job queued again, or claimed by another worker."""
     return job is not None and job.status == "running" and job.worker_id == worker_id
+
+
+def holds(session: Session, job_id: int, worker_id: str) -> bool:
+    """Whether ``worker_id`` still runs the job, its row locked until ``session`` ends: what the
+    transaction then writes for the job cannot race its recovery by another worker."""
+    return _runs_it(session.get(Job, job_id, with_for_update=True), worker_id)
 
 
 def report(db: Database, job_id: int, progress: float, stage: str, *, worker_id: str) -> bool:

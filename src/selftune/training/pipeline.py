@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from selftune.registry.versions import (
 )
 from selftune.store.db import Database
 from selftune.store.schema import TrainingExample, Version, VersionExample
+from selftune.training import jobs
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
 from selftune.training.frozen_layers import FrozenLayers
 from selftune.training.packing import pack
@@ -48,7 +50,7 @@ from selftune.training.trainer import (
     warm_replay,
 )
 
-__all__ = ["JobCancelled", "NoTrainingData", "TrainingContext", "run_training_job"]
+__all__ = ["JobCancelled", "JobLost", "NoTrainingData", "TrainingContext", "run_training_job"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,11 @@ class NoTrainingData(RuntimeError):
 
 class JobCancelled(RuntimeError):
     pass
+
+
+class JobLost(RuntimeError):
+    """The job was queued again (this worker was silent too long) or another worker runs it:
+    this run's outcome is not the job's."""
 
 
 @dataclasses.dataclass
@@ -268,7 +275,12 @@ def _top_layers(base_dir: Path, share: float) -> tuple[int, ...]:
     return tuple(range(n_layers - count, n_layers))
 
 
-def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[str, Any]:
+def run_training_job(
+    ctx: TrainingContext, job_id: int, report: Report, *, worker_id: str
+) -> dict[str, Any]:
+    """Run job ``job_id``, which ``worker_id`` claimed. Raises :class:`JobLost` if the job stops
+    being this worker's before its version is registered (nothing is kept) or promoted (the
+    version keeps its figures and is not served)."""
     settings = ctx.settings
     clock = _StageClock()
     report(0.01, "building dataset")
@@ -327,22 +339,27 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
         "config": dataclasses.asdict(config),
     }
     with ctx.db.write() as session:
-        version = Version(
-            name=name,
-            base_model=ctx.source.location,
-            base_fingerprint=ctx.source.fingerprint,
-            parent_id=current.version_id,
-            job_id=job_id,
-            path=str(path.resolve()),
-            chat_template=ctx.engine.default_template,
-            train_metrics=train_metrics,
-        )
-        session.add(version)
-        session.flush()
-        for rows, role in ((train_rows, "train"), (heldout_rows, "heldout")):
-            for row in rows:
-                session.add(VersionExample(version_id=version.id, example_id=row.id, role=role))
-        version_id = version.id
+        still_ours = jobs.holds(session, job_id, worker_id)
+        if still_ours:
+            version = Version(
+                name=name,
+                base_model=ctx.source.location,
+                base_fingerprint=ctx.source.fingerprint,
+                parent_id=current.version_id,
+                job_id=job_id,
+                path=str(path.resolve()),
+                chat_template=ctx.engine.default_template,
+                train_metrics=train_metrics,
+            )
+            session.add(version)
+            session.flush()
+            for rows, role in ((train_rows, "train"), (heldout_rows, "heldout")):
+                for row in rows:
+                    session.add(VersionExample(version_id=version.id, example_id=row.id, role=role))
+            version_id = version.id
+    if not still_ours:
+        shutil.rmtree(path)  # nothing refers to it; the run that holds the job saves its own
+        raise JobLost(f"job {job_id} stopped being this worker's while it trained; {name} dropped")
 
     clock.lap("save")
     report(0.86, "evaluating")
@@ -387,6 +404,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
     clock.lap("evaluate")
     report(0.97, "gate")
     with ctx.db.write() as session:
+        still_ours = jobs.holds(session, job_id, worker_id)
         saved = session.get(Version, version_id)
         assert saved is not None
         saved.gate = decision
@@ -397,7 +415,7 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
             ]
         }
         not_promoted: str | None = None
-        if decision["passed"]:
+        if decision["passed"] and still_ours:
             try:
                 promote_gated(
                     session,
@@ -408,6 +426,11 @@ def run_training_job(ctx: TrainingContext, job_id: int, report: Report) -> dict[
                 )
             except AliasMoved as moved:
                 not_promoted = str(moved)
+    if not still_ours:
+        raise JobLost(
+            f"job {job_id} stopped being this worker's while it evaluated {name}: {name} keeps "
+            f"its gate's figures ({decision['reason']}) but was not promoted"
+        )
     clock.lap("gate")
     log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
     if not_promoted:

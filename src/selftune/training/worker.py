@@ -25,6 +25,7 @@ from selftune.store.db import Database
 from selftune.training import jobs
 from selftune.training.pipeline import (
     JobCancelled,
+    JobLost,
     NoTrainingData,
     TrainingContext,
     run_training_job,
@@ -112,12 +113,16 @@ class Worker:
         beat.start()
         try:
             try:
-                result = run_training_job(self.context(), job.id, beat.update)
+                result = run_training_job(
+                    self.context(), job.id, beat.update, worker_id=self.worker_id
+                )
             finally:
                 beat.stop()  # before the final write, so no late beat follows it
         except _Stop:
             jobs.requeue(self.db, job.id, "the worker was stopped", worker_id=self.worker_id)
             raise
+        except JobLost as exc:  # the job's record is the other run's to write
+            log.warning("job %s: %s; this run's outcome is not recorded", job.id, exc)
         except JobCancelled as exc:
             self._finish(job.id, "cancelled", error=str(exc))
         except NoTrainingData as exc:
