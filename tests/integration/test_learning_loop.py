@@ -272,11 +272,13 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
 ) -> None:
     """train_compile = 'auto' tries at warm-up; a failure costs speed, never the jobs. 'on'
     insists: the failure is the worker's."""
+    from torch._dynamo.exc import TorchDynamoException
+
     from selftune.training import pipeline
 
     def broken_compile(*args: Any, **kwargs: Any) -> Any:
         assert args[3].compile  # the warm-up step is the compiled one
-        raise RuntimeError("no compiler today")
+        raise TorchDynamoException("no compiler today")
 
     monkeypatch.setattr(pipeline, "train_lora", broken_compile)
     context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
@@ -286,8 +288,30 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
     assert "training runs uncompiled" in caplog.text
 
     context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
-    with pytest.raises(RuntimeError, match="no compiler today"):
+    with pytest.raises(TorchDynamoException, match="no compiler today"):
         context.warm_up()
+
+
+def test_a_warm_up_failure_that_is_not_compilings_leaves_compiling_on(
+    settings_env: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only torch.compile's own failures (inductor's arrive as TorchDynamoException) turn
+    compiling off; any other error is logged as what it is, and the worker goes on."""
+    from selftune.training import pipeline
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError("no room for the batch")
+
+    monkeypatch.setattr(pipeline, "train_lora", out_of_memory)
+    context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    context.warm_up()
+    assert context.train_config().compile
+    assert "warming up the training step failed" in caplog.text
+    assert "no room for the batch" in caplog.text
+    assert "training runs uncompiled" not in caplog.text
 
 
 def test_the_worker_compiles_one_row_and_several_row_batches_at_start(

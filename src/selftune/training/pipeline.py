@@ -192,8 +192,13 @@ class TrainingContext:
             for new in batches:
                 batch_size = len(new) + config.replay_per_step
                 self.train(new, dataclasses.replace(config, steps=1, batch_size=batch_size))
-        except Exception as error:
+        except TorchDynamoException as error:  # inductor's failures arrive wrapped in it
             self.compiling_failed(error)
+            return
+        except Exception:
+            # Not compiling's fault, so compiling stays on: the jobs meet the same error and
+            # their records say what it was; the worker keeps serving the queue.
+            log.exception("warming up the training step failed; the first job compiles it")
             return
         log.info("compiled the training step in %.0f s", time.perf_counter() - started)
 
