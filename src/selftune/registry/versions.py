@@ -130,18 +130,8 @@ def _record(
 
 def promote(session: Session, version_id: int, *, actor: str, reason: str) -> AliasChange:
     """Point the serving alias at ``version_id``; only a version that passed its gate."""
-    version = session.get(Version, version_id)
-    if version is None:
-        raise RegistryError(f"no version with id {version_id}")
-    if not version.gate.get("passed"):
-        why = version.gate.get("reason", "not evaluated")
-        raise RegistryError(
-            f"version {version.name} did not pass its gate ({why}); only gated versions are served"
-        )
-    current = _lock_alias(session)[-1]
-    if current == version_id:
-        raise RegistryError(f"version {version.name} is already being served")
-    return _record(session, "promote", version_id, current, reason, actor)
+    version = _gated_version(session, version_id)
+    return _promote(session, version, _lock_alias(session)[-1], actor=actor, reason=reason)
 
 
 def promote_gated(
@@ -150,16 +140,37 @@ def promote_gated(
     """Promote a job's candidate only if what is served is still what its gate compared it
     with (``gated_against``; ``None``: the base). Otherwise raise :class:`AliasMoved`: someone
     promoted or rolled back by hand during the job, and that choice stands."""
+    version = _gated_version(session, version_id)
     current = _lock_alias(session)[-1]
     if current != gated_against:
-        candidate = _name(session, version_id)
         raise AliasMoved(
             f"the served version changed from {_name(session, gated_against)} to "
-            f"{_name(session, current)} while {candidate} was being evaluated against it, so "
-            f"{candidate} was not promoted; promote it by hand if it should be served "
-            f"(POST /api/versions/{candidate}/promote)"
+            f"{_name(session, current)} while {version.name} was being evaluated against it, so "
+            f"{version.name} was not promoted; promote it by hand if it should be served "
+            f"(POST /api/versions/{version.name}/promote)"
         )
-    return promote(session, version_id, actor=actor, reason=reason)
+    return _promote(session, version, current, actor=actor, reason=reason)
+
+
+def _gated_version(session: Session, version_id: int) -> Version:
+    version = session.get(Version, version_id)
+    if version is None:
+        raise RegistryError(f"no version with id {version_id}")
+    if not version.gate.get("passed"):
+        why = version.gate.get("reason", "not evaluated")
+        raise RegistryError(
+            f"version {version.name} did not pass its gate ({why}); only gated versions are served"
+        )
+    return version
+
+
+def _promote(
+    session: Session, version: Version, current: int | None, *, actor: str, reason: str
+) -> AliasChange:
+    """Record ``version`` promoted over ``current``; the caller holds the alias lock."""
+    if current == version.id:
+        raise RegistryError(f"version {version.name} is already being served")
+    return _record(session, "promote", version.id, current, reason, actor)
 
 
 def rollback(
