@@ -203,12 +203,26 @@ def test_a_rollback_during_a_job_stands_over_the_jobs_promotion(
     assert promoted.json()["serving"] == result["version"], promoted.text
 
 
-def _taken_by_another_worker(db: Any, job_id: int) -> None:
-    """Leave the job as another worker's recovery and claim would: this worker went silent."""
-    with db.write() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        job.worker_id, job.attempts = "other-host:1", job.attempts + 1
+def _run_a_job_taken_during(learning_client: Any, monkeypatch: Any, stage: str) -> int:
+    """Teach, queue a job and run it; when the pipeline calls ``stage``, the job is left as
+    another worker's recovery and claim would leave it (this worker had gone silent)."""
+    from selftune.training import pipeline
+
+    client, worker, _ = learning_client
+    teach(client)
+    job_id: int = client.post("/api/train", json={}).json()["job_id"]
+    real_stage = getattr(pipeline, stage)
+
+    def stage_as_the_job_is_taken(*args: Any) -> Any:
+        with worker.db.write() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.worker_id, job.attempts = "other-host:1", job.attempts + 1
+        return real_stage(*args)
+
+    monkeypatch.setattr(pipeline, stage, stage_as_the_job_is_taken)
+    assert worker.run_once()
+    return job_id
 
 
 def test_a_job_lost_during_its_gate_promotes_nothing(
@@ -216,19 +230,8 @@ def test_a_job_lost_during_its_gate_promotes_nothing(
 ) -> None:
     """Another worker took the job while this one evaluated its candidate: the candidate keeps
     its figures but is not served, and the job's record is left to the run that holds it."""
-    from selftune.training import pipeline
-
-    client, worker, _ = learning_client
-    teach(client)
-    job_id = client.post("/api/train", json={}).json()["job_id"]
-    real_decide = pipeline.decide
-
-    def decide_as_the_job_is_taken(*args: Any) -> Any:
-        _taken_by_another_worker(worker.db, job_id)
-        return real_decide(*args)
-
-    monkeypatch.setattr(pipeline, "decide", decide_as_the_job_is_taken)
-    assert worker.run_once()
+    client = learning_client[0]
+    job_id = _run_a_job_taken_during(learning_client, monkeypatch, "decide")
 
     versions = client.get("/api/versions").json()
     assert versions["serving"] == "base"
@@ -244,19 +247,8 @@ def test_a_job_lost_during_training_registers_nothing(
 ) -> None:
     """Another worker took the job before this one registered its version: no version, and
     no folder left behind."""
-    from selftune.training import pipeline
-
-    client, worker, settings = learning_client
-    teach(client)
-    job_id = client.post("/api/train", json={}).json()["job_id"]
-    real_export = pipeline._export_gguf
-
-    def export_as_the_job_is_taken(*args: Any) -> Any:
-        _taken_by_another_worker(worker.db, job_id)
-        return real_export(*args)
-
-    monkeypatch.setattr(pipeline, "_export_gguf", export_as_the_job_is_taken)
-    assert worker.run_once()
+    client, _, settings = learning_client
+    job_id = _run_a_job_taken_during(learning_client, monkeypatch, "_export_gguf")
 
     assert client.get("/api/versions").json()["data"] == []
     assert list(settings.versions_dir.iterdir()) == []
