@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,6 +73,7 @@ def main() -> int:
                 f"  step seconds: first {steps[0]:.2f}, median {statistics.median(steps):.2f}, "
                 f"range {min(steps):.2f}-{max(steps):.2f}"
             )
+            _print_stopping(figures)
             print(f"  answer to {PARAPHRASES[0]!r}: {answer!r}")
             contention = cpu.summary("the training request")
             if contention:
@@ -81,6 +83,21 @@ def main() -> int:
                 f"{speed_before:.0f} GFLOP/s before, {_batch_matmul_gflops():.0f} after"
             )
             return 0 if FACT_WORD in answer else 1
+
+
+def _print_stopping(figures: dict[str, Any]) -> None:
+    """Each step's loss on the new material and replay KL, against the early-stopping rule's
+    thresholds: what decided the run's length."""
+    config = figures["config"]
+    new = figures["new_material_losses"]
+    weight = config["replay_weight"]
+    kl = [(total - n) / weight for total, n in zip(figures["losses"], new, strict=True)]
+    print(
+        f"  stops early once, {config['stop_patience']} steps in a row, the new material's loss "
+        f"< {config['stop_loss']} and the replay KL < {config['stop_replay_kl']}:"
+    )
+    print("    new loss   " + " ".join(f"{x:.3f}" for x in new))
+    print("    replay KL  " + " ".join(f"{x:.3f}" for x in kl))
 
 
 def _batch_matmul_gflops() -> float:
