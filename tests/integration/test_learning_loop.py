@@ -256,31 +256,46 @@ def test_a_job_lost_during_training_registers_nothing(
     assert f"job {job_id} stopped being this worker's while it trained" in caplog.text
 
 
+def _compile_error(kind: str) -> Exception:
+    """A failure of torch.compile: inductor's failures to build arrive as TorchDynamoException;
+    a compiled kernel's as it runs is a plain RuntimeError."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    if kind == "build":
+        return TorchDynamoException("no compiler today")
+    return RuntimeError("no compiler today (a compiled kernel failed)")
+
+
+@pytest.mark.parametrize("kind", ["build", "run"])
 def test_a_worker_whose_compile_fails_trains_uncompiled(
     settings_env: Path,
     tiny_model_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    kind: str,
 ) -> None:
-    """train_compile = 'auto' tries at warm-up; a failure costs speed, never the jobs. 'on'
-    insists: the failure is the worker's."""
-    from torch._dynamo.exc import TorchDynamoException
-
+    """train_compile = 'auto' tries at warm-up; a failure costs speed, never the jobs. Whether
+    compiling was at fault is found by running the step again uncompiled. 'on' insists: the
+    failure is the worker's."""
     from selftune.training import pipeline
 
+    uncompiled_steps = []
+
     def broken_compile(*args: Any, **kwargs: Any) -> Any:
-        assert args[3].compile  # the warm-up step is the compiled one
-        raise TorchDynamoException("no compiler today")
+        if args[3].compile:
+            raise _compile_error(kind)
+        uncompiled_steps.append(args[3].batch_size)
 
     monkeypatch.setattr(pipeline, "train_lora", broken_compile)
     context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
     assert context.train_config().compile
     context.warm_up()
     assert not context.train_config().compile
+    assert len(uncompiled_steps) == 1  # the check; the second shape is not tried compiled
     assert "training runs uncompiled" in caplog.text
 
     context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
-    with pytest.raises(TorchDynamoException, match="no compiler today"):
+    with pytest.raises(RuntimeError, match="no compiler today"):
         context.warm_up()
 
 
@@ -290,8 +305,8 @@ def test_a_warm_up_failure_that_is_not_compilings_leaves_compiling_on(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Only torch.compile's own failures (inductor's arrive as TorchDynamoException) turn
-    compiling off; any other error is logged as what it is, and the worker goes on."""
+    """A step that fails uncompiled too is not compiling's fault: compiling stays on, the
+    error is logged as what it is, and the worker goes on (its jobs will record the error)."""
     from selftune.training import pipeline
 
     def out_of_memory(*args: Any, **kwargs: Any) -> Any:
@@ -301,9 +316,29 @@ def test_a_warm_up_failure_that_is_not_compilings_leaves_compiling_on(
     context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
     context.warm_up()
     assert context.train_config().compile
-    assert "warming up the training step failed" in caplog.text
+    assert "warming up the training step failed, and not because of compiling" in caplog.text
     assert "no room for the batch" in caplog.text
     assert "training runs uncompiled" not in caplog.text
+
+
+def test_a_cancelled_compiled_run_is_not_run_again(
+    settings_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selftune.training import pipeline
+    from selftune.training.pipeline import JobCancelled
+
+    calls = []
+
+    def cancelled(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[3].compile)
+        raise JobCancelled("job 1 was cancelled")
+
+    monkeypatch.setattr(pipeline, "train_lora", cancelled)
+    context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    with pytest.raises(JobCancelled):
+        context.train(context.replay_set[:1], context.train_config())
+    assert calls == [True]
+    assert context.train_config().compile
 
 
 def test_the_worker_compiles_one_row_and_several_row_batches_at_start(
@@ -336,8 +371,6 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
 ) -> None:
     """A shape the warm-up did not compile, failing to compile mid-job, costs that job's time
     and later jobs' speed, never the job (under 'auto')."""
-    from torch._dynamo.exc import TorchDynamoException
-
     from selftune.training import pipeline
 
     real_train_lora = pipeline.train_lora
@@ -346,7 +379,7 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
     def compile_fails(*args: Any, **kwargs: Any) -> Any:
         if args[3].compile:
             compiled_calls.append(args[3])
-            raise TorchDynamoException("inductor could not build a kernel")
+            raise _compile_error("run")
         return real_train_lora(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_lora", compile_fails)
@@ -360,7 +393,7 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
         view = client.get(f"/api/jobs/{job['job_id']}").json()
         assert view["status"] == "succeeded", view
         assert len(compiled_calls) == 1
-        assert "training again uncompiled" in caplog.text
+        assert "running it again uncompiled" in caplog.text
         assert not worker.context().train_config().compile  # later jobs skip compiling
         [version] = client.get("/api/versions").json()["data"]
         assert version["train_metrics"]["config"]["compile"] is False

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch._dynamo.exc import TorchDynamoException
-
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
 from selftune.data.curation import active_examples
@@ -137,7 +135,28 @@ class TrainingContext:
         self, new: list[TokenizedExample], config: TrainConfig, progress: ProgressFn | None = None
     ) -> tuple[Any, TrainResult]:
         """:func:`train_lora` on ``new`` with the replay set, and what this worker keeps about
-        the base between jobs (its replay distributions, the states below the adapters)."""
+        the base between jobs (its replay distributions, the states below the adapters).
+
+        A compiled run that fails runs again uncompiled. If that works, compiling was at fault
+        (inductor's failures to build arrive as ``TorchDynamoException``, but a compiled
+        kernel's as it runs need not): later runs skip it, under train_compile = 'auto'; 'on'
+        insists, so the error stands. If it fails too, its own error says what went wrong.
+        """
+        try:
+            return self._train_lora(new, config, progress)
+        except JobCancelled:
+            raise
+        except Exception as error:
+            if not config.compile or self.settings.train_compile == "on":
+                raise
+            log.warning("a compiled training run failed (%s); running it again uncompiled", error)
+            trained = self._train_lora(new, dataclasses.replace(config, compile=False), progress)
+            self.compiling_failed(error)
+            return trained
+
+    def _train_lora(
+        self, new: list[TokenizedExample], config: TrainConfig, progress: ProgressFn | None
+    ) -> tuple[Any, TrainResult]:
         return train_lora(
             self.base_dir,
             new,
@@ -171,9 +190,9 @@ class TrainingContext:
             self.frozen_layers,
         )
         if config.compile:
-            self._compile_training(config)
+            self._compile_training()
 
-    def _compile_training(self, config: TrainConfig) -> None:
+    def _compile_training(self) -> None:
         """Compile the training step now, not in a job: one step on replay examples packed in
         one row (a small job's batch), one on enough of them for several rows (a larger job's).
 
@@ -186,20 +205,21 @@ class TrainingContext:
         if not replay:
             return  # nothing to warm up on: the first job compiles
         started = time.perf_counter()
-        n_new = max(1, config.batch_size - config.replay_per_step)
-        batches = [replay[:n_new], _more_than_a_row(replay, self.pad_id)]
-        try:
-            for new in batches:
-                batch_size = len(new) + config.replay_per_step
+        n_new = max(1, self.settings.train_batch_size - self.settings.replay_per_step)
+        for new in (replay[:n_new], _more_than_a_row(replay, self.pad_id)):
+            config = self.train_config()
+            if not config.compile:
+                return  # compiling failed on the first shape (see train)
+            batch_size = len(new) + config.replay_per_step
+            try:
                 self.train(new, dataclasses.replace(config, steps=1, batch_size=batch_size))
-        except TorchDynamoException as error:  # inductor's failures arrive wrapped in it
-            self.compiling_failed(error)
-            return
-        except Exception:
-            # Not compiling's fault, so compiling stays on: the jobs meet the same error and
-            # their records say what it was; the worker keeps serving the queue.
-            log.exception("warming up the training step failed; the first job compiles it")
-            return
+            except Exception:
+                if self.settings.train_compile == "on":
+                    raise
+                # Training itself fails, compiled or not: the jobs meet the same error and
+                # their records say what it was; the worker stays up to take them.
+                log.exception("warming up the training step failed, and not because of compiling")
+                return
         log.info("compiled the training step in %.0f s", time.perf_counter() - started)
 
     def compiling_failed(self, error: Exception) -> None:
@@ -310,17 +330,9 @@ def run_training_job(
 
     report(0.05, "training")
 
-    try:
-        model, result = ctx.train(train_set, config, on_step)
-    except TorchDynamoException as error:
-        # A shape the warm-up did not compile, and compiling it failed: the job trains again
-        # uncompiled (under 'auto'), and so do later ones.
-        if not config.compile:
-            raise
-        ctx.compiling_failed(error)
-        log.warning("job %s: training again uncompiled", job_id)
-        config = ctx.train_config()
-        model, result = ctx.train(train_set, config, on_step)
+    model, result = ctx.train(train_set, config, on_step)
+    if config.compile and not ctx.compile_works:  # it failed and trained again uncompiled
+        config = dataclasses.replace(config, compile=False)
 
     clock.lap("train")
     report(0.82, "saving")
