@@ -186,17 +186,20 @@ def status() -> None:
         table = Table("version", "parent", "gate", "reason", title="versions")
         for v in session.scalars(select(Version).order_by(Version.id)):
             parent = session.get(Version, v.parent_id).name if v.parent_id else "base"  # type: ignore[union-attr]
-            table.add_row(
-                v.name,
-                parent,
-                "passed" if v.gate.get("passed") else "failed",
-                v.gate.get("reason", "not evaluated"),
-            )
+            table.add_row(v.name, parent, *_gate_columns(v.gate))
         Console().print(table)
         jobs_table = Table("job", "status", "stage", "error", title="recent jobs")
         for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(10)):
             jobs_table.add_row(str(j.id), j.status, j.stage, j.error or "")
         Console().print(jobs_table)
+
+
+def _gate_columns(gate: dict[str, Any]) -> tuple[str, str]:
+    """(verdict, reason) of a version's gate. A version whose job was cancelled, or lost to
+    another worker, before its gate ran has none."""
+    if not gate:
+        return "-", "not evaluated"
+    return ("passed" if gate.get("passed") else "failed"), gate.get("reason", "")
 
 
 def _move_alias(action: Any) -> None:

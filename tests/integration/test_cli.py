@@ -18,6 +18,32 @@ def test_status_on_a_fresh_store(settings_env: Path) -> None:
     assert "serving: base" in result.output
 
 
+def test_status_tells_passed_failed_and_unevaluated_versions(settings_env: Path) -> None:
+    from selftune.config import load_settings
+    from selftune.store.db import Database
+    from selftune.store.schema import Version
+
+    db = Database(load_settings().resolved_database_url)
+    db.migrate()
+    gates = {
+        "v1": {"passed": True, "reason": "better on new material"},
+        "v2": {"passed": False, "reason": "no improvement"},
+        "v3": {},  # its job was cancelled before the gate ran
+    }
+    with db.write() as session:
+        for name, gate in gates.items():
+            fields = {"base_model": "tiny", "base_fingerprint": "f" * 16, "chat_template": "t"}
+            session.add(Version(name=name, path=name, gate=gate, **fields))
+    db.dispose()
+
+    result = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if "│ v" in line}
+    assert "passed" in rows["v1"] and "better on new material" in rows["v1"]
+    assert "failed" in rows["v2"] and "no improvement" in rows["v2"]
+    assert "failed" not in rows["v3"] and "not evaluated" in rows["v3"]
+
+
 def test_train_without_material_fails_clearly(settings_env: Path) -> None:
     result = runner.invoke(app, ["train", "--no-wait"])
     assert result.exit_code == 1
