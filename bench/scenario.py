@@ -115,16 +115,21 @@ class Server:
             time.sleep(0.05)
 
 
-def _wait_healthy(client: httpx.Client, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_healthy(
+    client: httpx.Client,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    worker_states: tuple[str, ...],
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"selftune serve exited with {process.returncode}")
         with contextlib.suppress(httpx.TransportError):
             health = client.get("/health")
-            # Ready when the model is loaded and a worker has warmed up to take jobs.
+            # Ready when the model is loaded and a worker is in one of the states.
             if health.status_code == 200 and any(
-                w["state"] in ("ready", "busy") for w in health.json()["workers"]
+                w["state"] in worker_states for w in health.json()["workers"]
             ):
                 return
         if time.monotonic() > deadline:
@@ -134,9 +139,15 @@ def _wait_healthy(client: httpx.Client, process: subprocess.Popen[bytes], timeou
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, *, env: dict[str, str] | None = None, timeout: float = 600
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    worker_states: tuple[str, ...] = ("ready", "busy"),
 ) -> Iterator[Server]:
-    """``selftune serve`` with its worker, on a free loopback port, stopped on exit."""
+    """``selftune serve`` with its worker, on a free loopback port, stopped on exit. It is
+    yielded once the worker is in one of ``worker_states``: by default, warmed up, the
+    training step compiled; ``("compiling", "ready", "busy")``: taking jobs."""
     port = free_port()
     environment = {
         **os.environ,
@@ -157,7 +168,7 @@ def running_server(
     base_url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base_url, timeout=120)
     try:
-        _wait_healthy(client, process, timeout)
+        _wait_healthy(client, process, timeout, worker_states)
         yield Server(base_url, process, client)
     finally:
         client.close()

@@ -196,8 +196,9 @@ class Settings(BaseSettings):
     train_compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Compile the decoder layers with torch.compile for training (1.15x a step "
-        "on a 2-core CPU; the worker compiles at start, 1-2 minutes there; a C++ compiler "
-        "needed): 'auto' on a CPU that has a C++ compiler, 'on' always, 'off' never.",
+        "on a 2-core CPU; a C++ compiler needed; the worker compiles while it has no job, 1-2 "
+        "minutes there): 'auto' on a CPU that has a C++ compiler, jobs that come before it is "
+        "compiled training uncompiled; 'on' always; 'off' never.",
     )
     seed: int = Field(0, description="Seed for data splits and training.")
     heldout_fraction: float = Field(

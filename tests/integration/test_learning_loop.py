@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -288,8 +289,9 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
 
     monkeypatch.setattr(pipeline, "train_lora", broken_compile)
     context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
-    assert context.train_config().compile
+    assert context.compile_pending
     context.warm_up()
+    assert not context.compile_works and not context.compile_pending
     assert not context.train_config().compile
     assert len(uncompiled_steps) == 1  # the check; the second shape is not tried compiled
     assert "training runs uncompiled" in caplog.text
@@ -335,10 +337,11 @@ def test_a_cancelled_compiled_run_is_not_run_again(
 
     monkeypatch.setattr(pipeline, "train_lora", cancelled)
     context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    compiled = dataclasses.replace(context.train_config(), compile=True)
     with pytest.raises(JobCancelled):
-        context.train(context.replay_set[:1], context.train_config())
+        context.train(context.replay_set[:1], compiled)
     assert calls == [True]
-    assert context.train_config().compile
+    assert context.compile_works
 
 
 def test_the_worker_compiles_one_row_and_several_row_batches_at_start(
@@ -377,6 +380,8 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
     compiled_calls = []
 
     def compile_fails(*args: Any, **kwargs: Any) -> Any:
+        if args[3].compile and args[3].steps == 1:
+            return None  # the warm-up's steps compile; the job's shape will not
         if args[3].compile:
             compiled_calls.append(args[3])
             raise _compile_error("run")
@@ -387,6 +392,8 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
     engine = TransformersEngine(tiny_model_dir, context_length=256)
     with TestClient(create_app(settings, engine=engine)) as client:
         worker = Worker(settings)
+        worker.context().warm_up()
+        assert worker.context().train_config().compile
         teach(client)
         job = client.post("/api/train", json={}).json()
         assert worker.run_once()
@@ -397,3 +404,39 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
         assert not worker.context().train_config().compile  # later jobs skip compiling
         [version] = client.get("/api/versions").json()["data"]
         assert version["train_metrics"]["config"]["compile"] is False
+
+
+def test_a_job_does_not_wait_for_compiling(
+    settings_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under train_compile = 'auto' the worker takes jobs before the training step is compiled
+    (30-60 s a batch shape on 2 cores) and trains them uncompiled; it compiles one shape at a
+    time while it has no job, and the jobs after that train compiled."""
+    from selftune.training import pipeline
+
+    runs: list[tuple[bool, int]] = []  # (compiled, steps) of each training run
+
+    def record(base_dir: Path, new: list, replay: list, config: Any, **kwargs: Any) -> Any:
+        runs.append((config.compile, config.steps))
+        if config.steps > 1:  # a job's: ending it here is enough
+            raise pipeline.JobCancelled("recorded")
+
+    monkeypatch.setattr(pipeline, "train_lora", record)
+    settings = tiny_settings(tiny_model_dir, train_compile="auto", **LEARNING)
+    engine = TransformersEngine(tiny_model_dir, context_length=256)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        teach(client)
+        worker = Worker(settings)
+        worker.context().warm_up(compile_step=False)
+        client.post("/api/train", json={})
+
+        assert worker.work_once()  # the job, at once, uncompiled
+        assert runs == [(False, settings.train_steps)]
+        assert worker.work_once() and worker.presence.state == "compiling"  # idle: one shape
+        assert worker.work_once()  # the other
+        assert runs[1:] == [(True, 1), (True, 1)]
+        assert not worker.work_once() and worker.presence.state == "ready"
+
+        client.post("/api/train", json={})
+        assert worker.work_once()
+        assert runs[3:] == [(True, settings.train_steps)]

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from selftune.store import Database
-from selftune.store.schema import Event, Job, User, utcnow
+from selftune.store.schema import Event, Job, User, Worker, utcnow
 from selftune.training import jobs
 from selftune.training.jobs import JobError
 
@@ -422,3 +422,37 @@ def test_worker_presence(db: Database) -> None:
     mark_worker(db, "host:2", "ready")
     mark_worker(db, "host:2", "stopped")
     assert live_workers(db) == [{"id": "host:1", "state": "starting"}]
+
+
+def test_a_worker_is_seen_while_it_loads_and_compiles(db: Database) -> None:
+    """The presence thread keeps the row fresh with the worker's state for as long as it runs
+    (loading and compiling take minutes), and no late beat overwrites the final 'stopped'."""
+    import time
+
+    from selftune.training.presence import live_workers, mark_worker
+    from selftune.training.worker import _Presence
+
+    def states() -> list[str]:
+        return [w["state"] for w in live_workers(db)]
+
+    presence = _Presence(db, "host:1", every=0.02)
+    presence.start()
+    try:
+        deadline = time.monotonic() + 10
+        while states() != ["starting"]:
+            assert time.monotonic() < deadline, states()
+            time.sleep(0.01)
+        presence.state = "compiling"
+        while states() != ["compiling"]:
+            assert time.monotonic() < deadline, states()
+            time.sleep(0.01)
+        with db.write() as session:  # as a minute of compiling would leave it without beats
+            session.get(Worker, "host:1").heartbeat_at = utcnow() - dt.timedelta(hours=1)
+        while states() != ["compiling"]:
+            assert time.monotonic() < deadline, states()
+            time.sleep(0.01)
+    finally:
+        presence.stop()
+    mark_worker(db, "host:1", "stopped")
+    time.sleep(0.1)
+    assert states() == []

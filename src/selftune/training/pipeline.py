@@ -88,9 +88,12 @@ class TrainingContext:
     replay_reference: ReplayReference = dataclasses.field(default_factory=ReplayReference)
     # The examples' states below the adapted layers: the replay prompts' serve every job.
     frozen_layers: FrozenLayers = dataclasses.field(default_factory=FrozenLayers)
-    # Cleared when compiling failed at warm-up under train_compile = 'auto': jobs then train
-    # uncompiled rather than fail.
+    # Cleared when compiling failed under train_compile = 'auto': jobs then train uncompiled
+    # rather than fail.
     compile_works: bool = True
+    # The batches whose compiled training step is still to be built (see compile_next); None:
+    # not listed yet.
+    _to_compile: list[list[TokenizedExample]] | None = None
 
     @property
     def probes(self) -> ProbeSet:
@@ -169,58 +172,80 @@ class TrainingContext:
         )
 
     def train_config(self) -> TrainConfig:
-        """The settings' :func:`train_config`, uncompiled where compiling failed here."""
+        """The settings' :func:`train_config`, uncompiled where compiling failed here, and
+        under train_compile = 'auto' until :meth:`compile_next` has compiled the step: a job
+        that comes first trains at once (1.15x slower) instead of compiling for 30-60 s a batch
+        shape. Under 'on' it compiles what it needs itself."""
         config = train_config(self.settings, self.base_dir)
-        if config.compile and not self.compile_works:
+        pending = self.settings.train_compile == "auto" and self._to_compile != []
+        if config.compile and (pending or not self.compile_works):
             return dataclasses.replace(config, compile=False)
         return config
 
-    def warm_up(self) -> None:
+    def warm_up(self, *, compile_step: bool = True) -> None:
         """What the first job would otherwise compute: the probe answers, the base's figures,
-        its distributions on the replay prompts and their states below the adapted layers, the
-        compiled training step."""
+        its distributions on the replay prompts and their states below the adapted layers;
+        with ``compile_step``, the compiled training step too (a worker leaves that to
+        :meth:`compile_next` while it has no job, so that none waits for it)."""
         self.regression_loss(None)
-        config = self.train_config()
         warm_replay(
             self.base_dir,
             self.replay_set,
             self.pad_id,
-            config,
+            self.train_config(),
             self.replay_reference,
             self.frozen_layers,
         )
-        if config.compile:
-            self._compile_training()
+        while compile_step and self.compile_next():
+            pass
 
-    def _compile_training(self) -> None:
-        """Compile the training step now, not in a job: one step on replay examples packed in
-        one row (a small job's batch), one on enough of them for several rows (a larger job's).
+    @property
+    def compile_pending(self) -> bool:
+        """Whether :meth:`compile_next` may have a batch shape left to compile."""
+        config = train_config(self.settings, self.base_dir)
+        return config.compile and self.compile_works and self._to_compile != []
+
+    def compile_next(self) -> bool:
+        """Compile the training step for the next batch shape not compiled yet; returns whether
+        there was one. The shapes: replay examples packed in one row (a small job's batch),
+        then enough of them for several rows (a larger job's).
 
         Each shape is its own graph: a row count of 1 is compiled as a constant, other counts
         as a variable. On 2 CPU cores each took 30-60 s (the kernels cached on disk help
         little: most of it is tracing); a job that had to compile the second would stop for
         that long mid-training.
         """
-        replay = self.replay_set
-        if not replay:
-            return  # nothing to warm up on: the first job compiles
+        if not self.compile_pending:
+            return False
+        config = train_config(self.settings, self.base_dir)
+        if self._to_compile is None:
+            replay = self.replay_set  # nothing to compile on without it: jobs compile
+            n_new = max(1, config.batch_size - config.replay_per_step)
+            shapes = [replay[:n_new], _more_than_a_row(replay, self.pad_id)] if replay else []
+            self._to_compile = shapes
+        if not self._to_compile:
+            return False
+        new = self._to_compile[0]
         started = time.perf_counter()
-        n_new = max(1, self.settings.train_batch_size - self.settings.replay_per_step)
-        for new in (replay[:n_new], _more_than_a_row(replay, self.pad_id)):
-            config = self.train_config()
-            if not config.compile:
-                return  # compiling failed on the first shape (see train)
-            batch_size = len(new) + config.replay_per_step
-            try:
-                self.train(new, dataclasses.replace(config, steps=1, batch_size=batch_size))
-            except Exception:
-                if self.settings.train_compile == "on":
-                    raise
-                # Training itself fails, compiled or not: the jobs meet the same error and
-                # their records say what it was; the worker stays up to take them.
-                log.exception("warming up the training step failed, and not because of compiling")
-                return
-        log.info("compiled the training step in %.0f s", time.perf_counter() - started)
+        step = dataclasses.replace(config, steps=1, batch_size=len(new) + config.replay_per_step)
+        try:
+            self.train(new, step)
+        except Exception:
+            if self.settings.train_compile == "on":
+                raise
+            # Training itself fails, compiled or not: the jobs meet the same error and their
+            # records say what it was; the worker stays up to take them.
+            log.exception("warming up the training step failed, and not because of compiling")
+            self._to_compile = []
+            return True
+        self._to_compile.pop(0)
+        if self.compile_works:
+            log.info(
+                "compiled the training step for %d-row batches in %.0f s",
+                pack(new, self.pad_id).input_ids.shape[0],
+                time.perf_counter() - started,
+            )
+        return True
 
     def compiling_failed(self, error: Exception) -> None:
         """Under train_compile = 'auto', training goes on uncompiled from now on; 'on' insists

@@ -1,8 +1,12 @@
 """The worker process: takes jobs from the store and runs them. It never serves requests.
 
 On start it removes half-written artifacts and queues again the jobs of workers that died. A
-heartbeat thread keeps the running job's heartbeat fresh and passes cancellation requests on.
-On SIGTERM/SIGINT the running job is put back in the queue for the next worker.
+heartbeat thread keeps the running job's heartbeat fresh and passes cancellation requests on;
+another keeps the worker's presence row fresh with what it is doing, from loading the model to
+stopping. On SIGTERM/SIGINT the running job is put back in the queue for the next worker.
+
+Jobs come first: the worker takes them as soon as the model and the base's figures are loaded,
+and compiles the training step (``train_compile``) one batch shape at a time while it has none.
 """
 
 from __future__ import annotations
@@ -60,11 +64,36 @@ class _Heartbeat(threading.Thread):
                 self.cancelled = jobs.report(
                     self.db, self.job_id, self.progress, self.stage, worker_id=self.worker_id
                 )
-                mark_worker(self.db, self.worker_id, "busy")
             except Exception:  # a busy database must not kill the job; the next beat retries
                 log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
 
     def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+class _Presence(threading.Thread):
+    """Keeps the worker's presence row fresh with its :attr:`state` ("starting", "compiling",
+    "ready", "busy"), so that a worker loading or compiling for minutes is seen alive and one
+    that died is not."""
+
+    def __init__(self, db: Database, worker_id: str, every: float = PRESENCE_SECONDS / 2) -> None:
+        super().__init__(daemon=True, name="presence")
+        self.db, self.worker_id, self.every = db, worker_id, every
+        self.state = "starting"
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                mark_worker(self.db, self.worker_id, self.state)
+            except Exception:  # the next beat retries
+                log.warning("marking worker %s present failed", self.worker_id, exc_info=True)
+            if self._done.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        """Stop beating; the caller marks the final state, which no late beat overwrites."""
         self._done.set()
         self.join()
 
@@ -77,6 +106,7 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._context: TrainingContext | None = None
         self._swept = False
+        self.presence = _Presence(self.db, self.worker_id)
 
     def context(self) -> TrainingContext:
         if self._context is None:
@@ -108,6 +138,7 @@ class Worker:
         if job is None:
             return False
         log.info("job %s: started (attempt %s)", job.id, job.attempts)
+        idle_state, self.presence.state = self.presence.state, "busy"
         every = min(2.0, self.settings.job_stale_seconds / 4)
         beat = _Heartbeat(self.db, job.id, every, self.worker_id)
         beat.start()
@@ -132,7 +163,21 @@ class Worker:
             self._finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
         else:
             self._finish(job.id, "succeeded", result=result)
+        self.presence.state = idle_state
         return True
+
+    def work_once(self) -> bool:
+        """Run a queued job, or else compile the training step for one more batch shape;
+        returns whether there was anything to do."""
+        if self.run_once():
+            return True
+        context = self.context()
+        if context.compile_pending:
+            self.presence.state = "compiling"
+            if context.compile_next():
+                return True
+        self.presence.state = "ready"
+        return False
 
     def _finish(self, job_id: int, status: str, **outcome: Any) -> None:
         if jobs.finish(self.db, job_id, status, worker_id=self.worker_id, **outcome):
@@ -146,14 +191,8 @@ class Worker:
             )
 
     def run_forever(self) -> None:
-        last_mark = 0.0
         while True:
-            if time.monotonic() - last_mark > PRESENCE_SECONDS / 2:
-                mark_worker(self.db, self.worker_id, "ready")
-                last_mark = time.monotonic()
-            if self.run_once():
-                last_mark = 0.0
-            else:
+            if not self.work_once():
                 time.sleep(self.settings.job_poll_seconds)
 
 
@@ -186,14 +225,16 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     worker = Worker(settings)
-    mark_worker(worker.db, worker.worker_id, "starting")
+    worker.presence.start()
     try:
         # Load the model, the base model's probe answers and figures now, not in the first job.
-        worker.context().warm_up()
-        log.info("worker %s ready; waiting for jobs", worker.worker_id)
+        worker.context().warm_up(compile_step=False)
+        worker.presence.state = "compiling"
+        log.info("worker %s taking jobs", worker.worker_id)
         worker.run_forever()
     except _Stop as stop:
         log.info("worker stopped by %s", stop)
     finally:
+        worker.presence.stop()
         mark_worker(worker.db, worker.worker_id, "stopped")
         worker.db.dispose()
