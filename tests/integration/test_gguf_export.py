@@ -214,6 +214,28 @@ def tiny_gguf_base(setup: Setup) -> Path:
     )
 
 
+def test_a_gguf_base_converts_back_to_its_weights(
+    setup: Setup, tiny_gguf_base: Path, tmp_path: Path
+) -> None:
+    """A float32 GGUF base, dequantized into the cache, holds the weights it was written from
+    (the attention's row order restored); the speed-ups of that conversion end with it."""
+    import gguf
+    import safetensors.torch
+    import torch
+
+    from selftune.models.base import materialize, resolve_base_model
+
+    reader_class, name_maps = gguf.GGUFReader, gguf.get_tensor_name_map
+    folder = materialize(resolve_base_model(str(tiny_gguf_base)), tmp_path)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader_class, name_maps)
+
+    converted = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    original = safetensors.torch.load_file(str(setup.folder / "tiny" / "model.safetensors"))
+    assert converted.keys() == original.keys()
+    for name, weight in original.items():
+        assert torch.equal(converted[name], weight), name
+
+
 def _settings(data_dir: Path, base_model: Path | str, cache: Path) -> Settings:
     return load_settings(data_dir=data_dir, base_model=str(base_model), cache_path=cache)
 
