@@ -129,10 +129,18 @@ def materialize(source: BaseModelSource, cache_dir: Path) -> Path:
     target = cache_dir / "models" / f"{Path(source.location).stem}-{source.fingerprint}"
     if target.is_dir():
         return target
+    # The server and its worker start together and both need the copy: one converts while the
+    # other waits for it, rather than both converting at half speed on the same cores.
+    with _exclusive(target.with_name(f"{target.name}.lock")):
+        if not target.is_dir():
+            _convert_gguf(Path(source.location), target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(source.location)
     log.info("converting %s to a cached safetensors copy (once)", gguf.name)
     with _gguf_parsed_once():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -141,12 +149,26 @@ def materialize(source: BaseModelSource, cache_dir: Path) -> Path:
         )
     _clear_gguf_quantizer(model)
     try:
-        with atomic_directory(target, {"source": source.location}) as tmp:
+        with atomic_directory(target, {"source": str(gguf)}) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     except FileExistsError:
         pass  # another process converted it at the same time; its copy is equivalent
-    return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if need be) for the block, across
+    processes; released however the holder ends, a crash included (the kernel drops it)."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,40 @@
+"""Resolving and caching the base model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from selftune.models import base
+from selftune.models.base import BaseModelSource, materialize
+
+
+def test_a_gguf_base_is_converted_once_when_two_processes_start_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server and its worker both materialize the base at start: one converts, the other
+    waits for its copy (two conversions at once would each run at half speed)."""
+    conversions: list[Path] = []
+
+    def slow_conversion(gguf: Path, target: Path) -> None:
+        conversions.append(gguf)
+        time.sleep(0.3)  # long enough for the other caller to arrive meanwhile
+        target.mkdir(parents=True)
+
+    monkeypatch.setattr(base, "_convert_gguf", slow_conversion)
+    source = BaseModelSource("gguf", str(tmp_path / "model.gguf"), "f" * 16)
+    results: list[Path] = []
+    callers = [
+        threading.Thread(target=lambda: results.append(materialize(source, tmp_path / "cache")))
+        for _ in range(2)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+
+    assert len(conversions) == 1
+    assert results[0] == results[1] and results[0].is_dir()
