@@ -228,8 +228,9 @@ def run_worker(settings: Settings) -> None:
     worker.presence.start()
     try:
         # Load the model, the base model's probe answers and figures now, not in the first job.
-        worker.context().warm_up(compile_step=False)
-        worker.presence.state = "compiling"
+        context = worker.context()
+        context.warm_up(compile_step=False)
+        worker.presence.state = "compiling" if context.compile_pending else "ready"
         log.info("worker %s taking jobs", worker.worker_id)
         worker.run_forever()
     except _Stop as stop:
