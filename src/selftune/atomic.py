@@ -3,7 +3,9 @@
 A directory is built under a temporary name beside its final place, every file is fsynced, a
 ``manifest.json`` with SHA-256 checksums is written last, and the directory is renamed into place.
 A crash at any point leaves either nothing at the final path or a complete, verifiable directory;
-leftover temporary directories are removed by :func:`remove_incomplete`.
+leftover temporary directories are removed by :func:`remove_incomplete`. Processes that would
+build the same artifact at the same time (a server and its worker, at first start) take turns
+with :func:`exclusive`, so that one builds it and the others find it built.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "ArtifactError",
     "atomic_directory",
     "atomic_file",
+    "exclusive",
     "fsync_path",
     "remove_incomplete",
     "sha256_file",
@@ -185,3 +188,18 @@ def remove_incomplete(parent: Path, older_than: float = 0.0) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if need be) for the block, across
+    processes; released however the holder ends, a crash included (the kernel drops it)."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -38,3 +38,35 @@ def test_a_gguf_base_is_converted_once_when_two_processes_start_together(
 
     assert len(conversions) == 1
     assert results[0] == results[1] and results[0].is_dir()
+
+
+def test_the_served_f16_copy_is_made_once_when_two_processes_start_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selftune.config import load_settings
+    from selftune.export import gguf_model
+    from selftune.models.base import default_gguf_path, resolve_base_model
+    from selftune.models.serving_gguf import serving_gguf
+
+    conversions: list[Path] = []
+
+    def slow_conversion(source: Path, out: Path, *_args: object, **_kwargs: object) -> None:
+        conversions.append(source)
+        time.sleep(0.3)
+        out.write_bytes(b"f16")
+
+    monkeypatch.setattr(gguf_model, "llama_quantize", slow_conversion)
+    settings = load_settings(data_dir=tmp_path / "data")
+    source = resolve_base_model(str(default_gguf_path()))
+    results: list[Path] = []
+    callers = [
+        threading.Thread(target=lambda: results.append(serving_gguf(settings, source)))
+        for _ in range(2)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+
+    assert len(conversions) == 1
+    assert results[0] == results[1] and results[0].read_bytes() == b"f16"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from selftune.atomic import atomic_directory
+from selftune.atomic import atomic_directory, exclusive
 
 __all__ = [
     "DEFAULT_MODEL_FILE",
@@ -131,7 +131,7 @@ def materialize(source: BaseModelSource, cache_dir: Path) -> Path:
         return target
     # The server and its worker start together and both need the copy: one converts while the
     # other waits for it, rather than both converting at half speed on the same cores.
-    with _exclusive(target.with_name(f"{target.name}.lock")):
+    with exclusive(target.with_name(f"{target.name}.lock")):
         if not target.is_dir():
             _convert_gguf(Path(source.location), target)
     return target
@@ -154,21 +154,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             tokenizer.save_pretrained(tmp)
     except FileExistsError:
         pass  # another process converted it at the same time; its copy is equivalent
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created if need be) for the block, across
-    processes; released however the holder ends, a crash included (the kernel drops it)."""
-    import fcntl
-
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
