@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from selftune.models import base
 from selftune.models.base import BaseModelSource, materialize
+
+
+def _twice_at_once(call: Callable[[], Path]) -> list[Path]:
+    """``call``'s results from two threads started together, as a server and its worker."""
+    results: list[Path] = []
+    callers = [threading.Thread(target=lambda: results.append(call())) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    return results
 
 
 def test_a_gguf_base_is_converted_once_when_two_processes_start_together(
@@ -26,15 +38,7 @@ def test_a_gguf_base_is_converted_once_when_two_processes_start_together(
 
     monkeypatch.setattr(base, "_convert_gguf", slow_conversion)
     source = BaseModelSource("gguf", str(tmp_path / "model.gguf"), "f" * 16)
-    results: list[Path] = []
-    callers = [
-        threading.Thread(target=lambda: results.append(materialize(source, tmp_path / "cache")))
-        for _ in range(2)
-    ]
-    for caller in callers:
-        caller.start()
-    for caller in callers:
-        caller.join()
+    results = _twice_at_once(lambda: materialize(source, tmp_path / "cache"))
 
     assert len(conversions) == 1
     assert results[0] == results[1] and results[0].is_dir()
@@ -58,15 +62,7 @@ def test_the_served_f16_copy_is_made_once_when_two_processes_start_together(
     monkeypatch.setattr(gguf_model, "llama_quantize", slow_conversion)
     settings = load_settings(data_dir=tmp_path / "data")
     source = resolve_base_model(str(default_gguf_path()))
-    results: list[Path] = []
-    callers = [
-        threading.Thread(target=lambda: results.append(serving_gguf(settings, source)))
-        for _ in range(2)
-    ]
-    for caller in callers:
-        caller.start()
-    for caller in callers:
-        caller.join()
+    results = _twice_at_once(lambda: serving_gguf(settings, source))
 
     assert len(conversions) == 1
     assert results[0] == results[1] and results[0].read_bytes() == b"f16"
