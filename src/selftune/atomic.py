@@ -5,7 +5,7 @@ A directory is built under a temporary name beside its final place, every file i
 A crash at any point leaves either nothing at the final path or a complete, verifiable directory;
 leftover temporary directories are removed by :func:`remove_incomplete`. Processes that would
 build the same artifact at the same time (a server and its worker, at first start) take turns
-with :func:`exclusive`, so that one builds it and the others find it built.
+in :func:`build_once`, so that one builds it and the others find it built.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ __all__ = [
     "ArtifactError",
     "atomic_directory",
     "atomic_file",
-    "exclusive",
+    "build_once",
     "fsync_path",
     "remove_incomplete",
     "sha256_file",
@@ -190,8 +190,23 @@ def remove_incomplete(parent: Path, older_than: float = 0.0) -> list[Path]:
     return removed
 
 
+def build_once(target: Path, build: Callable[[], None]) -> None:
+    """Make ``target`` with ``build`` (which writes it with :func:`atomic_file` or
+    :func:`atomic_directory`) unless it exists. Processes that would build it at the same time
+    take turns on a lock file beside it: one builds, the others wait and find it built. One
+    built meanwhile where the lock does not reach (another host sharing the folder) counts too.
+    """
+    if target.exists():
+        return
+    with _exclusive(target.with_name(f"{target.name}.lock")):
+        if target.exists():
+            return
+        with contextlib.suppress(FileExistsError):  # the other builder's copy is the same
+            build()
+
+
 @contextlib.contextmanager
-def exclusive(lock_path: Path) -> Iterator[None]:
+def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path`` (created if need be) for the block, across
     processes; released however the holder ends, a crash included (the kernel drops it)."""
     import fcntl

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from selftune.atomic import atomic_directory, exclusive
+from selftune.atomic import atomic_directory, build_once
 
 __all__ = [
     "DEFAULT_MODEL_FILE",
@@ -127,13 +127,9 @@ def materialize(source: BaseModelSource, cache_dir: Path) -> Path:
     if source.kind == "hub":
         return _materialize_hub(source)
     target = cache_dir / "models" / f"{Path(source.location).stem}-{source.fingerprint}"
-    if target.is_dir():
-        return target
     # The server and its worker start together and both need the copy: one converts while the
     # other waits for it, rather than both converting at half speed on the same cores.
-    with exclusive(target.with_name(f"{target.name}.lock")):
-        if not target.is_dir():
-            _convert_gguf(Path(source.location), target)
+    build_once(target, lambda: _convert_gguf(Path(source.location), target))
     return target
 
 
@@ -148,12 +144,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
     _clear_gguf_quantizer(model)
-    try:
-        with atomic_directory(target, {"source": str(gguf)}) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-    except FileExistsError:
-        pass  # another process converted it at the same time; its copy is equivalent
+    with atomic_directory(target, {"source": str(gguf)}) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 @contextlib.contextmanager

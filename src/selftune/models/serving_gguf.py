@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from selftune.atomic import atomic_file, exclusive
+from selftune.atomic import atomic_file, build_once
 from selftune.config import Settings
 from selftune.models.base import BaseModelSource
 
@@ -38,16 +38,12 @@ def serving_gguf(settings: Settings, source: BaseModelSource) -> Path:
     if not weights.quantized or (choice == "auto" and 2 * weights.n_params > _AUTO_LIMIT_BYTES):
         return path
     target = settings.cache_dir / "models" / f"{path.stem}-{source.fingerprint}.f16.gguf"
-    if target.is_file():
-        return target
-    # The server and its worker both start with this: one converts, the other waits for it.
-    with exclusive(target.with_name(f"{target.name}.lock")):
-        if not target.is_file():
-            log.info("converting %s to f16 for serving (once)", path.name)
-            try:
-                with atomic_file(target) as tmp:
-                    # allow_requantize: the source is quantized, and f16 dequantizes it.
-                    llama_quantize(path, tmp, "MOSTLY_F16", allow_requantize=True)
-            except FileExistsError:
-                pass  # converted meanwhile where the lock does not reach (another host)
+
+    def convert() -> None:
+        log.info("converting %s to f16 for serving (once)", path.name)
+        with atomic_file(target) as tmp:
+            # allow_requantize: the source is quantized, and f16 dequantizes it.
+            llama_quantize(path, tmp, "MOSTLY_F16", allow_requantize=True)
+
+    build_once(target, convert)  # the server and its worker: one converts, the other waits
     return target

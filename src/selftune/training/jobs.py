@@ -17,7 +17,7 @@ skips rows another transaction holds (``SKIP LOCKED``) and takes the next queued
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypeGuard
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -76,24 +76,27 @@ def claim(db: Database, worker_id: str) -> Job | None:
         return job
 
 
-def _runs_it(job: Job | None, worker_id: str) -> TypeGuard[Job]:
-    """Whether ``worker_id`` still runs ``job``. A worker whose heartbeat went stale (a database
-    out of reach for a while) may find its job queued again, or claimed by another worker."""
-    return job is not None and job.status == "running" and job.worker_id == worker_id
+def _held(session: Session, job_id: int, worker_id: str) -> Job | None:
+    """The job, its row locked until ``session`` ends, if ``worker_id`` still runs it. A worker
+    whose heartbeat went stale (a database out of reach for a while) may find its job queued
+    again, or claimed by another worker."""
+    job = session.get(Job, job_id, with_for_update=True)
+    running = job is not None and job.status == "running" and job.worker_id == worker_id
+    return job if running else None
 
 
 def holds(session: Session, job_id: int, worker_id: str) -> bool:
     """Whether ``worker_id`` still runs the job, its row locked until ``session`` ends: what the
     transaction then writes for the job cannot race its recovery by another worker."""
-    return _runs_it(session.get(Job, job_id, with_for_update=True), worker_id)
+    return _held(session, job_id, worker_id) is not None
 
 
 def report(db: Database, job_id: int, progress: float, stage: str, *, worker_id: str) -> bool:
     """Record progress and refresh the heartbeat; returns True if the worker should stop: a
     cancel was asked for, or the job is no longer this worker's (then nothing is written)."""
     with db.write() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if not _runs_it(job, worker_id):
+        job = _held(session, job_id, worker_id)
+        if job is None:
             return True
         job.progress, job.stage, job.heartbeat_at = progress, stage, utcnow()
         return job.cancel_requested
@@ -111,8 +114,8 @@ def finish(
     """Record the end of a job this worker runs; False (nothing written) if it no longer does."""
     assert status in TERMINAL
     with db.write() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if not _runs_it(job, worker_id):
+        job = _held(session, job_id, worker_id)
+        if job is None:
             return False
         job.status, job.result, job.error = status, result, error
         job.finished_at = utcnow()
@@ -126,8 +129,8 @@ def finish(
 def requeue(db: Database, job_id: int, reason: str, *, worker_id: str) -> None:
     """Put a running job back in the queue (its worker is stopping); the attempt is not counted."""
     with db.write() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if _runs_it(job, worker_id):
+        job = _held(session, job_id, worker_id)
+        if job is not None:
             job.status, job.stage, job.worker_id = "queued", "queued", None
             job.attempts = max(0, job.attempts - 1)
             session.add(Event(kind="job_requeued", payload={"job_id": job_id, "reason": reason}))

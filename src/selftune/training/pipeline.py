@@ -154,7 +154,12 @@ class TrainingContext:
                 raise
             log.warning("a compiled training run failed (%s); running it again uncompiled", error)
             trained = self._train_lora(new, dataclasses.replace(config, compile=False), progress)
-            self.compiling_failed(error)
+            log.warning(
+                "torch.compile failed, so training runs uncompiled (1.15x slower); set "
+                "train_compile = 'off' to skip trying",
+                exc_info=error,
+            )
+            self.compile_works = False
             return trained
 
     def _train_lora(
@@ -246,18 +251,6 @@ class TrainingContext:
                 time.perf_counter() - started,
             )
         return True
-
-    def compiling_failed(self, error: Exception) -> None:
-        """Under train_compile = 'auto', training goes on uncompiled from now on; 'on' insists
-        on compiling, so ``error`` stands."""
-        if self.settings.train_compile == "on":
-            raise error
-        log.warning(
-            "torch.compile failed, so training runs uncompiled (1.15x slower); set "
-            "train_compile = 'off' to skip trying",
-            exc_info=error,
-        )
-        self.compile_works = False
 
 
 def _more_than_a_row(examples: list[TokenizedExample], pad_id: int) -> list[TokenizedExample]:
