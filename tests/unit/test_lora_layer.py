@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 from selftune.models.base import load_model
-from selftune.training.lora_layer import FastLoraLinear, fast_lora_config
+from selftune.training.lora_layer import FastLoraLinear, _LoraLinearFunction, fast_lora_config
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -64,6 +64,27 @@ def test_same_loss_and_gradients_as_peft(tiny_model_dir: Path, autocast: bool) -
     torch.testing.assert_close(fast_loss, peft_loss, rtol=1e-2, atol=0)
     for name, grad in peft_grads.items():
         assert (fast_grads[name] - grad).norm() <= 0.03 * grad.norm(), name
+
+
+def test_under_autocast_the_adapter_adds_its_share_in_float32() -> None:
+    """Autocast to bf16 computes the frozen product in bf16 and the adapter's in float32: a
+    share too small for bf16's 8 significant bits still reaches the output and the gradients
+    exactly (rounded into a bf16 output it would be lost)."""
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(16, 64, generator=generator), torch.randn(32, 64, generator=generator)
+    a = torch.randn(4, 64, generator=generator).requires_grad_()
+    b = (1e-4 * torch.randn(32, 4, generator=generator)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _LoraLinearFunction.apply(x, weight, None, a, b, 2.0)
+        frozen = torch.nn.functional.linear(x, weight)
+    y.sum().backward()
+    a_float, b_float = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    share = 2.0 * (x @ a_float.T) @ b_float.T
+    share.sum().backward()
+    assert y.dtype == torch.float32 and frozen.dtype == torch.bfloat16
+    torch.testing.assert_close(y - frozen.float(), share, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(a.grad, a_float.grad, rtol=1e-5, atol=0)
+    torch.testing.assert_close(b.grad, b_float.grad, rtol=1e-5, atol=0)
 
 
 def test_dropout_falls_back_to_peft_and_still_trains(tiny_model_dir: Path) -> None:

@@ -33,7 +33,19 @@ def _compute_dtype(device_type: str, tensor: torch.Tensor) -> torch.dtype:
 
 
 class _LoraLinearFunction(torch.autograd.Function):
-    """y = x W^T + b + s (x A^T) B^T, for x (M, in), W (out, in), A (r, in), B (out, r)."""
+    """y = x W^T + b + s (x A^T) B^T, for x (M, in), W (out, in), A (r, in), B (out, r).
+
+    Under autocast to bf16 only the frozen product x W^T is computed in bf16. The adapter's
+    product, its gradients and the sum are computed in the adapter's float32, and y is float32:
+    the adapter's share of y starts at zero and stays small, and rounded into a bf16 y (8
+    significant bits) its effect would be lost in the rounding of x W^T, then learned against
+    a rounded forward pass that serving, in float32, does not compute. y in float32 also
+    keeps the residual stream it is added to in float32, as mixed precision does. Measured on
+    the throughput benchmark's chats (2-core AVX-512 BF16 CPU, 18 steps, eval loss on the
+    float32 base): the eval loss 1.2-2.2% above float32 training's with y in bf16, 0.1% with
+    y in float32, at the same speed on 128-token chats and up to 1.2x slower on 50-token
+    ones. Without autocast y is in the frozen weight's dtype.
+    """
 
     @staticmethod
     def forward(
@@ -45,16 +57,21 @@ class _LoraLinearFunction(torch.autograd.Function):
         lora_b: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
-        dtype = _compute_dtype(x.device.type, weight)
+        low = _compute_dtype(x.device.type, weight)
+        full = torch.promote_types(lora_a.dtype, low)  # the adapter's float32, or wider
         with torch.autocast(x.device.type, enabled=False):
-            x, weight, a, b = (t.to(dtype) for t in (x, weight, lora_a, lora_b))
-            u_t = a @ x.T  # (r, M): the adapter's activations, transposed
-            y = torch.nn.functional.linear(x, weight, None if bias is None else bias.to(dtype))
+            a, b = lora_a.to(full), lora_b.to(full)
+            u_t = a @ x.to(full).T  # (r, M): the adapter's activations, transposed
+            y = torch.nn.functional.linear(
+                x.to(low), weight.to(low), None if bias is None else bias.to(low)
+            ).to(full)
             y.addmm_(u_t.T, b.T, alpha=scaling)
         ctx.save_for_backward(x, weight, a, b, u_t)
         ctx.scaling = scaling
-        ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
-        return y
+        ctx.dtypes = (low, full, lora_a.dtype, lora_b.dtype)
+        # Outside autocast (a bf16 model run as it is, e.g. to generate) y keeps the model's
+        # dtype, which the layers after it compute in.
+        return y if torch.is_autocast_enabled(x.device.type) else y.to(low)
 
     @staticmethod
     def backward(
@@ -62,17 +79,18 @@ class _LoraLinearFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, torch.Tensor, torch.Tensor, None]:
         x, weight, a, b, u_t = ctx.saved_tensors
         scaling = ctx.scaling
+        low, full, dtype_a, dtype_b = ctx.dtypes
         with torch.autocast(x.device.type, enabled=False):
-            grad = grad.to(x.dtype)
+            grad = grad.to(full)
             grad_u_t = b.T @ grad.T  # (r, M)
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = grad @ weight
+                grad_x = (grad.to(low) @ weight.to(low)).to(full)
                 grad_x.addmm_(grad_u_t.T, a, alpha=scaling)
+                grad_x = grad_x.to(x.dtype)
             grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
-            grad_a = (grad_u_t @ x).mul_(scaling)
+            grad_a = (grad_u_t @ x.to(full)).mul_(scaling)
             grad_b = (u_t @ grad).T.mul(scaling)
-        dtype_a, dtype_b = ctx.param_dtypes
         return grad_x, None, grad_bias, grad_a.to(dtype_a), grad_b.to(dtype_b), None
 
 
