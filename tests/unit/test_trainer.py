@@ -186,14 +186,19 @@ def test_trainer_matches_the_textbook_peft_loop(
     assert ours.losses[-1] < ours.losses[0]  # it did learn: the comparison is not vacuous
 
 
-def test_compiled_layers_train_to_the_same_losses(tiny_model_dir: Path, examples: tuple) -> None:
-    """``compile`` runs the decoder layers through torch.compile: faster, same numbers."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_compiled_layers_train_to_the_same_losses(
+    tiny_model_dir: Path, examples: tuple, bf16: bool
+) -> None:
+    """``compile`` runs the decoder layers and the loss through torch.compile: faster, same
+    numbers (in bf16, up to rounding: the compiled kernels round at other points)."""
     from torch._dynamo.utils import counters
 
     new, replay, pad_id = examples
     config = TrainConfig(
-        rank=4, alpha=8, learning_rate=1e-2, steps=3, batch_size=4, replay_per_step=1, seed=0
-    )
+        rank=4, alpha=8, learning_rate=1e-2, steps=3, batch_size=4, replay_per_step=1, seed=0,
+        bf16=bf16,
+    )  # fmt: skip
     _, eager = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     frames_before = counters["frames"]["ok"]
     run = trainer.LoraRun(
@@ -205,7 +210,7 @@ def test_compiled_layers_train_to_the_same_losses(tiny_model_dir: Path, examples
     model, compiled = run.result()
     frames_after = counters["frames"]["total"]
     assert counters["frames"]["ok"] > frames_before  # dynamo did compile the layers
-    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-2 if bf16 else 1e-4)
 
     # The trained model comes back uncompiled: generating with it does not go through dynamo.
     with torch.no_grad():
