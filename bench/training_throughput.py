@@ -17,7 +17,12 @@ that every figure is measured under the same (often shared, noisy) load:
    batch size, steps and seed; the first steps are warm-up and not timed. The selftune trainer
    also runs in the other precision (float32 if production autocasts to bf16) and, where
    production compiles its decoder layers (``train_compile``), uncompiled, so the table shows
-   what autocast and compiling each buy. Replay is off (an empty replay list): the baseline has no
+   what autocast and compiling each buy. Two workloads, each a round of its own: short
+   teaching chats (a question and a one-sentence answer, about 50 tokens: what a corrected
+   chat looks like), and the same questions with answers that go on about the person, about
+   128 tokens, as in the issue's reference loop (batch 4 x 128), timed for the baseline and
+   production only. Longer rows make larger matrix products, which a CPU computes nearer its
+   peak. Replay is off (an empty replay list): the baseline has no
    KL term, and with replay the trainer would do extra work per token that the baseline does
    not.
 3. Achieved FLOP/s, two ways. With LoRA the frozen weights get no gradient, so a position
@@ -36,15 +41,23 @@ that every figure is measured under the same (often shared, noisy) load:
      padding and the LM head at every position; selftune's packed batches compute a prompt
      prefix the examples share once per row (``selftune.training.packing``), and the layers
      below the adapters once per example, not at every step that sees it
-     (``selftune.training.frozen_layers``). The shares of the peaks are of this figure: they
-     say how well the machine is used, not how much work was avoided.
+     (``selftune.training.frozen_layers``).
+
+   Each is printed as a share of the measured peaks too. The model figure's share is the
+   model FLOPs utilization (MFU, as defined in the PaLM paper: observed tokens/s against what
+   the peak would give, work a trainer avoids or repeats not counted either way); the computed
+   figure's is the hardware FLOPs utilization (HFU). A trainer that avoids work has an HFU
+   below its MFU: the MFU says how fast it learns for the machine, the HFU how busy it keeps
+   the machine while doing so.
 
    The 32 examples come round again after 8 steps, so the first timed steps see examples new
    to the trainer and the later ones only examples seen before (as a job's 25 steps over a few
    chats and the replay prompts do); the speed-up is also printed for each kind of step.
 4. The loss after the same steps, on the last batch and over all examples, and the facts each
    trained model recalls (its greedy answer to a trained question names the taught value), so
-   that speed never silently costs quality.
+   that speed never silently costs quality. Each adapter is evaluated on the float32 base, as
+   the gate and serving load it: a trainer that holds its frozen base in bf16 is judged by what
+   users get, not by its rounded copy of the base.
 
 On a CUDA GPU (``train_device = 'auto'`` finds it) the same runs take place there: the peaks
 include an 8192^3 product (a GPU reaches its peak only on large ones), the compiled variant is
@@ -65,6 +78,7 @@ import random
 import re
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -131,6 +145,14 @@ _FACTS = [  # (question, answer, values the answer picks from)
         "{n} works as a {v} at the old observatory.",
         ("glazier", "cartographer", "beekeeper", "clockmaker"),
     ),
+]
+
+_DETAILS = [  # more about each person, to make longer chats
+    "{n} was born in a small village by the sea and moved inland at nineteen.",
+    "On weekends {n} walks along the old canal with a grey dog called Pepper.",
+    "{n} keeps a notebook of every bird seen from the kitchen window.",
+    "Friends say {n} bakes the best plum cake in the whole district.",
+    "{n} learned to sail from an uncle who fished for herring in winter.",
 ]
 
 
@@ -305,16 +327,23 @@ class Fact:
     value: str
 
 
-def build_facts() -> list[Fact]:
-    """Short synthetic Q/A chats about made-up people: the base model knows none of them."""
+def build_facts(details: int = 0) -> list[Fact]:
+    """Synthetic Q/A chats about made-up people: the base model knows none of them.
+
+    Each answer names the fact asked for, then tells ``details`` more made-up things about the
+    person (0: about 50 tokens a chat; all of ``_DETAILS``: about 128)."""
     rng = random.Random(0)
     facts = []
     for name in _NAMES:
+        told = " ".join(detail.format(n=name) for detail in _DETAILS[:details])
         for question, answer, values in _FACTS:
             value = rng.choice(values)
             chat = [
                 {"role": "user", "content": question.format(n=name)},
-                {"role": "assistant", "content": answer.format(n=name, v=value)},
+                {
+                    "role": "assistant",
+                    "content": f"{answer.format(n=name, v=value)} {told}".strip(),
+                },
             ]
             facts.append(Fact(chat, value))
     return facts[:N_EXAMPLES]
@@ -336,6 +365,20 @@ def _question(example: TokenizedExample) -> list[int]:
 def _loss_positions(example: TokenizedExample) -> int:
     """Positions whose next token carries a loss: where the LM head is needed."""
     return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
+def as_served(model: Any, base_dir: Path) -> Any:
+    """The trained adapter on the float32 base, loaded as serving and the gate load it.
+
+    A trainer that holds its frozen base in bf16 is judged by what users get, not by its bf16
+    copy of the base: evaluated there, the base's own rounding would count against the
+    adapter."""
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        served = PeftModel.from_pretrained(load_model(base_dir), folder)
+    return served.to(next(model.parameters()).device).eval()
 
 
 def eval_loss(model: Any, examples: Sequence[TokenizedExample], pad_id: int) -> float:
@@ -448,6 +491,35 @@ def textbook_trainer(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """The chats the trainers learn in one round of the benchmark."""
+
+    name: str
+    details: int  # made-up sentences added to each answer: the chats' length
+    every_variant: bool  # also time selftune's trainer in the other precision and compile setting
+
+
+WORKLOADS = (
+    Workload("short teaching chats, about 50 tokens each", 0, every_variant=True),
+    # The issue's reference loop: batch 4 x 128 tokens. Longer rows make larger products, which
+    # a CPU multiplies nearer its peak.
+    Workload("chats of about 128 tokens, as in batch 4 x 128", len(_DETAILS), every_variant=False),
+)
+
+
+@dataclasses.dataclass
+class Round:
+    """One workload's trainers, timed step by step in turn, and what they learned."""
+
+    workload: Workload
+    config: TrainConfig  # production's, as timed
+    plan: StepPlan
+    weights: WeightCounts
+    trainers: list[Timed]
+    recalled_by_base: int = 0
+
+
 def main() -> int:
     import transformers
 
@@ -455,24 +527,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     settings = load_settings()
     base_dir = materialize(resolve_base_model(settings.base_model), settings.cache_dir)
-    tokenizer = load_tokenizer(base_dir)
-    pad_id = tokenizer.pad_token_id or 0
-    template = resolve_template(settings.chat_template or None, tokenizer.chat_template)
-    facts = build_facts()
-    examples = [tokenize_chat(tokenizer, f.chat, template, settings.max_seq_len) for f in facts]
-
-    production = dataclasses.replace(
-        train_config(settings, base_dir),
-        batch_size=BATCH_SIZE,
-        steps=WARMUP_STEPS + TIMED_STEPS,
-        replay_per_step=0,
-        stop_loss=0.0,  # every step runs: the baseline does not stop early
-    )
-    other = dataclasses.replace(production, bf16=not production.bf16)
-    plan = plan_steps(examples, production, pad_id)
-    weights = WeightCounts.of(load_model(base_dir), production)
-
-    device = production.device
+    device = train_config(settings, base_dir).device
     print(
         f"training throughput (base model {base_dir.name}, {_device_text(device)}, "
         f"{torch.get_num_threads()} CPU threads)"
@@ -481,44 +536,77 @@ def main() -> int:
     started = time.perf_counter()
     peaks = matmul_peaks(device)
     print(f"  matmul peaks {time.perf_counter() - started:.0f}s", flush=True)
+    rounds = []
+    for workload in WORKLOADS:
+        rounds.append(run_round(workload, settings, base_dir))
+        peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(device), strict=True)]
+    contention = cpu.summary("the run")
+    peak = _report_peaks(peaks)
+    for played in rounds:
+        _report(peak, played)
+    if contention:
+        print(contention)
+    print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
+    return 0
+
+
+def run_round(workload: Workload, settings: Any, base_dir: Path) -> Round:
+    """Train the textbook loop and selftune's trainer(s) on ``workload``, step by step in turn,
+    then evaluate what each learned."""
+    tokenizer = load_tokenizer(base_dir)
+    pad_id = tokenizer.pad_token_id or 0
+    template = resolve_template(settings.chat_template or None, tokenizer.chat_template)
+    facts = build_facts(workload.details)
+    examples = [tokenize_chat(tokenizer, f.chat, template, settings.max_seq_len) for f in facts]
+    production = dataclasses.replace(
+        train_config(settings, base_dir),
+        batch_size=BATCH_SIZE,
+        steps=WARMUP_STEPS + TIMED_STEPS,
+        replay_per_step=0,
+        stop_loss=0.0,  # every step runs: the baseline does not stop early
+    )
+    plan = plan_steps(examples, production, pad_id)
+    weights = WeightCounts.of(load_model(base_dir), production)
+    device = production.device
     arguments = (base_dir, examples, production, plan, weights, pad_id)
     trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
-    if use_bf16("auto", device):
-        trainers.append(selftune_trainer(base_dir, examples, other, plan, weights, pad_id))
-    else:
-        # Without native bf16 (AVX-512 BF16 or AMX) torch emulates it: a step takes 20-30x
-        # longer (33 s instead of 1.3 s measured on an AVX2-only EPYC), so the run is skipped.
-        print(f"  {device} has no native bf16: the bf16 trainer run is skipped", flush=True)
-    # What compiling buys, measured alongside: on a CPU with a C++ compiler production compiles,
-    # on a GPU it does not until this says it pays (train_compile = 'auto').
-    if production.compile or device == "cuda":
-        toggled = dataclasses.replace(production, compile=not production.compile)
-        trainers.append(selftune_trainer(base_dir, examples, toggled, plan, weights, pad_id))
-    if device == "cuda" and not production.quantize_base and find_spec("bitsandbytes"):
-        nf4 = dataclasses.replace(production, quantize_base=True)
-        trainers.append(selftune_trainer(base_dir, examples, nf4, plan, weights, pad_id))
+    variants = []
+    if workload.every_variant:
+        if use_bf16("auto", device):
+            variants.append(dataclasses.replace(production, bf16=not production.bf16))
+        else:
+            # Without native bf16 (AVX-512 BF16 or AMX) torch emulates it: a step takes 20-30x
+            # longer (33 s instead of 1.3 s measured on an AVX2-only EPYC), so it is skipped.
+            print(f"  {device} has no native bf16: the bf16 trainer run is skipped", flush=True)
+        # What compiling buys: on a CPU with a C++ compiler production compiles, on a GPU it
+        # does not until this says it pays (train_compile = 'auto').
+        if production.compile or device == "cuda":
+            variants.append(dataclasses.replace(production, compile=not production.compile))
+        if device == "cuda" and not production.quantize_base and find_spec("bitsandbytes"):
+            variants.append(dataclasses.replace(production, quantize_base=True))
+    for variant in variants:
+        trainers.append(selftune_trainer(base_dir, examples, variant, plan, weights, pad_id))
     started = time.perf_counter()
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         # Step by step, the order turning each time: both sides of a pair see the same load.
         for trainer in trainers[step % len(trainers) :] + trainers[: step % len(trainers)]:
             trainer.run_step()
-    print(f"  {len(trainers)} trainers, steps interleaved {time.perf_counter() - started:.0f}s")
+    print(
+        f"  {workload.name}: {len(trainers)} trainers, steps interleaved "
+        f"{time.perf_counter() - started:.0f}s",
+        flush=True,
+    )
     for trainer in trainers:
         if trainer.name.endswith("compiled"):  # the first step compiles (once per process)
             print(f"  {trainer.name}: first step {trainer.seconds[0]:.0f}s (compiling)")
     for trainer in trainers:
-        model = trainer.finish()
+        model = as_served(trainer.finish(), base_dir)
         trainer.eval_loss = eval_loss(model, examples, pad_id)
         trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
+    played = Round(workload, production, plan, weights, trainers)
     with model.disable_adapter():  # the base: the last trained model, its adapter off
-        recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
-    peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(device), strict=True)]
-    contention = cpu.summary("the run")
-    _report(peaks, trainers, production, plan, weights, recalled_by_base)
-    if contention:
-        print(contention)
-    print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
-    return 0
+        played.recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
+    return played
 
 
 def _device_text(device: str) -> str:
@@ -537,15 +625,8 @@ def _best_peak(a: Peak, b: Peak) -> Peak:
     return a if a.gflops >= b.gflops else b
 
 
-def _report(
-    peaks: Sequence[Peak],
-    runs: Sequence[Timed],
-    config: TrainConfig,
-    plan: StepPlan,
-    weights: WeightCounts,
-    recalled_by_base: int,
-) -> None:
-    """Print the peaks, the set-up, and one table row per trainer (the first is the baseline)."""
+def _report_peaks(peaks: Sequence[Peak]) -> dict[torch.dtype, float | None]:
+    """Print the measured peaks; returns the best of each dtype (None: not measured)."""
     peak = {
         dtype: max((p.gflops for p in peaks if p.dtype == dtype), default=None)
         for dtype in (torch.float32, torch.bfloat16)
@@ -560,12 +641,19 @@ def _report(
         print(f"  {dtype:<9} {f'{m}x{k} @ {k}x{n}':<22} {p.gflops:7.1f} GFLOP/s")
     if peak[torch.bfloat16] is None:
         print("  bfloat16: not measured, this device has no native bf16 (torch emulates it)")
+    return peak
+
+
+def _report(peak: dict[torch.dtype, float | None], played: Round) -> None:
+    """Print a round's set-up and one table row per trainer (the first is the baseline)."""
+    config, plan, weights, runs = played.config, played.plan, played.weights, played.trainers
     timed = slice(WARMUP_STEPS, None)
     tokens = sum(plan.tokens[timed])
     pairs = zip(plan.tokens[timed], plan.loss_positions[timed], strict=True)
     model_flops = sum(weights.flops(n, h) for n, h in pairs)
     print()
     print(
+        f"{played.workload.name}:\n"
         f"LoRA r={config.rank} alpha={config.alpha:g} on {','.join(config.target_modules)} of "
         f"{_layers_text(config.layers)}\n"
         f"lr {config.learning_rate:g}; batch {BATCH_SIZE} from {N_EXAMPLES} synthetic Q/A chats; "
@@ -585,30 +673,32 @@ def _report(
         "pair run back to back on the same batch\n"
         f"model GFLOP/s: tokens/s x the FLOPs training these examples takes with the LM head at "
         f"loss positions only ({model_flops / tokens / 1e9:.3f} GFLOP a token)\n"
-        "computed GFLOP/s: the FLOPs each trainer actually computed per second; the peak shares "
-        "use these"
+        "computed GFLOP/s: the FLOPs each trainer actually computed per second\n"
+        "MFU, HFU: the model and computed GFLOP/s as shares of the float32 and bfloat16 peaks"
     )
     print()
     header = (
         f"  {'trainer':<26} {'precision':<13} {'tokens/s':>8} {'vs base':>7} {'model':>7} "
-        f"{'computed':>8} {'%fp32pk':>7} {'%bf16pk':>7} {'last loss':>9} {'eval loss':>9} "
+        f"{'computed':>8} {'MFU fp32':>8} {'MFU bf16':>8} {'HFU fp32':>8} {'HFU bf16':>8} "
+        f"{'last loss':>9} {'eval loss':>9} "
         f"{'recall':>6}"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
     baseline = runs[0]
     for index, run in enumerate(runs):
-        computed = run.computed_gflops()
+        rate = run.tokens_per_second(plan)
+        modelled, computed = rate * model_flops / tokens / 1e9, run.computed_gflops()
         shares = [
-            f"{computed / p:7.1%}" if p is not None else f"{'-':>7}"
+            f"{gflops / p:8.1%}" if p is not None else f"{'-':>8}"
+            for gflops in (modelled, computed)
             for p in (peak[torch.float32], peak[torch.bfloat16])
         ]
         name = run.name + (" (prod)" if index == 1 else "")
-        rate = run.tokens_per_second(plan)
         print(
             f"  {name:<26} {run.precision:<13} {rate:8.0f} {run.speedup_over(baseline):6.2f}x "
-            f"{rate * model_flops / tokens / 1e9:7.1f} {computed:8.1f} "
-            f"{shares[0]} {shares[1]} {run.losses[-1]:9.4f} {run.eval_loss:9.4f} "
+            f"{modelled:7.1f} {computed:8.1f} {' '.join(shares)} "
+            f"{run.losses[-1]:9.4f} {run.eval_loss:9.4f} "
             f"{f'{run.recalled}/{N_EXAMPLES}':>6}"
         )
     for run in runs[1:]:
@@ -629,11 +719,12 @@ def _report(
     print()
     print(
         "  last loss: cross-entropy on the last step's batch; eval loss: on all examples after\n"
-        "  training, float32. Both loops use the same lr schedule and gradient clipping: their\n"
-        "  losses should differ by rounding only (packed vs padded sums).\n"
+        "  training, float32, each adapter on the float32 base as served (a bf16 trainer's own\n"
+        "  copy of the base is rounded). Both loops use the same lr schedule and gradient\n"
+        "  clipping: their losses should differ by rounding only (packed vs padded sums, bf16).\n"
         "  recall: the taught facts whose value the greedy answer to the trained question names\n"
         f"  (answers cut at {RECALL_TOKENS} tokens); the base model without an adapter recalls "
-        f"{recalled_by_base}/{N_EXAMPLES}."
+        f"{played.recalled_by_base}/{N_EXAMPLES}."
     )
 
 
