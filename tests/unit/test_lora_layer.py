@@ -67,9 +67,9 @@ def test_same_loss_and_gradients_as_peft(tiny_model_dir: Path, autocast: bool) -
 
 
 def test_under_autocast_the_adapter_adds_its_share_in_float32() -> None:
-    """Autocast to bf16 computes the frozen product in bf16 and the adapter's in float32: a
-    share too small for bf16's 8 significant bits still reaches the output and the gradients
-    exactly (rounded into a bf16 output it would be lost)."""
+    """Under autocast to bf16 the adapter's share is added to the frozen product in float32:
+    a share too small for bf16's 8 significant bits still reaches the output (rounded into a
+    bf16 output it would be lost)."""
     generator = torch.Generator().manual_seed(0)
     x, weight = torch.randn(16, 64, generator=generator), torch.randn(32, 64, generator=generator)
     a = torch.randn(4, 64, generator=generator).requires_grad_()
@@ -82,9 +82,14 @@ def test_under_autocast_the_adapter_adds_its_share_in_float32() -> None:
     share = 2.0 * (x @ a_float.T) @ b_float.T
     share.sum().backward()
     assert y.dtype == torch.float32 and frozen.dtype == torch.bfloat16
-    torch.testing.assert_close(y - frozen.float(), share, rtol=1e-3, atol=1e-5)
-    torch.testing.assert_close(a.grad, a_float.grad, rtol=1e-5, atol=0)
-    torch.testing.assert_close(b.grad, b_float.grad, rtol=1e-5, atol=0)
+    # The share, computed from bf16 operands, is off by well under 1%; rounded into a bf16 y,
+    # it would be off by about bf16's step at y's size (1/32 to 1/8 here), ten times the share.
+    for got, expected in (
+        (y - frozen.float(), share),
+        (a.grad, a_float.grad),
+        (b.grad, b_float.grad),
+    ):
+        assert (got - expected).norm() <= 0.01 * expected.norm()
 
 
 def test_dropout_falls_back_to_peft_and_still_trains(tiny_model_dir: Path) -> None:
