@@ -25,7 +25,9 @@ changing what is learned):
   only at the positions that carry a loss, the answers' tokens, instead of at every position;
   at the replay positions on a step's few thousand words only (the base's ``replay_top_k``
   likeliest at each, see :func:`_step_loss`).
-- LoRA layers are one autograd node each (``training.lora_layer``).
+- LoRA layers are one autograd node each (``training.lora_layer``); under bf16 autocast they
+  add the adapter's share to the frozen product in float32 (bf16's eval loss within 0.35% of
+  float32's, from 1.2-2.2% above).
 - The base model's distributions on the replay prompts are computed once per worker
   (:class:`ReplayReference`), not once per job.
 - With ``compile``, each decoder layer runs compiled (``torch.compile``): the thousands of small
