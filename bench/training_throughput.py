@@ -73,6 +73,7 @@ ratios; the output also says how much CPU other processes took meanwhile.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import random
 import re
@@ -520,8 +521,18 @@ class Round:
     recalled_by_base: int = 0
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import transformers
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the trainers' seed (adapter start, batch order): bf16 and float32 runs end a few "
+        "tenths of a percent apart in loss, either way round, so compare over several",
+    )
+    seed = parser.parse_args(argv).seed
 
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -538,7 +549,7 @@ def main() -> int:
     print(f"  matmul peaks {time.perf_counter() - started:.0f}s", flush=True)
     rounds = []
     for workload in WORKLOADS:
-        rounds.append(run_round(workload, settings, base_dir))
+        rounds.append(run_round(workload, settings, base_dir, seed))
         peaks = [_best_peak(a, b) for a, b in zip(peaks, matmul_peaks(device), strict=True)]
     contention = cpu.summary("the run")
     peak = _report_peaks(peaks)
@@ -546,11 +557,12 @@ def main() -> int:
         _report(peak, played)
     if contention:
         print(contention)
-    print("reproduce: make bench  (or .venv/bin/python -m bench.training_throughput)")
+    again = f" --seed {seed}" if seed else ""
+    print(f"reproduce: make bench  (or .venv/bin/python -m bench.training_throughput{again})")
     return 0
 
 
-def run_round(workload: Workload, settings: Any, base_dir: Path) -> Round:
+def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) -> Round:
     """Train the textbook loop and selftune's trainer(s) on ``workload``, step by step in turn,
     then evaluate what each learned."""
     tokenizer = load_tokenizer(base_dir)
@@ -564,6 +576,7 @@ def run_round(workload: Workload, settings: Any, base_dir: Path) -> Round:
         steps=WARMUP_STEPS + TIMED_STEPS,
         replay_per_step=0,
         stop_loss=0.0,  # every step runs: the baseline does not stop early
+        seed=seed,
     )
     plan = plan_steps(examples, production, pad_id)
     weights = WeightCounts.of(load_model(base_dir), production)
