@@ -688,7 +688,7 @@ def losses_on_seeds(
     ``seeds`` (the adapter's start and the batch order), untimed.
 
     In bf16 the two end a few tenths of a percent apart either way round, by seed: measured on
-    2 AVX-512 BF16 cores, -0.33 to +0.86% over 5 seeds of the 50-token chats. One seed's
+    2 AVX-512 BF16 cores, -0.42 to +0.86% over 8 seeds of the 50-token chats. One seed's
     comparison is a draw from that spread; the mean over several says what bf16 costs.
     """
     compared = []
