@@ -527,6 +527,12 @@ class Setup:
     def trainer_arguments(self, base_dir: Path) -> tuple:
         return (base_dir, self.examples, self.config, self.plan, self.weights, self.pad_id)
 
+    def with_seed(self, seed: int) -> Setup:
+        """The same chats trained with another seed: another adapter start and batch order."""
+        config = dataclasses.replace(self.config, seed=seed)
+        plan = plan_steps(self.examples, config, self.pad_id)
+        return dataclasses.replace(self, config=config, plan=plan)
+
 
 @dataclasses.dataclass(frozen=True)
 class SeedLosses:
@@ -546,9 +552,7 @@ class Round:
     """One workload's trainers, timed step by step in turn, and what they learned."""
 
     workload: Workload
-    config: TrainConfig  # production's, as timed
-    plan: StepPlan
-    weights: WeightCounts
+    setup: Setup  # production's config, as timed
     trainers: list[Timed]
     recalled_by_base: int = 0
     # Eval losses on the timed seed and on more seeds (see :func:`losses_on_seeds`).
@@ -597,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     for played in rounds:  # untimed: after the timed rounds, outside the contention measured
         more = range(seed + 1, seed + loss_seeds)
-        played.seed_losses += losses_on_seeds(played.workload, settings, base_dir, more)
+        played.seed_losses += losses_on_seeds(played.setup, base_dir, more)
     if loss_seeds > 1:
         print(f"  eval losses on {loss_seeds - 1} more seeds {time.perf_counter() - started:.0f}s")
     peak = _report_peaks(peaks)
@@ -654,7 +658,7 @@ def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) 
         model = as_served(trainer.finish(), base_dir)
         trainer.eval_loss = eval_loss(model, examples, pad_id)
         trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
-    played = Round(workload, production, plan, weights, trainers)
+    played = Round(workload, setup, trainers)
     played.seed_losses.append(SeedLosses(seed, trainers[0].eval_loss, trainers[1].eval_loss))
     with model.disable_adapter():  # the base: the last trained model, its adapter off
         played.recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
@@ -681,11 +685,9 @@ def set_up(workload: Workload, settings: Any, base_dir: Path, seed: int) -> Setu
     return Setup(tokenizer, pad_id, facts, examples, production, plan, weights)
 
 
-def losses_on_seeds(
-    workload: Workload, settings: Any, base_dir: Path, seeds: Sequence[int]
-) -> list[SeedLosses]:
-    """The eval losses of the textbook loop and production's trainer, trained on each of
-    ``seeds`` (the adapter's start and the batch order), untimed.
+def losses_on_seeds(setup: Setup, base_dir: Path, seeds: Sequence[int]) -> list[SeedLosses]:
+    """The eval losses of the textbook loop and production's trainer, trained on ``setup``'s
+    chats with each of ``seeds`` (the adapter's start and the batch order), untimed.
 
     In bf16 the two end a few tenths of a percent apart either way round, by seed: measured on
     2 AVX-512 BF16 cores, -0.42 to +0.86% over 8 seeds of the 50-token chats. One seed's
@@ -693,14 +695,14 @@ def losses_on_seeds(
     """
     compared = []
     for seed in seeds:
-        setup = set_up(workload, settings, base_dir, seed)
-        arguments = setup.trainer_arguments(base_dir)
+        seeded = setup.with_seed(seed)
+        arguments = seeded.trainer_arguments(base_dir)
         losses = []
         for trainer in (textbook_trainer(*arguments), selftune_trainer(*arguments)):
-            for _ in setup.plan.batches:
+            for _ in seeded.plan.batches:
                 trainer.run_step()
             served = as_served(trainer.finish(), base_dir)
-            losses.append(eval_loss(served, setup.examples, setup.pad_id))
+            losses.append(eval_loss(served, seeded.examples, seeded.pad_id))
         compared.append(SeedLosses(seed, *losses))
     return compared
 
@@ -742,7 +744,8 @@ def _report_peaks(peaks: Sequence[Peak]) -> dict[torch.dtype, float | None]:
 
 def _report(peak: dict[torch.dtype, float | None], played: Round) -> None:
     """Print a round's set-up and one table row per trainer (the first is the baseline)."""
-    config, plan, weights, runs = played.config, played.plan, played.weights, played.trainers
+    config, plan, weights = played.setup.config, played.setup.plan, played.setup.weights
+    runs = played.trainers
     timed = slice(WARMUP_STEPS, None)
     tokens = sum(plan.tokens[timed])
     pairs = zip(plan.tokens[timed], plan.loss_positions[timed], strict=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.training_throughput import Workload, losses_on_seeds
+from bench.training_throughput import Workload, losses_on_seeds, set_up
 from selftune.config import load_settings
 
 
@@ -16,8 +16,8 @@ def test_each_seed_trains_both_loops_afresh_to_the_same_float32_loss(
     settings = load_settings(
         data_dir=tmp_path, train_precision="float32", train_compile="off", max_seq_len=64
     )
-    workload = Workload("short chats", 0, every_variant=False)
-    compared = losses_on_seeds(workload, settings, tiny_model_dir, [3, 4])
+    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    compared = losses_on_seeds(setup, tiny_model_dir, [3, 4])
     assert [c.seed for c in compared] == [3, 4]
     # In float32 the two loops differ by rounding only: the same batches, start and schedule.
     for c in compared:

@@ -19,6 +19,7 @@ from selftune.models.base import load_model
 __all__ = [
     "TrainingDeviceError",
     "check_training_settings",
+    "compute_dtype",
     "load_training_base",
     "resolve_device",
     "resolve_quantization",
@@ -130,6 +131,14 @@ def check_training_settings(
     if quantization_setting == "nf4":
         resolve_quantization(quantization_setting, device, Path())
     use_compile(compile_setting, device)
+
+
+def compute_dtype(device_type: str, tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a matrix product with ``tensor`` is computed in here: autocast's, if it is
+    on, else the tensor's own."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
 
 
 def load_training_base(base_dir: Path, *, device: str, bf16: bool, quantize: bool) -> Any:

@@ -22,14 +22,9 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
+from selftune.training.device import compute_dtype
+
 __all__ = ["FastLoraLinear", "fast_lora_config"]
-
-
-def _compute_dtype(device_type: str, tensor: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would give a matrix product here, or the tensor's own."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return tensor.dtype
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -62,7 +57,7 @@ class _LoraLinearFunction(torch.autograd.Function):
         lora_b: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
-        low = _compute_dtype(x.device.type, weight)
+        low = compute_dtype(x.device.type, weight)
         full = torch.promote_types(lora_a.dtype, low)  # the adapter's float32, or wider
         with torch.autocast(x.device.type, enabled=False):
             x, weight, a, b = (t.to(low) for t in (x, weight, lora_a, lora_b))

@@ -62,7 +62,7 @@ from typing import Any
 import torch
 
 from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample
-from selftune.training.device import load_training_base
+from selftune.training.device import compute_dtype, load_training_base
 from selftune.training.frozen_layers import FrozenLayers, run_layers, split_layer
 from selftune.training.packing import PackedBatch, pack
 
@@ -218,17 +218,10 @@ def _output_layer(
     """
     weight = head.weight if words is None else head.weight[words]
     bias = None if head.bias is None else (head.bias if words is None else head.bias[words])
-    if _in_bf16(hidden.device.type, weight):
+    if compute_dtype(hidden.device.type, weight) == torch.bfloat16:
         return torch.nn.functional.linear(hidden, weight, bias)
     logits = torch.mm(weight, hidden.T).T.contiguous()
     return logits if bias is None else logits + bias
-
-
-def _in_bf16(device_type: str, weight: torch.Tensor) -> bool:
-    """Whether a product with ``weight`` is computed in bf16 here (autocast, or its dtype)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type) == torch.bfloat16
-    return weight.dtype == torch.bfloat16
 
 
 def _cross_entropy(head: torch.nn.Linear, states: torch.Tensor, targets: torch.Tensor) -> Any:
