@@ -699,8 +699,9 @@ def losses_on_seeds(setup: Setup, base_dir: Path, seeds: Sequence[int]) -> list[
     In bf16 the two end a few tenths of a percent apart either way round, by seed: measured on
     2 AVX-512 BF16 cores over seeds 0-31 of the 50-token chats, -0.69 to +0.86% (sd 0.4%),
     mean +0.11% with a 95% interval of -0.03 to +0.26%, while the textbook loop's own eval loss
-    varied 7.8% from seed to seed. One seed's comparison is a draw from that spread; the mean
-    over several says what bf16 costs.
+    varied 7.8% from seed to seed; over seeds 0-31 of the 128-token chats, +0.28% (+0.18 to
+    +0.38%). One seed's comparison is a draw from that spread; the mean over several says
+    what bf16 costs.
     """
     compared = []
     for seed in seeds:

@@ -39,11 +39,10 @@ class _LoraLinearFunction(torch.autograd.Function):
     float32 also keeps the residual stream it is added to in float32, as mixed precision
     does. Measured on the throughput benchmark's chats (2-core AVX-512 BF16 CPU, 18 steps,
     eval loss on the float32 base): 1.2-2.2% above float32 training's with y in bf16 (4 seeds
-    of 4 above); with the sums in float32, +0.35, +0.03 and +0.03% on 128-token chats (seeds
-    0-2) and -0.42 to +0.86% on 50-token ones (seeds 0-7, +0.20% on average), which computing
-    the residual stream, the attention scores and the logits in float32 too did not lower
-    (+0.22%): what is left is bf16's rounding of the products' inputs. The adapter's products
-    in float32 too gave -0.17 to +0.15% on 128-token chats and cost a step 0.1 s. Without
+    of 4 above); with the sums in float32, over seeds 0-31, +0.11% on 50-token chats on
+    average (95% interval -0.03 to +0.26%) and +0.28% on 128-token ones (+0.18 to +0.38%).
+    The adapter's products in float32 too changed it by 0.00% seed for seed (16 seeds of
+    128-token chats) and cost a step 0.1 s; see the README for what else was tried. Without
     autocast y is in the frozen weight's dtype.
     """
 
