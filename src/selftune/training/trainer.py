@@ -26,9 +26,8 @@ changing what is learned):
   at the replay positions on a step's few thousand words only (the base's ``replay_top_k``
   likeliest at each, see :func:`_step_loss`).
 - LoRA layers are one autograd node each (``training.lora_layer``); under bf16 autocast they
-  add the adapter's share to the frozen product in float32 (bf16's eval loss +0.11% from
-  float32's over 32 seeds of 50-token chats, +0.28% over 32 of 128-token chats; 1.2-2.2% above
-  before).
+  add the adapter's share to the frozen product in float32 (what bf16 still costs the eval
+  loss is measured there).
 - The base model's distributions on the replay prompts are computed once per worker
   (:class:`ReplayReference`), not once per job.
 - With ``compile``, each decoder layer runs compiled (``torch.compile``): the thousands of small
