@@ -14,17 +14,19 @@ that every figure is measured under the same (often shared, noisy) load:
    baseline: transformers + PEFT ``get_peft_model`` with the same rank/alpha/targets, float32,
    AdamW, and the plain loop ``loss = model(**batch).loss; loss.backward(); opt.step();
    opt.zero_grad()``. Both see the same batches of the same tokenized chats, with the same
-   batch size, steps and seed; the first steps are warm-up and not timed. The selftune trainer
-   also runs in the other precision (float32 if production autocasts to bf16) and, where
-   production compiles its decoder layers (``train_compile``), uncompiled, so the table shows
-   what autocast and compiling each buy. Two workloads, each a round of its own: short
-   teaching chats (a question and a one-sentence answer, about 50 tokens: what a corrected
-   chat looks like), and the same questions with answers that go on about the person, about
-   128 tokens, as in the issue's reference loop (batch 4 x 128), timed for the baseline and
-   production only. Longer rows make larger matrix products, which a CPU computes nearer its
-   peak. Replay is off (an empty replay list): the baseline has no
-   KL term, and with replay the trainer would do extra work per token that the baseline does
-   not.
+   batch size, steps and seed; the first steps are warm-up and not timed. Where production
+   trains in bf16, the textbook loop also runs under ``torch.autocast`` to bf16, the usual way
+   to train in bf16, so the table shows what that gives and costs beside what production's
+   bf16 does. The selftune trainer also runs in the other precision (float32 if production
+   autocasts to bf16) and, where production compiles its decoder layers (``train_compile``),
+   uncompiled, so the table shows what autocast and compiling each buy. Two workloads, each a
+   round of its own: short teaching chats (a question and a one-sentence answer, about 50
+   tokens: what a corrected chat looks like), and the same questions with answers that go on
+   about the person, about 128 tokens, as in the issue's reference loop (batch 4 x 128),
+   where production's other precision and compile setting are not timed. Longer rows make
+   larger matrix products, which a CPU computes nearer its peak. Replay is off (an empty
+   replay list): the baseline has no KL term, and with replay the trainer would do extra work
+   per token that the baseline does not.
 3. Achieved FLOP/s, two ways. With LoRA the frozen weights get no gradient, so a position
    costs 2N FLOPs forward, where N counts the weights of every frozen linear layer, plus 2N'
    backward (gradient w.r.t. activations only), where N' counts those of the decoder layers
@@ -60,9 +62,10 @@ that every figure is measured under the same (often shared, noisy) load:
    users get, not by its rounded copy of the base. bf16 and float32 training end a few tenths
    of a percent apart, either way round depending on the seed, so the eval losses of the
    textbook loop and production's trainer are also compared on more seeds (``--loss-seeds``,
-   untimed, after the timed rounds: 8 of the short chats, 3 of the long ones by default). The
-   mean change is printed with its 95% interval (``bench.seed_statistics``), and with how much
-   the textbook loop's own eval loss moves from seed to seed.
+   untimed, after the timed rounds: 8 of the short chats, 3 of the long ones by default), and
+   so is the textbook loop under bf16 autocast where production trains in bf16. Each mean
+   change is printed with its 95% interval (``bench.seed_statistics``), and with how much the
+   textbook loop's own eval loss moves from seed to seed.
 
 On a CUDA GPU (``train_device = 'auto'`` finds it) the same runs take place there: the peaks
 include an 8192^3 product (a GPU reaches its peak only on large ones), the compiled variant is
@@ -457,6 +460,8 @@ def textbook_trainer(
     plan: StepPlan,
     weights: WeightCounts,
     pad_id: int,
+    *,
+    bf16_autocast: bool = False,
 ) -> Timed:
     """The textbook loop: PEFT LoRA, float32, AdamW, the model's own loss.
 
@@ -465,6 +470,11 @@ def textbook_trainer(
     1.0, as transformers' ``Trainer`` does by default, so that both optimize the same objective
     the same way and their losses differ only by rounding. It sees the trainer's batches,
     padded by ``collate``.
+
+    With ``bf16_autocast`` the forward pass runs under ``torch.autocast`` to bf16, the usual
+    way to train in bf16 (transformers' ``Trainer`` with ``bf16=True`` does the same): the
+    model and adapter stay float32, the matrix products are computed in bf16, and so are their
+    results, the adapter's share of each adapted layer's output included.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -482,7 +492,8 @@ def textbook_trainer(
             group["lr"] = trainer_lr_at(index, config)
         padded = collate([examples[i] for i in ids], pad_id)
         batch = {name: tensor.to(config.device) for name, tensor in padded.items()}
-        loss = model(**batch).loss
+        with torch.autocast(config.device, dtype=torch.bfloat16, enabled=bf16_autocast):
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -491,7 +502,7 @@ def textbook_trainer(
 
     return Timed(
         "textbook PEFT loop",
-        "float32",
+        "bf16 autocast" if bf16_autocast else "float32",
         step,
         lambda: model,
         [weights.flops(n, n) for n in plan.padded],  # the LM head at every position
@@ -542,15 +553,22 @@ class Setup:
 
 @dataclasses.dataclass(frozen=True)
 class SeedLosses:
-    """The eval losses of the textbook loop and of production's trainer, trained on one seed."""
+    """The eval losses of the textbook loop and of production's trainer, trained on one seed,
+    and where production trains in bf16, that of the textbook loop under bf16 autocast."""
 
     seed: int
     textbook: float
     production: float
+    textbook_bf16: float | None = None
 
     @property
     def change(self) -> float:
         return self.production / self.textbook - 1
+
+    @property
+    def bf16_autocast_change(self) -> float | None:
+        """What the textbook loop's own bf16 autocast does to its eval loss."""
+        return None if self.textbook_bf16 is None else self.textbook_bf16 / self.textbook - 1
 
 
 @dataclasses.dataclass
@@ -579,10 +597,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--loss-seeds",
         type=int,
         default=None,
-        help="compare the eval losses of the textbook loop and production's trainer on this many "
-        "seeds in each round, the timed one and those after it (default: 8 on the short chats, 3 "
-        "on the long ones; bf16 and float32 runs end a few tenths of a percent apart, either way "
-        "round, by seed)",
+        help="compare the eval losses of the textbook loop and production's trainer (and, where "
+        "production trains in bf16, the textbook loop under bf16 autocast) on this many seeds in "
+        "each round, the timed one and those after it (default: 8 on the short chats, 3 on the "
+        "long ones; bf16 and float32 runs end a few tenths of a percent apart, either way round, "
+        "by seed)",
     )
     arguments = parser.parse_args(argv)
     seed, loss_seeds = arguments.seed, arguments.loss_seeds
@@ -632,6 +651,8 @@ def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) 
     device = production.device
     arguments = setup.trainer_arguments(base_dir)
     trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
+    if production.bf16:  # what bf16 gives and costs done the usual way, beside production's
+        trainers.append(textbook_trainer(*arguments, bf16_autocast=True))
     variants = []
     if workload.every_variant:
         if use_bf16("auto", device):
@@ -666,7 +687,8 @@ def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) 
         trainer.eval_loss = eval_loss(model, examples, pad_id)
         trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
     played = Round(workload, setup, trainers)
-    played.seed_losses.append(SeedLosses(seed, trainers[0].eval_loss, trainers[1].eval_loss))
+    losses = [trainer.eval_loss for trainer in trainers[: 3 if production.bf16 else 2]]
+    played.seed_losses.append(SeedLosses(seed, *losses))
     with model.disable_adapter():  # the base: the last trained model, its adapter off
         played.recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
     return played
@@ -694,21 +716,28 @@ def set_up(workload: Workload, settings: Any, base_dir: Path, seed: int) -> Setu
 
 def losses_on_seeds(setup: Setup, base_dir: Path, seeds: Sequence[int]) -> list[SeedLosses]:
     """The eval losses of the textbook loop and production's trainer, trained on ``setup``'s
-    chats with each of ``seeds`` (the adapter's start and the batch order), untimed.
+    chats with each of ``seeds`` (the adapter's start and the batch order), untimed; where
+    production trains in bf16, also the textbook loop's under bf16 autocast.
 
-    In bf16 the two end a few tenths of a percent apart either way round, by seed: measured on
-    2 AVX-512 BF16 cores over seeds 0-31 of the 50-token chats, -0.69 to +0.86% (sd 0.4%),
-    mean +0.11% with a 95% interval of -0.03 to +0.26%, while the textbook loop's own eval loss
-    varied 7.8% from seed to seed; over seeds 0-31 of the 128-token chats, +0.28% (+0.18 to
-    +0.38%). One seed's comparison is a draw from that spread; the mean over several says
-    what bf16 costs.
+    In bf16 production's and the textbook loop's end a few tenths of a percent apart either way
+    round, by seed: measured on 2 AVX-512 BF16 cores over seeds 0-31 of the 50-token chats,
+    -0.69 to +0.86% (sd 0.4%), mean +0.11% with a 95% interval of -0.03 to +0.26%, while the
+    textbook loop's own eval loss varied 7.8% from seed to seed; over seeds 0-31 of the
+    128-token chats, +0.28% (+0.18 to +0.38%). One seed's comparison is a draw from that
+    spread; the mean over several says what bf16 costs. The textbook loop under bf16 autocast
+    ends well above both: +1.28% (+0.97 to +1.59%) over seeds 8-31 of the 50-token chats and
+    +1.88% (+1.68 to +2.08%) over seeds 3-31 of the 128-token ones, where production was
+    +0.09% and +0.29% on the same seeds.
     """
     compared = []
     for seed in seeds:
         seeded = setup.with_seed(seed)
         arguments = seeded.trainer_arguments(base_dir)
+        trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
+        if seeded.config.bf16:
+            trainers.append(textbook_trainer(*arguments, bf16_autocast=True))
         losses = []
-        for trainer in (textbook_trainer(*arguments), selftune_trainer(*arguments)):
+        for trainer in trainers:
             for _ in seeded.plan.batches:
                 trainer.run_step()
             served = as_served(trainer.finish(), base_dir)
@@ -750,6 +779,26 @@ def _report_peaks(peaks: Sequence[Peak]) -> dict[torch.dtype, float | None]:
     if peak[torch.bfloat16] is None:
         print("  bfloat16: not measured, this device has no native bf16 (torch emulates it)")
     return peak
+
+
+def _report_seed_losses(production: Timed, seed_losses: Sequence[SeedLosses]) -> None:
+    """Print each seed's eval-loss change against the float32 textbook loop, and their mean."""
+    compared = [(f"{production.name} ({production.precision})", [c.change for c in seed_losses])]
+    autocast = [c.bf16_autocast_change for c in seed_losses]
+    if None not in autocast:
+        autocast_changes = [change for change in autocast if change is not None]
+        compared.append(("textbook PEFT loop (bf16 autocast)", autocast_changes))
+    for trainer, changes in compared:
+        by_seed = ", ".join(
+            f"{change:+.2%} (seed {c.seed})" for change, c in zip(changes, seed_losses, strict=True)
+        )
+        print(
+            f"  {trainer} against the textbook loop in float32, eval loss by seed: {by_seed}\n"
+            f"    {MeanChange.of(changes)}"
+        )
+    textbook = [c.textbook for c in seed_losses]
+    spread = statistics.stdev(textbook) / statistics.fmean(textbook)
+    print(f"    (the textbook loop's own eval loss varies {spread:.1%} from seed to seed, sd)")
 
 
 def _report(peak: dict[torch.dtype, float | None], played: Round) -> None:
@@ -817,15 +866,7 @@ def _report(peak: dict[torch.dtype, float | None], played: Round) -> None:
             f"{run.recalled - baseline.recalled:+d} vs the textbook loop"
         )
     if len(played.seed_losses) > 1:
-        by_seed = ", ".join(f"{c.change:+.2%} (seed {c.seed})" for c in played.seed_losses)
-        textbook = [compared.textbook for compared in played.seed_losses]
-        spread = statistics.stdev(textbook) / statistics.fmean(textbook)
-        print(
-            f"  {runs[1].name} ({runs[1].precision}) against the textbook loop, eval loss by "
-            f"seed: {by_seed}\n"
-            f"    {MeanChange.of([c.change for c in played.seed_losses])}\n"
-            f"    (the textbook loop's own eval loss varies {spread:.1%} from seed to seed, sd)"
-        )
+        _report_seed_losses(runs[1], played.seed_losses)
     for run in runs[1:]:
         new, seen = run.steps_by_novelty()
         if new and seen:
