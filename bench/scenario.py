@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from selftune.worker_process import die_with_parent
+
 __all__ = [
     "FACT_WORD",
     "KNOWN",
@@ -163,7 +165,10 @@ def running_server(
         env=environment,
         stdout=log,
         stderr=log,
-        start_new_session=True,
+        start_new_session=True,  # its worker too can be killed as a group, below
+        # A test run or benchmark killed outright (SIGKILL, or SIGTERM, which skips the clean-up
+        # below) takes the server with it rather than leave it holding the CPUs.
+        preexec_fn=die_with_parent,
     )
     base_url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base_url, timeout=120)

@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["start_worker_process", "stop_worker_process"]
+__all__ = ["die_with_parent", "start_worker_process", "stop_worker_process"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child about to run (a ``preexec_fn``): ask the kernel for SIGTERM when the parent
+    dies, even by SIGKILL, where no clean-up of the parent's own can run."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -27,7 +29,7 @@ def _die_with_parent() -> None:
 
 def start_worker_process() -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "selftune", "worker"], preexec_fn=_die_with_parent
+        [sys.executable, "-m", "selftune", "worker"], preexec_fn=die_with_parent
     )
 
 
