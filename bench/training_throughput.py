@@ -520,7 +520,7 @@ class Workload:
 
 
 WORKLOADS = (
-    # What a corrected chat looks like. A seed more takes about 35 s on 2 AVX-512 BF16 cores;
+    # What a corrected chat looks like. A seed more takes about 45 s on 2 AVX-512 BF16 cores;
     # with 8 the mean change's 95% interval is about +-0.35% wide (one seed's change: sd 0.4%).
     Workload("short teaching chats, about 50 tokens each", 0, every_variant=True, loss_seeds=8),
     # The reference loop: batch 4 x 128 tokens. Longer rows make larger products, which
