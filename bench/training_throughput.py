@@ -649,10 +649,8 @@ def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) 
     tokenizer, pad_id, facts, examples = setup.tokenizer, setup.pad_id, setup.facts, setup.examples
     production, plan, weights = setup.config, setup.plan, setup.weights
     device = production.device
-    arguments = setup.trainer_arguments(base_dir)
-    trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
-    if production.bf16:  # what bf16 gives and costs done the usual way, beside production's
-        trainers.append(textbook_trainer(*arguments, bf16_autocast=True))
+    compared = compared_trainers(setup, base_dir)
+    trainers = list(compared)
     variants = []
     if workload.every_variant:
         if use_bf16("auto", device):
@@ -687,8 +685,7 @@ def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) 
         trainer.eval_loss = eval_loss(model, examples, pad_id)
         trainer.recalled = facts_recalled(model, tokenizer, facts, examples)
     played = Round(workload, setup, trainers)
-    losses = [trainer.eval_loss for trainer in trainers[: 3 if production.bf16 else 2]]
-    played.seed_losses.append(SeedLosses(seed, *losses))
+    played.seed_losses.append(SeedLosses(seed, *(trainer.eval_loss for trainer in compared)))
     with model.disable_adapter():  # the base: the last trained model, its adapter off
         played.recalled_by_base = facts_recalled(model, tokenizer, facts, examples)
     return played
@@ -714,6 +711,17 @@ def set_up(workload: Workload, settings: Any, base_dir: Path, seed: int) -> Setu
     return Setup(tokenizer, pad_id, facts, examples, production, plan, weights)
 
 
+def compared_trainers(setup: Setup, base_dir: Path) -> list[Timed]:
+    """The trainers whose eval losses are compared, in :class:`SeedLosses`' order: the textbook
+    loop, production's trainer and, where production trains in bf16, the textbook loop under
+    bf16 autocast (what bf16 gives and costs done the usual way)."""
+    arguments = setup.trainer_arguments(base_dir)
+    trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
+    if setup.config.bf16:
+        trainers.append(textbook_trainer(*arguments, bf16_autocast=True))
+    return trainers
+
+
 def losses_on_seeds(setup: Setup, base_dir: Path, seeds: Sequence[int]) -> list[SeedLosses]:
     """The eval losses of the textbook loop and production's trainer, trained on ``setup``'s
     chats with each of ``seeds`` (the adapter's start and the batch order), untimed; where
@@ -732,12 +740,8 @@ def losses_on_seeds(setup: Setup, base_dir: Path, seeds: Sequence[int]) -> list[
     compared = []
     for seed in seeds:
         seeded = setup.with_seed(seed)
-        arguments = seeded.trainer_arguments(base_dir)
-        trainers = [textbook_trainer(*arguments), selftune_trainer(*arguments)]
-        if seeded.config.bf16:
-            trainers.append(textbook_trainer(*arguments, bf16_autocast=True))
         losses = []
-        for trainer in trainers:
+        for trainer in compared_trainers(seeded, base_dir):
             for _ in seeded.plan.batches:
                 trainer.run_step()
             served = as_served(trainer.finish(), base_dir)

@@ -41,8 +41,8 @@ class _LoraLinearFunction(torch.autograd.Function):
     eval loss on the float32 base): 1.2-2.2% above float32 training's with y in bf16 (4 seeds
     of 4 above), as with PEFT's own layer under torch's bf16 autocast (the benchmark's
     textbook loop: +1.28% and +1.88% over 24 and 29 seeds of the chats below); with the sums
-    in float32, over seeds 0-31, +0.11% on 50-token chats on
-    average (95% interval -0.03 to +0.26%) and +0.28% on 128-token ones (+0.18 to +0.38%).
+    in float32, over seeds 0-31, +0.11% on 50-token chats on average (95% interval -0.03 to
+    +0.26%) and +0.28% on 128-token ones (+0.18 to +0.38%).
     The adapter's products in float32 too changed it by 0.00% seed for seed (16 seeds of
     128-token chats) and cost a step 0.1 s; see the README for what else was tried. Without
     autocast y is in the frozen weight's dtype.
