@@ -24,7 +24,17 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
 from selftune.training.device import compute_dtype
 
-__all__ = ["FastLoraLinear", "fast_lora_config"]
+__all__ = ["FastLoraLinear", "fast_lora_config", "frozen_product"]
+
+
+def frozen_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x W^T + b in the inputs' dtype. In bf16, torch's CPU kernels sum in float32 but round the
+    result to bf16 (CUDA's ``torch.mm`` can return float32 with ``out_dtype``; the CPU's
+    cannot): what is left of bf16's cost in eval loss. ``bench.bf16_rounding`` measures it by
+    putting a product with a float32 result here."""
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -44,8 +54,15 @@ class _LoraLinearFunction(torch.autograd.Function):
     in float32, over seeds 0-31, +0.11% on 50-token chats on average (95% interval -0.03 to
     +0.26%) and +0.28% on 128-token ones (+0.18 to +0.38%).
     The adapter's products in float32 too changed it by 0.00% seed for seed (16 seeds of
-    128-token chats) and cost a step 0.1 s; see the README for what else was tried. Without
-    autocast y is in the frozen weight's dtype.
+    128-token chats) and cost a step 0.1 s; see the README for what else was tried. What is
+    left is the rounding of the frozen products' results to bf16 (:func:`frozen_product`):
+    kept in float32, production's eval loss on seeds 3-18 of the 128-token chats went from
+    +0.34% to +0.03% of float32 training's (``python -m bench.bf16_rounding --long``), and
+    on seeds 0-15 of the 50-token ones from +0.19% to -0.06%.
+    Rounding the inputs and weights, and the backward's products in bf16, cost nothing
+    measurable. torch's CPU kernels offer no bf16 product with a float32 result, and a
+    float32 product is 2-3 times slower, so the rounding stays. Without autocast y is in the
+    frozen weight's dtype.
     """
 
     @staticmethod
@@ -63,7 +80,7 @@ class _LoraLinearFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x, weight, a, b = (t.to(low) for t in (x, weight, lora_a, lora_b))
             u_t = a @ x.T  # (r, M): the adapter's activations, transposed
-            y = torch.nn.functional.linear(x, weight, None if bias is None else bias.to(low))
+            y = frozen_product(x, weight, None if bias is None else bias.to(low))
             y = y.to(full).addmm_(u_t.T.to(full), lora_b.to(full).T, alpha=scaling)
         ctx.save_for_backward(x, weight, a, b, u_t)
         ctx.scaling = scaling

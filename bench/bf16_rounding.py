@@ -1,0 +1,165 @@
+"""What is left of bf16 training's eval-loss cost: rounding each product's result to bf16.
+
+``python -m bench.bf16_rounding [--long] [--seeds N]`` trains production's trainer (bf16,
+uncompiled) on the throughput benchmark's chats, seed by seed, in two ways:
+
+- its products as torch computes them on a CPU: inputs in bf16, sums in float32, the result
+  rounded to bf16 (8 significant bits);
+- the same bf16 inputs multiplied in float32, the result kept in float32: what a bf16 matrix
+  product with a float32 output gives. oneDNN has such a kernel, but torch's CPU ``mm`` does
+  not offer it (``out_dtype`` is CUDA's only), so here it is a float32 product, 2-3 times
+  slower: a measurement, not a way to train.
+
+Each is compared with the textbook loop in float32 on the same seed, by eval loss of the adapter
+on the float32 base as served, as the throughput benchmark compares them. The product swapped
+is the LoRA layers' frozen one (``training.lora_layer.frozen_product``); the default settings
+put adapters on every linear layer above the split, so that is all of them there. The layers
+below (run once, their states kept), attention's products and the output layer stay as they
+are. Not part of ``make bench``: a seed of the 128-token chats takes about 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from bench import training_throughput as throughput
+from bench.seed_statistics import MeanChange
+from selftune.config import load_settings
+from selftune.models.base import materialize, resolve_base_model
+from selftune.training import lora_layer
+from selftune.training.pipeline import train_config
+
+__all__ = ["RoundingLosses", "float32_results", "main", "rounding_losses"]
+
+
+def _float32_result(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x W^T + b of the (bf16) inputs as they are, multiplied and returned in float32."""
+    return torch.nn.functional.linear(
+        x.float(), weight.float(), None if bias is None else bias.float()
+    )
+
+
+@contextlib.contextmanager
+def float32_results() -> Iterator[None]:
+    """Within it, the LoRA layers' frozen products keep their results in float32."""
+    kept = lora_layer.frozen_product
+    lora_layer.frozen_product = _float32_result
+    try:
+        yield
+    finally:
+        lora_layer.frozen_product = kept
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundingLosses:
+    """One seed's eval losses: the textbook loop in float32, production's bf16 trainer, and
+    the same trainer with its products' results in float32."""
+
+    seed: int
+    textbook: float
+    production: float
+    float32_results: float
+
+    @property
+    def production_change(self) -> float:
+        return self.production / self.textbook - 1
+
+    @property
+    def float32_results_change(self) -> float:
+        return self.float32_results / self.textbook - 1
+
+
+def _trained_loss(trainer: throughput.Timed, setup: throughput.Setup, base_dir: Path) -> float:
+    for _ in setup.plan.batches:
+        trainer.run_step()
+    served = throughput.as_served(trainer.finish(), base_dir)
+    return throughput.eval_loss(served, setup.examples, setup.pad_id)
+
+
+def rounding_losses(
+    setup: throughput.Setup, base_dir: Path, seeds: Sequence[int]
+) -> Iterator[RoundingLosses]:
+    """Each seed's :class:`RoundingLosses`, trained on ``setup``'s chats (production bf16)."""
+    if not setup.config.bf16:
+        raise ValueError("production trains in float32 here: there is no bf16 rounding to measure")
+    # Uncompiled: a compiled layer could keep the product it was compiled with.
+    uncompiled = dataclasses.replace(setup, config=dataclasses.replace(setup.config, compile=False))
+    for seed in seeds:
+        seeded = uncompiled.with_seed(seed)
+        arguments = seeded.trainer_arguments(base_dir)
+        textbook = _trained_loss(throughput.textbook_trainer(*arguments), seeded, base_dir)
+        production = _trained_loss(throughput.selftune_trainer(*arguments), seeded, base_dir)
+        with float32_results():
+            unrounded = _trained_loss(throughput.selftune_trainer(*arguments), seeded, base_dir)
+        yield RoundingLosses(seed, textbook, production, unrounded)
+
+
+def _report(losses: Sequence[RoundingLosses]) -> None:
+    compared = {
+        "production (bf16 results)": [c.production_change for c in losses],
+        "production, results in float32": [c.float32_results_change for c in losses],
+        "float32 results minus bf16 results": [
+            c.float32_results_change - c.production_change for c in losses
+        ],
+    }
+    for name, changes in compared.items():
+        print(f"  {name}: {MeanChange.of(changes)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import transformers
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--long", action="store_true", help="the 128-token chats (default: the 50-token ones)"
+    )
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=16,
+        help="seeds to train on (one seed's change has an sd of about 0.3-0.4%%: 16 give a "
+        "95%% interval about +-0.15%% wide)",
+    )
+    arguments = parser.parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    settings = load_settings()
+    base_dir = materialize(resolve_base_model(settings.base_model), settings.cache_dir)
+    config = train_config(settings, base_dir)
+    if not config.bf16:
+        print(f"production trains in float32 on this {config.device}: no bf16 rounding to measure")
+        return 0
+    workload = throughput.WORKLOADS[1 if arguments.long else 0]
+    setup = throughput.set_up(workload, settings, base_dir, arguments.first_seed)
+    print(f"bf16 rounding of products' results ({workload.name}, base model {base_dir.name})")
+    seeds = range(arguments.first_seed, arguments.first_seed + arguments.seeds)
+    losses: list[RoundingLosses] = []
+    for measured in rounding_losses(setup, base_dir, seeds):
+        losses.append(measured)
+        print(
+            f"  seed {measured.seed}: textbook float32 {measured.textbook:.6f}, production "
+            f"{measured.production_change:+.2%}, with float32 results "
+            f"{measured.float32_results_change:+.2%}",
+            flush=True,
+        )
+    _report(losses)
+    again = " --long" if arguments.long else ""
+    print(
+        f"reproduce: .venv/bin/python -m bench.bf16_rounding{again} "
+        f"--first-seed {arguments.first_seed} --seeds {arguments.seeds}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""The bf16-rounding measurement: production's products with their results kept in float32."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.bf16_rounding import float32_results, rounding_losses
+from bench.training_throughput import Workload, set_up
+from selftune.config import load_settings
+from selftune.training import lora_layer
+
+
+def _frozen_share(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The LoRA layer's output under bf16 autocast with a zero B: its frozen product alone."""
+    a, b = torch.randn(4, x.shape[1]), torch.zeros(weight.shape[0], 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return lora_layer._LoraLinearFunction.apply(x, weight, None, a, b, 2.0)
+
+
+def test_within_it_the_frozen_product_keeps_a_float32_result_and_after_it_rounds_again() -> None:
+    torch.manual_seed(0)
+    x, weight = torch.randn(16, 64), torch.randn(32, 64)
+    x16, weight16 = x.bfloat16(), weight.bfloat16()
+    rounded = torch.nn.functional.linear(x16, weight16).float()
+    unrounded = torch.nn.functional.linear(x16.float(), weight16.float())
+    assert not torch.equal(rounded, unrounded)  # the result's rounding is what is measured
+    assert torch.equal(_frozen_share(x, weight), rounded)
+    with float32_results():
+        assert torch.equal(_frozen_share(x, weight), unrounded)
+    assert torch.equal(_frozen_share(x, weight), rounded)
+
+
+def test_each_seed_trains_the_textbook_loop_and_production_both_ways(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, train_precision="bf16", train_compile="off", max_seq_len=64
+    )
+    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    (measured,) = rounding_losses(setup, tiny_model_dir, [2])
+    assert measured.seed == 2
+    assert all(math.isfinite(v) for v in (measured.textbook, measured.production))
+    # The swap took effect (another loss), and it trained the same objective (a close one).
+    assert measured.float32_results != measured.production
+    assert abs(measured.float32_results_change) < 0.01
+    assert measured.production_change == pytest.approx(measured.production / measured.textbook - 1)
+
+
+def test_a_float32_trainer_has_no_bf16_rounding_to_measure(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(data_dir=tmp_path, train_precision="float32", train_compile="off")
+    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    with pytest.raises(ValueError, match="float32"):
+        list(rounding_losses(setup, tiny_model_dir, [0]))
