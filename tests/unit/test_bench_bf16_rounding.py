@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench.bf16_rounding import float32_results, rounding_losses
-from bench.training_throughput import Workload, set_up
-from selftune.config import load_settings
+from bench.training_throughput import Setup
 from selftune.training import lora_layer
 
 
@@ -35,12 +35,9 @@ def test_within_it_the_frozen_product_keeps_a_float32_result_and_after_it_rounds
 
 
 def test_each_seed_trains_the_textbook_loop_and_production_both_ways(
-    tiny_model_dir: Path, tmp_path: Path
+    short_chats: Callable[[str], Setup], tiny_model_dir: Path
 ) -> None:
-    settings = load_settings(
-        data_dir=tmp_path, train_precision="bf16", train_compile="off", max_seq_len=64
-    )
-    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    setup = short_chats("bf16")
     (measured,) = rounding_losses(setup, tiny_model_dir, [2])
     assert measured.seed == 2
     assert all(math.isfinite(v) for v in (measured.textbook, measured.production))
@@ -51,9 +48,8 @@ def test_each_seed_trains_the_textbook_loop_and_production_both_ways(
 
 
 def test_a_float32_trainer_has_no_bf16_rounding_to_measure(
-    tiny_model_dir: Path, tmp_path: Path
+    short_chats: Callable[[str], Setup], tiny_model_dir: Path
 ) -> None:
-    settings = load_settings(data_dir=tmp_path, train_precision="float32", train_compile="off")
-    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    setup = short_chats("float32")
     with pytest.raises(ValueError, match="float32"):
         list(rounding_losses(setup, tiny_model_dir, [0]))

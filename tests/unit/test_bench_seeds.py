@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bench.training_throughput import Workload, losses_on_seeds, set_up
-from selftune.config import load_settings
+from bench.training_throughput import Setup, losses_on_seeds
 
 
 def test_each_seed_trains_both_loops_afresh_to_the_same_float32_loss(
-    tiny_model_dir: Path, tmp_path: Path
+    short_chats: Callable[[str], Setup], tiny_model_dir: Path
 ) -> None:
-    settings = load_settings(
-        data_dir=tmp_path, train_precision="float32", train_compile="off", max_seq_len=64
-    )
-    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    setup = short_chats("float32")
     compared = losses_on_seeds(setup, tiny_model_dir, [3, 4])
     assert [c.seed for c in compared] == [3, 4]
     # In float32 the two loops differ by rounding only: the same batches, start and schedule.
@@ -29,14 +26,11 @@ def test_each_seed_trains_both_loops_afresh_to_the_same_float32_loss(
 
 
 def test_with_bf16_the_textbook_loop_also_trains_under_bf16_autocast(
-    tiny_model_dir: Path, tmp_path: Path
+    short_chats: Callable[[str], Setup], tiny_model_dir: Path
 ) -> None:
     """Where production trains in bf16, each seed also trains the textbook loop the usual bf16
     way (``torch.autocast``), so the benchmark sets what that costs beside production's bf16."""
-    settings = load_settings(
-        data_dir=tmp_path, train_precision="bf16", train_compile="off", max_seq_len=64
-    )
-    setup = set_up(Workload("short chats", 0, every_variant=False), settings, tiny_model_dir, 0)
+    setup = short_chats("bf16")
     (compared,) = losses_on_seeds(setup, tiny_model_dir, [3])
     assert compared.textbook_bf16 is not None
     change = compared.bf16_autocast_change
