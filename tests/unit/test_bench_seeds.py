@@ -34,6 +34,7 @@ def test_with_bf16_the_textbook_loop_also_trains_under_bf16_autocast(
     (compared,) = losses_on_seeds(setup, tiny_model_dir, [3])
     assert compared.textbook_bf16 is not None
     change = compared.bf16_autocast_change
+    assert change is not None
     assert change == pytest.approx(compared.textbook_bf16 / compared.textbook - 1)
     # The products did run in bf16 (the loss moved), and it trained the same objective.
     assert change != 0.0 and abs(change) < 0.01
