@@ -31,6 +31,7 @@ import torch
 
 from bench import training_throughput as throughput
 from bench.seed_statistics import MeanChange
+from bench.training_throughput import selftune_trainer, textbook_trainer, trained_eval_loss
 from selftune.config import load_settings
 from selftune.models.base import materialize, resolve_base_model
 from selftune.training import lora_layer
@@ -78,13 +79,6 @@ class RoundingLosses:
         return self.float32_results / self.textbook - 1
 
 
-def _trained_loss(trainer: throughput.Timed, setup: throughput.Setup, base_dir: Path) -> float:
-    for _ in setup.plan.batches:
-        trainer.run_step()
-    served = throughput.as_served(trainer.finish(), base_dir)
-    return throughput.eval_loss(served, setup.examples, setup.pad_id)
-
-
 def rounding_losses(
     setup: throughput.Setup, base_dir: Path, seeds: Sequence[int]
 ) -> Iterator[RoundingLosses]:
@@ -96,10 +90,10 @@ def rounding_losses(
     for seed in seeds:
         seeded = uncompiled.with_seed(seed)
         arguments = seeded.trainer_arguments(base_dir)
-        textbook = _trained_loss(throughput.textbook_trainer(*arguments), seeded, base_dir)
-        production = _trained_loss(throughput.selftune_trainer(*arguments), seeded, base_dir)
+        textbook = trained_eval_loss(textbook_trainer(*arguments), seeded, base_dir)
+        production = trained_eval_loss(selftune_trainer(*arguments), seeded, base_dir)
         with float32_results():
-            unrounded = _trained_loss(throughput.selftune_trainer(*arguments), seeded, base_dir)
+            unrounded = trained_eval_loss(selftune_trainer(*arguments), seeded, base_dir)
         yield RoundingLosses(seed, textbook, production, unrounded)
 
 

@@ -740,14 +740,19 @@ def losses_on_seeds(setup: Setup, base_dir: Path, seeds: Sequence[int]) -> list[
     compared = []
     for seed in seeds:
         seeded = setup.with_seed(seed)
-        losses = []
-        for trainer in compared_trainers(seeded, base_dir):
-            for _ in seeded.plan.batches:
-                trainer.run_step()
-            served = as_served(trainer.finish(), base_dir)
-            losses.append(eval_loss(served, seeded.examples, seeded.pad_id))
+        losses = [
+            trained_eval_loss(t, seeded, base_dir) for t in compared_trainers(seeded, base_dir)
+        ]
         compared.append(SeedLosses(seed, *losses))
     return compared
+
+
+def trained_eval_loss(trainer: Timed, setup: Setup, base_dir: Path) -> float:
+    """Run all of ``setup``'s steps of ``trainer``, untimed, and evaluate it as served."""
+    for _ in setup.plan.batches:
+        trainer.run_step()
+    served = as_served(trainer.finish(), base_dir)
+    return eval_loss(served, setup.examples, setup.pad_id)
 
 
 def _device_text(device: str) -> str:
