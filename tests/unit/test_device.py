@@ -90,3 +90,16 @@ def test_compile_where_a_cpu_can_build_kernels(monkeypatch: pytest.MonkeyPatch) 
 def test_this_machine_has_a_compiler_for_compiled_training() -> None:
     # The test suite's compiled-training test needs one; so do users' defaults.
     assert device._cpp_compiler() is not None
+
+
+def test_the_worker_log_says_how_bf16_products_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from selftune.training import onednn
+
+    assert device.describe_precision("cpu", bf16=False) == "float32"
+    assert device.describe_precision("cuda", bf16=True) == "bf16"
+    monkeypatch.setattr(onednn, "_available", False)
+    assert "rounded to bf16" in device.describe_precision("cpu", bf16=True)
+    assert "libdnnl2" in device.describe_precision("cpu", bf16=True)
+    monkeypatch.setattr(onednn, "_available", True)
+    monkeypatch.setattr(onednn, "implementation", lambda: "brg:avx512_core_bf16")
+    assert "float32 by oneDNN (brg:avx512_core_bf16)" in device.describe_precision("cpu", True)

@@ -20,6 +20,7 @@ __all__ = [
     "TrainingDeviceError",
     "check_training_settings",
     "compute_dtype",
+    "describe_precision",
     "load_training_base",
     "resolve_device",
     "resolve_quantization",
@@ -59,6 +60,23 @@ def use_bf16(precision: str, device: str = "cpu") -> bool:
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
     return _cpu_has_native_bf16()
+
+
+def describe_precision(device: str, bf16: bool) -> str:
+    """How training multiplies on ``device``, for the worker's log."""
+    if not bf16:
+        return "float32"
+    if device != "cpu":
+        return "bf16"
+    from selftune.training import onednn
+
+    kernel = onednn.implementation() if onednn.available() else None
+    if kernel is not None:
+        return f"bf16, the frozen products' results kept in float32 by oneDNN ({kernel})"
+    return (
+        "bf16, the frozen products' results rounded to bf16 (eval loss about 0.3% above "
+        "float32 training's; oneDNN 2.x keeps them in float32: apt-get install libdnnl2)"
+    )
 
 
 def _cpp_compiler() -> str | None:

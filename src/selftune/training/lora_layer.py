@@ -22,6 +22,7 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
+from selftune.training import onednn
 from selftune.training.device import compute_dtype
 
 __all__ = ["FastLoraLinear", "fast_lora_config", "frozen_product"]
@@ -30,11 +31,21 @@ __all__ = ["FastLoraLinear", "fast_lora_config", "frozen_product"]
 def frozen_product(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """x W^T + b in the inputs' dtype. In bf16, torch's CPU kernels sum in float32 but round the
-    result to bf16 (CUDA's ``torch.mm`` can return float32 with ``out_dtype``; the CPU's
-    cannot): what is left of bf16's cost in eval loss. ``bench.bf16_rounding`` measures it by
-    putting a product with a float32 result here."""
+    """x W^T + b. In bf16 on a CPU, torch's kernels sum in float32 but round the result to bf16,
+    and that rounding was all that was left of bf16's cost in eval loss; where the system's
+    oneDNN is available (:mod:`training.onednn`), its bf16 kernel returns the float32 sum
+    instead, at the same speed. Elsewhere the result is in the inputs' dtype (CUDA's
+    ``torch.mm`` can return float32 with ``out_dtype``; not yet measured on a GPU, so unused).
+    ``bench.bf16_rounding`` measures the difference by swapping the rounded product in here."""
+    if x.dtype == weight.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn.available():
+        y = onednn.bf16_linear_float32(x, weight)
+        return y if bias is None else y.add_(bias)
     return torch.nn.functional.linear(x, weight, bias)
+
+
+# Decided now, not while torch.compile traces frozen_product: it cannot trace the library's
+# loading (ctypes).
+onednn.available()
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -51,18 +62,18 @@ class _LoraLinearFunction(torch.autograd.Function):
     eval loss on the float32 base): 1.2-2.2% above float32 training's with y in bf16 (4 seeds
     of 4 above), as with PEFT's own layer under torch's bf16 autocast (the benchmark's
     textbook loop: +1.28% and +1.88% over 24 and 29 seeds of the chats below); with the sums
-    in float32, over seeds 0-31, +0.11% on 50-token chats on average (95% interval -0.03 to
-    +0.26%) and +0.28% on 128-token ones (+0.18 to +0.38%).
+    in float32 (the frozen products' results still rounded), over seeds 0-31, +0.11% on
+    50-token chats on average (95% interval -0.03 to +0.26%) and +0.28% on 128-token ones
+    (+0.18 to +0.38%).
     The adapter's products in float32 too changed it by 0.00% seed for seed (16 seeds of
-    128-token chats) and cost a step 0.1 s; see the README for what else was tried. What is
-    left is the rounding of the frozen products' results to bf16 (:func:`frozen_product`):
-    kept in float32, production's eval loss on seeds 3-18 of the 128-token chats went from
-    +0.34% to +0.03% of float32 training's (``python -m bench.bf16_rounding --long``), and
-    on seeds 0-15 of the 50-token ones from +0.19% to -0.06%.
-    Rounding the inputs and weights, and the backward's products in bf16, cost nothing
-    measurable. torch's CPU kernels offer no bf16 product with a float32 result, and a
-    float32 product is 2-3 times slower, so the rounding stays. Without autocast y is in the
-    frozen weight's dtype.
+    128-token chats) and cost a step 0.1 s; see the README for what else was tried. What was
+    left is the rounding of the frozen products' results to bf16: kept in float32, production's
+    eval loss on seeds 3-18 of the 128-token chats went from +0.34% to +0.03% of float32
+    training's (``python -m bench.bf16_rounding --long``), and on seeds 0-15 of the 50-token
+    ones from +0.19% to -0.06%. Rounding the inputs and weights, and the backward's products
+    in bf16, cost nothing measurable. torch's CPU kernels offer no bf16 product with a float32
+    result, so :func:`frozen_product` takes oneDNN's where the system has it, at bf16 speed;
+    elsewhere the rounding stays. Without autocast y is in the frozen weight's dtype.
     """
 
     @staticmethod

@@ -26,8 +26,9 @@ changing what is learned):
   at the replay positions on a step's few thousand words only (the base's ``replay_top_k``
   likeliest at each, see :func:`_step_loss`).
 - LoRA layers are one autograd node each (``training.lora_layer``); under bf16 autocast they
-  add the adapter's share to the frozen product in float32 (what bf16 still costs the eval
-  loss is measured there).
+  add the adapter's share to the frozen product in float32, and where the system has oneDNN
+  the frozen product's result is float32 too (``training.onednn``; what bf16 costs the eval
+  loss either way is measured there).
 - The base model's distributions on the replay prompts are computed once per worker
   (:class:`ReplayReference`), not once per job.
 - With ``compile``, each decoder layer runs compiled (``torch.compile``): the thousands of small

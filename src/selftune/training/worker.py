@@ -27,12 +27,14 @@ from selftune.engines.factory import build_engine
 from selftune.models.base import materialize, resolve_base_model
 from selftune.store.db import Database
 from selftune.training import jobs
+from selftune.training.device import describe_precision
 from selftune.training.pipeline import (
     JobCancelled,
     JobLost,
     NoTrainingData,
     TrainingContext,
     run_training_job,
+    train_config,
 )
 from selftune.training.presence import PRESENCE_SECONDS, mark_worker
 
@@ -230,6 +232,10 @@ def run_worker(settings: Settings) -> None:
         # Load the model, the base model's probe answers and figures now, not in the first job.
         context = worker.context()
         context.warm_up(compile_step=False)
+        config = train_config(settings, context.base_dir)
+        log.info(
+            "training on %s in %s", config.device, describe_precision(config.device, config.bf16)
+        )
         worker.presence.state = "compiling" if context.compile_pending else "ready"
         log.info("worker %s taking jobs", worker.worker_id)
         worker.run_forever()
