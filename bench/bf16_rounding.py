@@ -1,14 +1,14 @@
-"""What is left of bf16 training's eval-loss cost: rounding each product's result to bf16.
+"""What rounding the LoRA layers' frozen products' results to bf16 costs production's eval loss.
 
 ``python -m bench.bf16_rounding [--long] [--seeds N]`` trains production's trainer (bf16,
 uncompiled) on the throughput benchmark's chats, seed by seed, in two ways:
 
-- its products as torch computes them on a CPU: inputs in bf16, sums in float32, the result
-  rounded to bf16 (8 significant bits);
-- the same bf16 inputs multiplied in float32, the result kept in float32: what a bf16 matrix
-  product with a float32 output gives. oneDNN has such a kernel, but torch's CPU ``mm`` does
-  not offer it (``out_dtype`` is CUDA's only), so here it is a float32 product, 2-3 times
-  slower: a measurement, not a way to train.
+- its frozen products as torch computes them on a CPU: inputs in bf16, sums in float32, the
+  result rounded to bf16 (8 significant bits);
+- the same bf16 inputs with the result kept in float32, as production computes them where the
+  system's oneDNN is available (``training.onednn``: a bf16 kernel with a float32 output, at
+  bf16 speed). Without it, this measures the same numbers through a float32 product of the
+  bf16 values, 2-3 times slower: a measurement, not a way to train.
 
 Each is compared with the textbook loop in float32 on the same seed, by eval loss of the adapter
 on the float32 base as served, as the throughput benchmark compares them. The product swapped
@@ -24,7 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -34,13 +34,22 @@ from bench.seed_statistics import MeanChange
 from bench.training_throughput import selftune_trainer, textbook_trainer, trained_eval_loss
 from selftune.config import load_settings
 from selftune.models.base import materialize, resolve_base_model
-from selftune.training import lora_layer
+from selftune.training import lora_layer, onednn
 from selftune.training.pipeline import train_config
 
-__all__ = ["RoundingLosses", "float32_results", "main", "rounding_losses"]
+__all__ = ["RoundingLosses", "float32_results", "main", "rounded_results", "rounding_losses"]
+
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def _float32_result(
+def _rounded_result(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x W^T + b by torch's kernel: for bf16 inputs, the result rounded to bf16."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def _float32_product(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """x W^T + b of the (bf16) inputs as they are, multiplied and returned in float32."""
@@ -50,29 +59,41 @@ def _float32_result(
 
 
 @contextlib.contextmanager
-def float32_results() -> Iterator[None]:
-    """Within it, the LoRA layers' frozen products keep their results in float32."""
+def _frozen_product(product: Product) -> Iterator[None]:
     kept = lora_layer.frozen_product
-    lora_layer.frozen_product = _float32_result
+    lora_layer.frozen_product = product  # type: ignore[assignment]  # swapped on purpose
     try:
         yield
     finally:
         lora_layer.frozen_product = kept
 
 
+def rounded_results() -> contextlib.AbstractContextManager[None]:
+    """Within it, the LoRA layers' frozen products round their results to bf16."""
+    return _frozen_product(_rounded_result)
+
+
+def float32_results() -> contextlib.AbstractContextManager[None]:
+    """Within it, the LoRA layers' frozen products keep their results in float32: production's
+    own product where oneDNN is available, else a float32 product of the bf16 values."""
+    if onednn.available():
+        return contextlib.nullcontext()
+    return _frozen_product(_float32_product)
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundingLosses:
-    """One seed's eval losses: the textbook loop in float32, production's bf16 trainer, and
-    the same trainer with its products' results in float32."""
+    """One seed's eval losses: the textbook loop in float32, and production's bf16 trainer with
+    its frozen products' results rounded to bf16 and kept in float32."""
 
     seed: int
     textbook: float
-    production: float
+    rounded_results: float
     float32_results: float
 
     @property
-    def production_change(self) -> float:
-        return self.production / self.textbook - 1
+    def rounded_results_change(self) -> float:
+        return self.rounded_results / self.textbook - 1
 
     @property
     def float32_results_change(self) -> float:
@@ -91,18 +112,19 @@ def rounding_losses(
         seeded = uncompiled.with_seed(seed)
         arguments = seeded.trainer_arguments(base_dir)
         textbook = trained_eval_loss(textbook_trainer(*arguments), seeded, base_dir)
-        production = trained_eval_loss(selftune_trainer(*arguments), seeded, base_dir)
+        with rounded_results():
+            rounded = trained_eval_loss(selftune_trainer(*arguments), seeded, base_dir)
         with float32_results():
             unrounded = trained_eval_loss(selftune_trainer(*arguments), seeded, base_dir)
-        yield RoundingLosses(seed, textbook, production, unrounded)
+        yield RoundingLosses(seed, textbook, rounded, unrounded)
 
 
 def _report(losses: Sequence[RoundingLosses]) -> None:
     compared = {
-        "production (bf16 results)": [c.production_change for c in losses],
-        "production, results in float32": [c.float32_results_change for c in losses],
-        "float32 results minus bf16 results": [
-            c.float32_results_change - c.production_change for c in losses
+        "results rounded to bf16": [c.rounded_results_change for c in losses],
+        "results in float32": [c.float32_results_change for c in losses],
+        "float32 results minus rounded ones": [
+            c.float32_results_change - c.rounded_results_change for c in losses
         ],
     }
     for name, changes in compared.items():
@@ -136,13 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     workload = throughput.WORKLOADS[1 if arguments.long else 0]
     setup = throughput.set_up(workload, settings, base_dir, arguments.first_seed)
     print(f"bf16 rounding of products' results ({workload.name}, base model {base_dir.name})")
+    if onednn.available():
+        print(f"  float32 results: production's, by oneDNN ({onednn.implementation()})")
+    else:
+        print("  float32 results: a float32 product of the bf16 values (oneDNN not available)")
     seeds = range(arguments.first_seed, arguments.first_seed + arguments.seeds)
     losses: list[RoundingLosses] = []
     for measured in rounding_losses(setup, base_dir, seeds):
         losses.append(measured)
         print(
-            f"  seed {measured.seed}: textbook float32 {measured.textbook:.6f}, production "
-            f"{measured.production_change:+.2%}, with float32 results "
+            f"  seed {measured.seed}: textbook float32 {measured.textbook:.6f}, results "
+            f"rounded {measured.rounded_results_change:+.2%}, in float32 "
             f"{measured.float32_results_change:+.2%}",
             flush=True,
         )
