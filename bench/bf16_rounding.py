@@ -42,13 +42,6 @@ __all__ = ["RoundingLosses", "float32_results", "main", "rounded_results", "roun
 Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def _rounded_result(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """x W^T + b by torch's kernel: for bf16 inputs, the result rounded to bf16."""
-    return torch.nn.functional.linear(x, weight, bias)
-
-
 def _float32_product(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
@@ -69,8 +62,9 @@ def _frozen_product(product: Product) -> Iterator[None]:
 
 
 def rounded_results() -> contextlib.AbstractContextManager[None]:
-    """Within it, the LoRA layers' frozen products round their results to bf16."""
-    return _frozen_product(_rounded_result)
+    """Within it, the LoRA layers' frozen products are torch's: for bf16 inputs, the result
+    rounded to bf16."""
+    return _frozen_product(torch.nn.functional.linear)
 
 
 def float32_results() -> contextlib.AbstractContextManager[None]:

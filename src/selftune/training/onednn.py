@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import logging
 import threading
@@ -85,6 +86,15 @@ _SIGNATURES: dict[str, tuple] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Product:
+    """A product shape's matmul primitive, its kernel's name and its memory descriptors."""
+
+    primitive: ctypes.c_void_p
+    kernel: str
+    descs: tuple[ctypes.Array, ctypes.Array, ctypes.Array]  # x, W^T, y
+
+
 class _OneDnn:
     """The loaded library, its CPU engine and stream, and a primitive per product shape."""
 
@@ -106,9 +116,7 @@ class _OneDnn:
             ),
             "dnnl_stream_create",
         )
-        self.primitives: OrderedDict[tuple[int, int, int], tuple[ctypes.c_void_p, str]] = (
-            OrderedDict()
-        )
+        self.primitives: OrderedDict[tuple[int, int, int], _Product] = OrderedDict()
         self.lock = threading.Lock()  # one stream, and the cache, for all threads
 
     @staticmethod
@@ -139,13 +147,13 @@ class _OneDnn:
             self._memory_desc((m, n), (n, 1), _F32),
         )
 
-    def primitive(self, m: int, k: int, n: int) -> tuple[ctypes.c_void_p, str]:
-        """The matmul primitive for (m, k) x (k, n) and its implementation's name; kept."""
+    def primitive(self, m: int, k: int, n: int) -> _Product:
+        """The matmul primitive for (m, k) x (k, n), with what running it needs; kept."""
         key = (m, k, n)
         if key in self.primitives:
             self.primitives.move_to_end(key)
             return self.primitives[key]
-        src, weights, dst = self._descs(m, k, n)
+        descs = src, weights, dst = self._descs(m, k, n)
         op = ctypes.create_string_buffer(_MATMUL_DESC_BYTES)
         self._check(self.lib.dnnl_matmul_desc_init(op, src, weights, None, dst), "matmul_desc")
         desc = ctypes.c_void_p()
@@ -168,10 +176,10 @@ class _OneDnn:
             )
         finally:
             self.lib.dnnl_primitive_desc_destroy(desc)
-        self.primitives[key] = (primitive, (name.value or b"").decode())
+        self.primitives[key] = _Product(primitive, (name.value or b"").decode(), descs)
         while len(self.primitives) > _PRIMITIVES_KEPT:
-            _, (oldest, _) = self.primitives.popitem(last=False)
-            self.lib.dnnl_primitive_destroy(oldest)
+            _, oldest = self.primitives.popitem(last=False)
+            self.lib.dnnl_primitive_destroy(oldest.primitive)
         return self.primitives[key]
 
     def _memory(self, desc: ctypes.Array, tensor: torch.Tensor) -> ctypes.c_void_p:
@@ -189,14 +197,14 @@ class _OneDnn:
         (m, k), n = x.shape, weight.shape[0]
         memories: list[ctypes.c_void_p] = []
         with self.lock:
-            primitive, _ = self.primitive(m, k, n)
+            product = self.primitive(m, k, n)
             try:
-                for desc, tensor in zip(self._descs(m, k, n), (x, weight, out), strict=True):
+                for desc, tensor in zip(product.descs, (x, weight, out), strict=True):
                     memories.append(self._memory(desc, tensor))
                 roles = (_ARG_SRC, _ARG_WEIGHTS, _ARG_DST)
                 args = (_ExecArg * 3)(*map(_ExecArg, roles, memories))
                 self._check(
-                    self.lib.dnnl_primitive_execute(primitive, self.stream, 3, args),
+                    self.lib.dnnl_primitive_execute(product.primitive, self.stream, 3, args),
                     "dnnl_primitive_execute",
                 )
                 self._check(self.lib.dnnl_stream_wait(self.stream), "dnnl_stream_wait")
@@ -239,8 +247,7 @@ def implementation() -> str | None:
     if onednn is None:
         return None
     with onednn.lock:
-        _, name = onednn.primitive(512, 576, 1536)
-    return name
+        return onednn.primitive(512, 576, 1536).kernel
 
 
 _available: bool | None = None  # a plain global, not functools.cache: torch.compile reads it
@@ -250,10 +257,11 @@ def available() -> bool:
     """Whether :func:`bf16_linear_float32` runs here on a native bf16 kernel."""
     global _available
     if _available is None:
-        name = implementation()
-        if name is not None and name.startswith("ref"):
-            log.info("oneDNN has only a reference bf16 product on this CPU (%s): not used", name)
-        _available = name is not None and not name.startswith("ref")
+        kernel = implementation()
+        native = kernel is not None and not kernel.startswith("ref")
+        if kernel is not None and not native:
+            log.info("oneDNN has only a reference bf16 product on this CPU (%s): not used", kernel)
+        _available = native
     return _available
 
 
