@@ -14,7 +14,12 @@ import torch
 
 from selftune.data.tokenize import tokenize_chat
 from selftune.models.base import load_tokenizer
-from selftune.training.device import resolve_device, use_bf16
+from selftune.training.device import (
+    COMPILE_NEEDS_TORCH,
+    _torch_compiles_lora_layers,
+    resolve_device,
+    use_bf16,
+)
 from selftune.training.trainer import TrainConfig, train_lora
 
 pytestmark = [
@@ -44,7 +49,9 @@ def test_auto_picks_the_gpu() -> None:
 @pytest.mark.parametrize("layers", [(), (1,)])  # (1,): layer 0's outputs kept on the GPU
 def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path, layers: tuple[int, ...]) -> None:
     new, replay, pad_id = _examples(tiny_model_dir)
-    config = TrainConfig(rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, layers=layers)
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, replay_per_step=1, layers=layers
+    )
     _, on_cpu = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     gpu = dataclasses.replace(config, device="cuda")
     model, on_gpu = train_lora(tiny_model_dir, new, replay, gpu, pad_id=pad_id)
@@ -59,22 +66,43 @@ def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path, layers: tuple[
 def test_bf16_on_the_gpu_learns(tiny_model_dir: Path) -> None:
     new, replay, pad_id = _examples(tiny_model_dir)
     config = TrainConfig(
-        rank=4, alpha=8, learning_rate=1e-2, steps=8, batch_size=3, device="cuda", bf16=True
+        rank=4,
+        alpha=8,
+        learning_rate=1e-2,
+        steps=8,
+        batch_size=3,
+        replay_per_step=1,
+        device="cuda",
+        bf16=True,
     )
     _, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     assert result.new_losses[-1] < result.new_losses[0]
 
 
-def test_compiled_layers_on_the_gpu_train_to_the_same_losses(tiny_model_dir: Path) -> None:
-    """``train_compile = 'on'`` on a GPU: inductor's Triton kernels, the same numbers."""
+@pytest.mark.skipif(
+    not _torch_compiles_lora_layers(),
+    reason=f"torch {torch.__version__} compiles the LoRA layers wrongly: selftune does not compile "
+    f"with it (needs {COMPILE_NEEDS_TORCH})",
+)
+@pytest.mark.parametrize(
+    ("bf16", "layers"),
+    [(False, (1,)), (True, (1,)), (True, ())],  # (1,): layer 0 runs once, uncompiled
+)
+def test_compiled_layers_on_the_gpu_train_to_the_same_losses(
+    tiny_model_dir: Path, bf16: bool, layers: tuple[int, ...]
+) -> None:
+    """``train_compile = 'on'`` on a GPU: inductor's Triton kernels, the same numbers (in bf16
+    up to rounding). With torch 2.11 on an H200 all three learned almost nothing (eval loss
+    +17% in ``bench.training_throughput``): selftune refuses to compile with it."""
     new, replay, pad_id = _examples(tiny_model_dir)
     config = TrainConfig(
-        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, layers=(1,), device="cuda"
-    )
+        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, replay_per_step=1,
+        layers=layers, device="cuda", bf16=bf16,
+    )  # fmt: skip
     _, eager = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     compiled_config = dataclasses.replace(config, compile=True)
     _, compiled = train_lora(tiny_model_dir, new, replay, compiled_config, pad_id=pad_id)
-    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-2 if bf16 else 1e-3)
 
 
 @pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="needs bitsandbytes (.[gpu])")
@@ -87,6 +115,7 @@ def test_a_4_bit_base_on_the_gpu_learns(tiny_model_dir: Path, layers: tuple[int,
         learning_rate=1e-2,
         steps=8,
         batch_size=3,
+        replay_per_step=1,
         layers=layers,
         device="cuda",
         bf16=use_bf16("auto", "cuda"),

@@ -87,6 +87,19 @@ def test_compile_where_a_cpu_can_build_kernels(monkeypatch: pytest.MonkeyPatch) 
         use_compile("on", "cpu")
 
 
+def test_no_compiling_with_a_torch_that_compiles_the_lora_layers_wrongly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch 2.11's compiled layers learned almost nothing (measured on CPU and on an H200)."""
+    monkeypatch.setattr(device, "_cpp_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(device, "_torch_version", lambda: "2.11.0+cu130")
+    assert not use_compile("auto", "cpu")
+    with pytest.raises(TrainingDeviceError, match=r"torch 2\.11\.0\+cu130.*torch>=2\.13"):
+        use_compile("on", "cuda")
+    monkeypatch.setattr(device, "_torch_version", lambda: "2.13.0+cpu")
+    assert use_compile("auto", "cpu") and use_compile("on", "cuda")
+
+
 def test_this_machine_has_a_compiler_for_compiled_training() -> None:
     # The test suite's compiled-training test needs one; so do users' defaults.
     assert device._cpp_compiler() is not None
