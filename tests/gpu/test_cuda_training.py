@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,6 +43,13 @@ def _examples(folder: Path) -> tuple[list, list, int]:
     return new, replay, tokenizer.pad_token_id
 
 
+def _config(**fields: Any) -> TrainConfig:
+    """The tests' small run: 3 new chats and 1 replayed one a batch."""
+    return TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, batch_size=3, replay_per_step=1, **fields
+    )
+
+
 def test_auto_picks_the_gpu() -> None:
     assert resolve_device("auto") == "cuda"
 
@@ -49,9 +57,7 @@ def test_auto_picks_the_gpu() -> None:
 @pytest.mark.parametrize("layers", [(), (1,)])  # (1,): layer 0's outputs kept on the GPU
 def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path, layers: tuple[int, ...]) -> None:
     new, replay, pad_id = _examples(tiny_model_dir)
-    config = TrainConfig(
-        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, replay_per_step=1, layers=layers
-    )
+    config = _config(steps=4, layers=layers)
     _, on_cpu = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     gpu = dataclasses.replace(config, device="cuda")
     model, on_gpu = train_lora(tiny_model_dir, new, replay, gpu, pad_id=pad_id)
@@ -65,16 +71,7 @@ def test_float32_on_the_gpu_matches_the_cpu(tiny_model_dir: Path, layers: tuple[
 )
 def test_bf16_on_the_gpu_learns(tiny_model_dir: Path) -> None:
     new, replay, pad_id = _examples(tiny_model_dir)
-    config = TrainConfig(
-        rank=4,
-        alpha=8,
-        learning_rate=1e-2,
-        steps=8,
-        batch_size=3,
-        replay_per_step=1,
-        device="cuda",
-        bf16=True,
-    )
+    config = _config(steps=8, device="cuda", bf16=True)
     _, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     assert result.new_losses[-1] < result.new_losses[0]
 
@@ -95,10 +92,7 @@ def test_compiled_layers_on_the_gpu_train_to_the_same_losses(
     up to rounding). With torch 2.11 on an H200 all three learned almost nothing (eval loss
     +17% in ``bench.training_throughput``): selftune refuses to compile with it."""
     new, replay, pad_id = _examples(tiny_model_dir)
-    config = TrainConfig(
-        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, replay_per_step=1,
-        layers=layers, device="cuda", bf16=bf16,
-    )  # fmt: skip
+    config = _config(steps=4, layers=layers, device="cuda", bf16=bf16)
     _, eager = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     compiled_config = dataclasses.replace(config, compile=True)
     _, compiled = train_lora(tiny_model_dir, new, replay, compiled_config, pad_id=pad_id)
@@ -109,17 +103,8 @@ def test_compiled_layers_on_the_gpu_train_to_the_same_losses(
 @pytest.mark.parametrize("layers", [(), (1,)])
 def test_a_4_bit_base_on_the_gpu_learns(tiny_model_dir: Path, layers: tuple[int, ...]) -> None:
     new, replay, pad_id = _examples(tiny_model_dir)
-    config = TrainConfig(
-        rank=4,
-        alpha=8,
-        learning_rate=1e-2,
-        steps=8,
-        batch_size=3,
-        replay_per_step=1,
-        layers=layers,
-        device="cuda",
-        bf16=use_bf16("auto", "cuda"),
-        quantize_base=True,
+    config = _config(
+        steps=8, layers=layers, device="cuda", bf16=use_bf16("auto", "cuda"), quantize_base=True
     )
     model, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     frozen = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
