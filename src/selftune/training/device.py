@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from selftune.models.base import load_model
+from selftune.training import onednn
 
 __all__ = [
     "TrainingDeviceError",
@@ -68,8 +69,6 @@ def describe_precision(device: str, bf16: bool) -> str:
         return "float32"
     if device != "cpu":
         return "bf16"
-    from selftune.training import onednn
-
     kernel = onednn.implementation() if onednn.available() else None
     if kernel is not None:
         return f"bf16, the frozen products' results kept in float32 by oneDNN ({kernel})"

@@ -34,7 +34,6 @@ from selftune.training.pipeline import (
     NoTrainingData,
     TrainingContext,
     run_training_job,
-    train_config,
 )
 from selftune.training.presence import PRESENCE_SECONDS, mark_worker
 
@@ -232,7 +231,7 @@ def run_worker(settings: Settings) -> None:
         # Load the model, the base model's probe answers and figures now, not in the first job.
         context = worker.context()
         context.warm_up(compile_step=False)
-        config = train_config(settings, context.base_dir)
+        config = context.train_config()
         log.info(
             "training on %s in %s", config.device, describe_precision(config.device, config.bf16)
         )
