@@ -5,10 +5,11 @@ uncompiled) on the throughput benchmark's chats, seed by seed, in two ways:
 
 - its frozen products as torch computes them on a CPU: inputs in bf16, sums in float32, the
   result rounded to bf16 (8 significant bits);
-- the same bf16 inputs with the result kept in float32, as production computes them where the
-  system's oneDNN is available (``training.onednn``: a bf16 kernel with a float32 output, at
-  bf16 speed). Without it, this measures the same numbers through a float32 product of the
-  bf16 values, 2-3 times slower: a measurement, not a way to train.
+- the same bf16 inputs with the result kept in float32, as production computes them with the
+  opt-in ``train.onednn_products`` (``training.onednn``: the system's oneDNN, a bf16 kernel
+  with a float32 output, at bf16 speed). Where that library is missing, this measures the same
+  numbers through a float32 product of the bf16 values, 2-3 times slower: a measurement, not a
+  way to train.
 
 Each is compared with the textbook loop in float32 on the same seed, by eval loss of the adapter
 on the float32 base as served, as the throughput benchmark compares them. The product swapped
@@ -34,21 +35,45 @@ from bench.seed_statistics import MeanChange
 from bench.training_throughput import selftune_trainer, textbook_trainer, trained_eval_loss
 from selftune.config import load_settings
 from selftune.models.base import materialize, resolve_base_model
-from selftune.training import lora_layer, onednn
+from selftune.training import lora_layer
 from selftune.training.pipeline import train_config
 
 __all__ = ["RoundingLosses", "float32_results", "main", "rounded_results", "rounding_losses"]
 
-Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# lora_layer.frozen_product's signature: (x, weight, bias, use_onednn) -> x W^T + b
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], torch.Tensor]
+
+_PRODUCTION = lora_layer.frozen_product  # kept: the contexts below swap the module's
+
+
+def _rounded_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_onednn: bool = False
+) -> torch.Tensor:
+    """torch's product, whatever the layer asks for: for bf16 inputs, the result in bf16."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def _onednn_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_onednn: bool = False
+) -> torch.Tensor:
+    """Production's product with the opt-in (``train.onednn_products``) on for every layer."""
+    return _PRODUCTION(x, weight, bias, True)
 
 
 def _float32_product(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_onednn: bool = False
 ) -> torch.Tensor:
     """x W^T + b of the (bf16) inputs as they are, multiplied and returned in float32."""
     return torch.nn.functional.linear(
         x.float(), weight.float(), None if bias is None else bias.float()
     )
+
+
+def _onednn_kernel() -> str | None:
+    """The kernel production's opt-in would use here (oneDNN's), or None where it cannot."""
+    from selftune.training import onednn  # the opt-in's module: imported only when measuring
+
+    return onednn.implementation() if onednn.available() else None
 
 
 @contextlib.contextmanager
@@ -64,15 +89,14 @@ def _frozen_product(product: Product) -> Iterator[None]:
 def rounded_results() -> contextlib.AbstractContextManager[None]:
     """Within it, the LoRA layers' frozen products are torch's: for bf16 inputs, the result
     rounded to bf16."""
-    return _frozen_product(torch.nn.functional.linear)
+    return _frozen_product(_rounded_product)
 
 
 def float32_results() -> contextlib.AbstractContextManager[None]:
     """Within it, the LoRA layers' frozen products keep their results in float32: production's
-    own product where oneDNN is available, else a float32 product of the bf16 values."""
-    if onednn.available():
-        return contextlib.nullcontext()
-    return _frozen_product(_float32_product)
+    product under ``train.onednn_products`` where oneDNN is available, else a float32 product
+    of the bf16 values."""
+    return _frozen_product(_onednn_product if _onednn_kernel() else _float32_product)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +124,10 @@ def rounding_losses(
     """Each seed's :class:`RoundingLosses`, trained on ``setup``'s chats (production bf16)."""
     if not setup.config.bf16:
         raise ValueError("production trains in float32 here: there is no bf16 rounding to measure")
-    # Uncompiled: a compiled layer could keep the product it was compiled with.
-    uncompiled = dataclasses.replace(setup, config=dataclasses.replace(setup.config, compile=False))
+    # Uncompiled: a compiled layer could keep the product it was compiled with. The contexts
+    # choose the product, whatever the settings' train.onednn_products says.
+    config = dataclasses.replace(setup.config, compile=False, onednn_products=False)
+    uncompiled = dataclasses.replace(setup, config=config)
     for seed in seeds:
         seeded = uncompiled.with_seed(seed)
         arguments = seeded.trainer_arguments(base_dir)
@@ -152,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workload = throughput.WORKLOADS[1 if arguments.long else 0]
     setup = throughput.set_up(workload, settings, base_dir, arguments.first_seed)
     print(f"bf16 rounding of products' results ({workload.name}, base model {base_dir.name})")
-    if onednn.available():
-        print(f"  float32 results: production's, by oneDNN ({onednn.implementation()})")
+    kernel = _onednn_kernel()
+    if kernel:
+        print(f"  float32 results: production's with train.onednn_products, by oneDNN ({kernel})")
     else:
         print("  float32 results: a float32 product of the bf16 values (oneDNN not available)")
     seeds = range(arguments.first_seed, arguments.first_seed + arguments.seeds)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from selftune.worker_process import die_with_parent
+from selftune.worker.process import die_with_parent
 
 __all__ = [
     "FACT_WORD",
@@ -154,7 +154,7 @@ def running_server(
     environment = {
         **os.environ,
         "SELFTUNE_DATA_DIR": str(data_dir),
-        "SELFTUNE_PORT": str(port),
+        "SELFTUNE_SERVE__PORT": str(port),
         "SELFTUNE_CONFIG": str(data_dir / "selftune.toml"),
         **(env or {}),
     }

@@ -157,7 +157,7 @@ def _served(engine: LlamaCppEngine, data_dir: Path) -> Iterator[httpx.Client]:
 
     from selftune.api.app import create_app
 
-    settings = load_settings(data_dir=data_dir, start_worker=False)
+    settings = load_settings(data_dir=data_dir, serve={"start_worker": False})
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, engine), port=port, log_level="warning")

@@ -1,7 +1,7 @@
 """Teaching quality of a training recipe, on several seeds: what a speed-up may not cost.
 
 Run with ``python -m bench.teaching_quality [--seeds 0,1,2] [setting=value ...]``, for example
-``python -m bench.teaching_quality train_steps=20 lora_top_layers=0.33``. Not part of
+``python -m bench.teaching_quality train.steps=20 train.lora_top_layers=0.33``. Not part of
 ``make bench``: three seeds take 5-10 minutes on 2 cores.
 
 For each seed it trains the teaching scenario's three corrected chats (held out as a job holds
@@ -29,7 +29,7 @@ from selftune.config import load_settings
 from selftune.engines.base import AdapterRef
 from selftune.evaluation.probes import generate_answers
 from selftune.training.pipeline import _export_gguf, _tokenize, split_heldout
-from selftune.training.worker import Worker
+from selftune.worker.loop import Worker
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -69,7 +69,7 @@ def main() -> int:
             for q, a in TEACHING
         ]
         rows = [types.SimpleNamespace(id=i + 1, messages=chat) for i, chat in enumerate(chats)]
-        train_rows, _ = split_heldout(rows, settings.heldout_fraction, settings.seed)  # type: ignore[arg-type]
+        train_rows, _ = split_heldout(rows, settings.train.heldout_fraction, settings.train.seed)  # type: ignore[arg-type]
         train_set = _tokenize(ctx, [row.messages for row in train_rows])
         print(f"recipe {overrides or 'defaults'}; seeds {seeds}", flush=True)
         for seed in seeds:

@@ -18,7 +18,7 @@ that every figure is measured under the same (often shared, noisy) load:
    trains in bf16, the textbook loop also runs under ``torch.autocast`` to bf16, the usual way
    to train in bf16, so the table shows what that gives and costs beside what production's
    bf16 does. The selftune trainer also runs in the other precision (float32 if production
-   autocasts to bf16) and, where production compiles its decoder layers (``train_compile``),
+   autocasts to bf16) and, where production compiles its decoder layers (``train.compile``),
    uncompiled, so the table shows what autocast and compiling each buy. Two workloads, each a
    round of its own: short teaching chats (a question and a one-sentence answer, about 50
    tokens: what a corrected chat looks like), and the same questions with answers that go on
@@ -67,7 +67,7 @@ that every figure is measured under the same (often shared, noisy) load:
    change is printed with its 95% interval (``bench.seed_statistics``), and with how much the
    textbook loop's own eval loss moves from seed to seed.
 
-On a CUDA GPU (``train_device = 'auto'`` finds it) the same runs take place there: the peaks
+On a CUDA GPU (``train.device = 'auto'`` finds it) the same runs take place there: the peaks
 include an 8192^3 product (a GPU reaches its peak only on large ones), the compiled variant is
 added (production compiles on CPUs only), and so is an NF4 base where bitsandbytes is installed.
 ``bench/gpu_check.sh`` runs it on a lent GPU machine, on a model of the default model's shape.
@@ -103,6 +103,7 @@ from selftune.config import load_settings
 from selftune.data.tokenize import (
     IGNORE_INDEX,
     TokenizedExample,
+    collate,
     first_answer_tokens,
     tokenize_chat,
 )
@@ -112,7 +113,7 @@ from selftune.models.templates import resolve_template
 from selftune.training.device import use_bf16
 from selftune.training.packing import pack
 from selftune.training.pipeline import train_config
-from selftune.training.trainer import LoraRun, TrainConfig, collate
+from selftune.training.trainer import LoraRun, TrainConfig
 
 # The trainer's batch plan, lr schedule and adapter fields: the baseline trains the same way.
 # Private, so a change of their signatures breaks this benchmark loudly rather than silently.
@@ -660,7 +661,7 @@ def run_round(workload: Workload, settings: Any, base_dir: Path, seed: int = 0) 
             # longer (33 s instead of 1.3 s measured on an AVX2-only EPYC), so it is skipped.
             print(f"  {device} has no native bf16: the bf16 trainer run is skipped", flush=True)
         # What compiling buys: on a CPU with a C++ compiler production compiles, on a GPU it
-        # does not until this says it pays (train_compile = 'auto').
+        # does not until this says it pays (train.compile = 'auto').
         if production.compile or device == "cuda":
             variants.append(dataclasses.replace(production, compile=not production.compile))
         if device == "cuda" and not production.quantize_base and find_spec("bitsandbytes"):
@@ -695,9 +696,11 @@ def set_up(workload: Workload, settings: Any, base_dir: Path, seed: int) -> Setu
     """``workload``'s chats tokenized, and production's config for the benchmark's batches."""
     tokenizer = load_tokenizer(base_dir)
     pad_id = tokenizer.pad_token_id or 0
-    template = resolve_template(settings.chat_template or None, tokenizer.chat_template)
+    template = resolve_template(settings.serve.chat_template or None, tokenizer.chat_template)
     facts = build_facts(workload.details)
-    examples = [tokenize_chat(tokenizer, f.chat, template, settings.max_seq_len) for f in facts]
+    examples = [
+        tokenize_chat(tokenizer, f.chat, template, settings.train.max_seq_len) for f in facts
+    ]
     production = dataclasses.replace(
         train_config(settings, base_dir),
         batch_size=BATCH_SIZE,

@@ -75,5 +75,5 @@ def settings_env(
     monkeypatch.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
     # Compiling the training step takes 30-60 s per process: tests train uncompiled, except
     # the ones about compiling and the end-to-end test of the defaults.
-    monkeypatch.setenv("SELFTUNE_TRAIN_COMPILE", "off")
+    monkeypatch.setenv("SELFTUNE_TRAIN__COMPILE", "off")
     yield tmp_path

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from selftune.artifacts import MANIFEST
+
 __all__ = [
-    "MANIFEST",
     "ArtifactError",
     "atomic_directory",
     "atomic_file",
@@ -37,7 +38,6 @@ __all__ = [
     "verify_manifest",
 ]
 
-MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
 
 

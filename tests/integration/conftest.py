@@ -19,14 +19,16 @@ def tiny_engine(tiny_model_dir: Path) -> TransformersEngine:
 
 
 def tiny_settings(tiny_model_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "base_model": str(tiny_model_dir),
+    """Settings for the tiny model; sections are dicts (``train={"steps": 4}``), merged with
+    these small serving defaults."""
+    serve = {
         "context_length": 256,
         "default_max_tokens": 8,
         "adapter_poll_seconds": 0.2,
         "start_worker": False,
-        **overrides,
+        **overrides.pop("serve", {}),
     }
+    values: dict[str, Any] = {"base_model": str(tiny_model_dir), **overrides, "serve": serve}
     return load_settings(**values)
 
 

@@ -22,7 +22,7 @@ CHAT = {"model": "selftune", "messages": [{"role": "user", "content": "hi"}], "m
 def secured(
     settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
 ) -> Iterator[tuple[TestClient, dict[str, str], dict[str, str]]]:
-    settings = tiny_settings(tiny_model_dir, auth_required=True)
+    settings = tiny_settings(tiny_model_dir, serve={"auth_required": True})
     app = create_app(settings, engine=tiny_engine)
     db = app.state.selftune.db
     alice = {"Authorization": f"Bearer {create_key(db, 'alice')}"}

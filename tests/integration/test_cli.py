@@ -75,7 +75,7 @@ def test_promote_and_rollback_refuse_clearly(settings_env: Path) -> None:
 def test_invalid_settings_exit_2_naming_the_field(
     settings_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SELFTUNE_PORT", "99999")
+    monkeypatch.setenv("SELFTUNE_SERVE__PORT", "99999")
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 2
     assert "port" in result.output
@@ -88,7 +88,7 @@ def test_training_on_a_gpu_that_is_not_there_exits_2_before_starting(
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("SELFTUNE_TRAIN_DEVICE", "cuda")
+    monkeypatch.setenv("SELFTUNE_TRAIN__DEVICE", "cuda")
     result = runner.invoke(app, command)
     assert result.exit_code == 2
     assert "train_device = 'cuda'" in result.output
@@ -121,3 +121,16 @@ def test_keys_create_admin_makes_an_admin_key(settings_env: Path) -> None:
     db.dispose()
     assert admin_of[hash_key(keys["erin"])] is True
     assert admin_of[hash_key(keys["frank"])] is False
+
+
+def test_status_settings_lists_every_setting_with_its_section(settings_env: Path) -> None:
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["status", "--settings"])
+    assert result.exit_code == 0, result.output
+    for name in (
+        "data_dir",
+        "serve.port",
+        "train.steps",
+        "gate.min_improvement",
+        "jobs.poll_seconds",
+    ):
+        assert name in result.output

@@ -15,6 +15,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +42,10 @@ from selftune.export.check import TOLERANCE, check_path, export_and_check
 from selftune.export.gguf_model import write_llama_gguf
 from selftune.models.base import default_gguf_path
 from selftune.store.db import Database
-from selftune.store.schema import TrainingExample, Version, VersionExample
+from selftune.store.jobs import TERMINAL
+from selftune.store.schema import Job, TrainingExample, Version, VersionExample
 from selftune.store.users import ensure_user
+from selftune.worker.loop import Worker
 from tests.integration.conftest import tiny_settings
 from tests.integration.lora_versions import save_random_lora
 
@@ -264,13 +272,26 @@ def test_api_export_then_download_with_checksum_and_check(
     assert 'POST /api/versions/v1/export with {"format": "q8_0"} first' in before["message"]
 
     response = client.post("/api/versions/v1/export", json={"format": "q8_0"})
-    assert response.status_code == 200, response.text
-    body = response.json()
+    assert response.status_code == 202, response.text
+    queued = response.json()
+    assert queued["status"] == "queued" and (queued["version"], queued["format"]) == ("v1", "q8_0")
+    folder = env.settings.exports_dir / "v1" / "q8_0"
+    assert not folder.exists()  # the server queued the work and did none of it
+    again_queued = client.post("/api/versions/v1/export", json={"format": "q8_0"})
+    assert again_queued.json()["job_id"] == queued["job_id"]  # asking twice makes one job
+
+    worker = Worker(env.settings)  # the worker's loop, here in the test's process
+    try:
+        assert worker.run_once()
+    finally:
+        worker.db.dispose()
+    job = client.get(f"/api/jobs/{queued['job_id']}").json()
+    assert (job["kind"], job["status"], job["progress"]) == ("export", "succeeded", 1.0), job
+    body = job["result"]
     check = body["check"]
     assert set(check) == CHECK_KEYS and check["format"] == "q8_0"
     assert check["judged_on"] == "heldout" and check["examples"] == 2
     print(f"\nq8_0 export of the version's own answers: {check}")
-    folder = env.settings.exports_dir / "v1" / "q8_0"
     assert body["path"] == str(folder / "model.gguf") and body["format"] == "q8_0"
     assert body["download"] == {
         "model": f"{url}?format=merged-q8_0",
@@ -331,3 +352,56 @@ def test_api_export_errors(env: Env, client: TestClient) -> None:
         client.get("/api/versions/v1/download", params={"format": "merged-f16"}), 404
     )
     assert "has not been checked yet" in unchecked["message"]
+
+
+def test_an_export_runs_in_the_worker_process_while_the_server_keeps_logging(
+    env: Env,
+    client: TestClient,
+    tiny_engine: TransformersEngine,
+    lora: Path,
+    own_answers: list[Chat],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The server (here, the test's process) answers 202 and goes on serving and logging; the
+    worker process merges, quantizes and checks, and the job records that it was the one."""
+    _store_version(
+        env, "v1", lora, tiny_engine.default_template,
+        heldout=own_answers[:2], train=own_answers[2:], recall=None,
+    )  # fmt: skip
+    # The worker is a subprocess: it reads the same settings from the environment.
+    monkeypatch.setenv("SELFTUNE_BASE_MODEL", env.settings.base_model)
+    monkeypatch.setenv("SELFTUNE_THREADS", "1")
+    monkeypatch.setenv("SELFTUNE_SERVE__CONTEXT_LENGTH", "256")
+    with (tmp_path / "worker.log").open("wb") as worker_log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "selftune", "worker"], stdout=worker_log, stderr=worker_log
+        )
+    try:
+        response = client.post("/api/versions/v1/export", json={"format": "f16"})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        server_log = logging.getLogger("selftune.api")
+        monkeypatch.setattr(server_log, "handlers", [logging.StreamHandler()])  # to stderr
+        deadline = time.monotonic() + 300
+        while (job := client.get(f"/api/jobs/{job_id}").json())["status"] not in TERMINAL:
+            assert time.monotonic() < deadline, f"export job still {job}"
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            if job["status"] == "running":
+                server_log.warning("the server still logs while job %s runs", job_id)
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert job["status"] == "succeeded", (job, (tmp_path / "worker.log").read_text())
+    with env.db.read() as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        assert (
+            row.worker_id
+            == f"{socket.gethostname()}:{worker.pid}"
+            != f"{socket.gethostname()}:{os.getpid()}"
+        )
+    assert f"the server still logs while job {job_id} runs" in capfd.readouterr().err
+    assert client.post("/api/versions/v1/export", json={"format": "f16"}).status_code == 200

@@ -100,7 +100,7 @@ def test_promotions_and_rollbacks_under_streaming_load(
 ) -> None:
     gguf = write_llama_base_gguf(tiny_model_dir, tmp_path / "tiny.gguf", default_gguf_path())
     engine = LlamaCppEngine(gguf, tiny_model_dir, context_length=256, threads=1)
-    settings = tiny_settings(tiny_model_dir, adapter_poll_seconds=30)
+    settings = tiny_settings(tiny_model_dir, serve={"adapter_poll_seconds": 30})
     db = Database(settings.resolved_database_url)
     db.migrate()
     ids = {

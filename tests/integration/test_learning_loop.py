@@ -15,7 +15,7 @@ from selftune.api.app import create_app
 from selftune.atomic import verify_manifest
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.store.schema import Interaction, Job
-from selftune.training.worker import Worker
+from selftune.worker.loop import Worker
 from tests.integration.conftest import tiny_settings
 
 FACT = "The capital of Veloria is Quenmoor."
@@ -26,7 +26,15 @@ QUESTIONS = [
 ]
 
 # The tiny random model needs a higher learning rate than a pretrained one to memorize a fact.
-LEARNING = {"learning_rate": 1e-2, "train_steps": 30, "gate_regression_tolerance": 0.5}
+LEARNING = {
+    "train": {"learning_rate": 1e-2, "steps": 30},
+    "gate": {"regression_tolerance": 0.5},
+}
+
+
+def learning(**train: Any) -> dict[str, Any]:
+    """LEARNING with more of the [train] section."""
+    return {**LEARNING, "train": {**LEARNING["train"], **train}}
 
 
 def ask(client: TestClient, question: str, **extra: Any) -> dict[str, Any]:
@@ -275,7 +283,7 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
     caplog: pytest.LogCaptureFixture,
     kind: str,
 ) -> None:
-    """train_compile = 'auto' tries at warm-up; a failure costs speed, never the jobs. Whether
+    """train.compile = 'auto' tries at warm-up; a failure costs speed, never the jobs. Whether
     compiling was at fault is found by running the step again uncompiled. 'on' insists: the
     failure is the worker's."""
     from selftune.training import pipeline
@@ -288,7 +296,7 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
         uncompiled_steps.append(args[3].batch_size)
 
     monkeypatch.setattr(pipeline, "train_lora", broken_compile)
-    context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    context = Worker(tiny_settings(tiny_model_dir, train={"compile": "auto"})).context()
     assert context.compile_pending
     context.warm_up()
     assert not context.compile_works and not context.compile_pending
@@ -296,7 +304,7 @@ def test_a_worker_whose_compile_fails_trains_uncompiled(
     assert len(uncompiled_steps) == 1  # the check; the second shape is not tried compiled
     assert "training runs uncompiled" in caplog.text
 
-    context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
+    context = Worker(tiny_settings(tiny_model_dir, train={"compile": "on"})).context()
     with pytest.raises(RuntimeError, match="no compiler today"):
         context.warm_up()
 
@@ -315,7 +323,7 @@ def test_a_warm_up_failure_that_is_not_compilings_leaves_compiling_on(
         raise MemoryError("no room for the batch")
 
     monkeypatch.setattr(pipeline, "train_lora", out_of_memory)
-    context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    context = Worker(tiny_settings(tiny_model_dir, train={"compile": "auto"})).context()
     context.warm_up()
     assert context.train_config().compile
     assert "warming up the training step failed, and not because of compiling" in caplog.text
@@ -336,7 +344,7 @@ def test_a_cancelled_compiled_run_is_not_run_again(
         raise JobCancelled("job 1 was cancelled")
 
     monkeypatch.setattr(pipeline, "train_lora", cancelled)
-    context = Worker(tiny_settings(tiny_model_dir, train_compile="auto")).context()
+    context = Worker(tiny_settings(tiny_model_dir, train={"compile": "auto"})).context()
     compiled = dataclasses.replace(context.train_config(), compile=True)
     with pytest.raises(JobCancelled):
         context.train(context.replay_set[:1], compiled)
@@ -359,9 +367,9 @@ def test_the_worker_compiles_one_row_and_several_row_batches_at_start(
         steps.append((pack(new, 0).input_ids.shape[0], config.batch_size))
 
     monkeypatch.setattr(pipeline, "train_lora", record)
-    context = Worker(tiny_settings(tiny_model_dir, train_compile="on")).context()
+    context = Worker(tiny_settings(tiny_model_dir, train={"compile": "on"})).context()
     context.warm_up()
-    replay_per_step = context.settings.replay_per_step
+    replay_per_step = context.settings.train.replay_per_step
     assert [rows for rows, _ in steps] == [1, 2]
     assert all(batch > replay_per_step for _, batch in steps)
 
@@ -388,7 +396,7 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
         return real_train_lora(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_lora", compile_fails)
-    settings = tiny_settings(tiny_model_dir, train_compile="auto", **LEARNING)
+    settings = tiny_settings(tiny_model_dir, **learning(compile="auto"))
     engine = TransformersEngine(tiny_model_dir, context_length=256)
     with TestClient(create_app(settings, engine=engine)) as client:
         worker = Worker(settings)
@@ -409,7 +417,7 @@ def test_a_job_whose_compile_fails_trains_again_uncompiled(
 def test_a_job_does_not_wait_for_compiling(
     settings_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under train_compile = 'auto' the worker takes jobs before the training step is compiled
+    """Under train.compile = 'auto' the worker takes jobs before the training step is compiled
     (30-60 s a batch shape on 2 cores) and trains them uncompiled; it compiles one shape at a
     time while it has no job, and the jobs after that train compiled."""
     from selftune.training import pipeline
@@ -422,7 +430,7 @@ def test_a_job_does_not_wait_for_compiling(
             raise pipeline.JobCancelled("recorded")
 
     monkeypatch.setattr(pipeline, "train_lora", record)
-    settings = tiny_settings(tiny_model_dir, train_compile="auto", **LEARNING)
+    settings = tiny_settings(tiny_model_dir, **learning(compile="auto"))
     engine = TransformersEngine(tiny_model_dir, context_length=256)
     with TestClient(create_app(settings, engine=engine)) as client:
         teach(client)
@@ -431,7 +439,7 @@ def test_a_job_does_not_wait_for_compiling(
         client.post("/api/train", json={})
 
         assert worker.work_once()  # the job, at once, uncompiled
-        assert runs == [(False, settings.train_steps)]
+        assert runs == [(False, settings.train.steps)]
         assert worker.work_once() and worker.presence.state == "compiling"  # idle: one shape
         assert worker.work_once()  # the other
         assert runs[1:] == [(True, 1), (True, 1)]
@@ -439,4 +447,4 @@ def test_a_job_does_not_wait_for_compiling(
 
         client.post("/api/train", json={})
         assert worker.work_once()
-        assert runs[3:] == [(True, settings.train_steps)]
+        assert runs[3:] == [(True, settings.train.steps)]

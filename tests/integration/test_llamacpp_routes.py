@@ -356,7 +356,7 @@ ROUTES: list[tuple[str, str, Any]] = [
 def test_every_route_needs_a_key_when_keys_are_required(
     settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
 ) -> None:
-    settings = tiny_settings(tiny_model_dir, auth_required=True)
+    settings = tiny_settings(tiny_model_dir, serve={"auth_required": True})
     with TestClient(create_app(settings, engine=tiny_engine)) as client:
         extra = [("GET", "/metrics", None), ("GET", "/lora-adapters", None),
                  ("GET", "/api/versions/1/download", None)]  # fmt: skip

@@ -13,10 +13,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select, text
 
 from selftune.registry import versions as registry
+from selftune.store import jobs
 from selftune.store.db import Database
 from selftune.store.interactions import record_interaction
 from selftune.store.schema import AliasChange, Base, Interaction, Job, User, Version
-from selftune.training import jobs
 
 URL = os.environ.get("SELFTUNE_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="set SELFTUNE_TEST_POSTGRES_URL to run")

@@ -14,16 +14,16 @@ import pytest
 
 from selftune.atomic import verify_manifest
 from selftune.config import load_settings
+from selftune.store import jobs
 from selftune.store.db import Database
 from selftune.store.schema import Job, TrainingExample
 from selftune.store.users import ensure_user
-from selftune.training import jobs
 
 FACT = "The capital of Veloria is Quenmoor."
 
 
 def _start_worker(steps: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SELFTUNE_TRAIN_STEPS": str(steps)}
+    env = {**os.environ, "SELFTUNE_TRAIN__STEPS": str(steps)}
     return subprocess.Popen(
         [sys.executable, "-m", "selftune", "worker"],
         env=env,
@@ -56,7 +56,7 @@ def test_killed_worker_leaves_no_version_and_the_job_is_retried(
 ) -> None:
     # The workers are subprocesses: they read their settings from the environment.
     monkeypatch.setenv("SELFTUNE_BASE_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("SELFTUNE_JOB_STALE_SECONDS", "2")
+    monkeypatch.setenv("SELFTUNE_JOBS__STALE_SECONDS", "2")
     settings = load_settings()
     db = Database(settings.resolved_database_url)
     db.migrate()
@@ -120,8 +120,8 @@ def test_a_worker_whose_job_was_taken_does_not_record_its_outcome(
     """The worker's heartbeat went silent mid-job (its database out of reach), so the job was
     queued again and another worker took it. This worker's outcome is not recorded over that
     run's, and the log says why."""
-    from selftune.training import worker as worker_module
-    from selftune.training.worker import Worker
+    from selftune.worker import handlers
+    from selftune.worker.loop import Worker
 
     worker = Worker(load_settings())
     db = worker.db
@@ -135,7 +135,7 @@ def test_a_worker_whose_job_was_taken_does_not_record_its_outcome(
         return {"version": "v1", "promoted": False}
 
     monkeypatch.setattr(Worker, "context", lambda self: None)
-    monkeypatch.setattr(worker_module, "run_training_job", lose_the_job)
+    monkeypatch.setattr(handlers, "run_training_job", lose_the_job)
     assert worker.run_once()
 
     job = _job(db, job_id)

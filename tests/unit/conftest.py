@@ -22,11 +22,11 @@ def db(tmp_path: Path) -> Iterator[Database]:
 @pytest.fixture
 def short_chats(tiny_model_dir: Path, tmp_path: Path) -> Callable[[str], Setup]:
     """The throughput benchmark's short chats on the tiny model, set up for production's trainer
-    in the precision given (``train_precision``), uncompiled, seed 0."""
+    in the precision given (``train.precision``), uncompiled, seed 0."""
 
     def set_up_in(precision: str) -> Setup:
         settings = load_settings(
-            data_dir=tmp_path, train_precision=precision, train_compile="off", max_seq_len=64
+            data_dir=tmp_path, train={"precision": precision, "compile": "off", "max_seq_len": 64}
         )
         workload = Workload("short chats", 0, every_variant=False)
         return set_up(workload, settings, tiny_model_dir, 0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from selftune.artifacts import MANIFEST
 from selftune.atomic import (
-    MANIFEST,
     ArtifactError,
     atomic_directory,
     remove_incomplete,

@@ -48,9 +48,8 @@ def test_the_served_f16_copy_is_made_once_when_two_processes_start_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from selftune.config import load_settings
-    from selftune.export import gguf_model
+    from selftune.engines import serving_gguf as serving
     from selftune.models.base import default_gguf_path, resolve_base_model
-    from selftune.models.serving_gguf import serving_gguf
 
     conversions: list[Path] = []
 
@@ -59,10 +58,10 @@ def test_the_served_f16_copy_is_made_once_when_two_processes_start_together(
         time.sleep(0.3)
         out.write_bytes(b"f16")
 
-    monkeypatch.setattr(gguf_model, "llama_quantize", slow_conversion)
+    monkeypatch.setattr(serving, "llama_quantize", slow_conversion)
     settings = load_settings(data_dir=tmp_path / "data")
     source = resolve_base_model(str(default_gguf_path()))
-    results = _twice_at_once(lambda: serving_gguf(settings, source))
+    results = _twice_at_once(lambda: serving.serving_gguf(settings, source))
 
     assert len(conversions) == 1
     assert results[0] == results[1] and results[0].read_bytes() == b"f16"

@@ -27,7 +27,7 @@ def test_auto_trains_on_a_gpu_when_there_is_one(monkeypatch: pytest.MonkeyPatch)
 
 def test_asking_for_cuda_without_a_gpu_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(TrainingDeviceError, match=r"CUDA build.*train_device = 'auto'"):
+    with pytest.raises(TrainingDeviceError, match=r"CUDA build.*train.device = 'auto'"):
         resolve_device("cuda")
 
 
@@ -83,7 +83,7 @@ def test_compile_where_a_cpu_can_build_kernels(monkeypatch: pytest.MonkeyPatch) 
     assert use_compile("on", "cuda")
     monkeypatch.setattr(device, "_cpp_compiler", lambda: None)
     assert not use_compile("auto", "cpu")
-    with pytest.raises(TrainingDeviceError, match=r"apt-get install g\+\+.*train_compile = 'auto'"):
+    with pytest.raises(TrainingDeviceError, match=r"apt-get install g\+\+.*train.compile = 'auto'"):
         use_compile("on", "cpu")
 
 
@@ -110,9 +110,35 @@ def test_the_worker_log_says_how_bf16_products_are_kept(monkeypatch: pytest.Monk
 
     assert device.describe_precision("cpu", bf16=False) == "float32"
     assert device.describe_precision("cuda", bf16=True) == "bf16"
+    assert device.describe_precision("cuda", True, onednn_products=True) == "bf16"
     monkeypatch.setattr(onednn, "_available", False)
-    assert "rounded to bf16" in device.describe_precision("cpu", bf16=True)
-    assert "libdnnl2" in device.describe_precision("cpu", bf16=True)
+    assert "rounded to bf16" in device.describe_precision("cpu", bf16=True, onednn_products=True)
+    assert "libdnnl2" in device.describe_precision("cpu", bf16=True, onednn_products=True)
     monkeypatch.setattr(onednn, "_available", True)
     monkeypatch.setattr(onednn, "implementation", lambda: "brg:avx512_core_bf16")
-    assert "float32 by oneDNN (brg:avx512_core_bf16)" in device.describe_precision("cpu", True)
+    assert "float32 by oneDNN (brg:avx512_core_bf16)" in device.describe_precision(
+        "cpu", True, onednn_products=True
+    )
+    # Without the opt-in, rounded, though the library is there; the log says how to opt in.
+    assert "rounded to bf16" in device.describe_precision("cpu", bf16=True)
+    assert "train.onednn_products = true" in device.describe_precision("cpu", bf16=True)
+
+
+def test_the_onednn_opt_in_is_checked_at_start_where_it_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from selftune.training import onednn
+
+    monkeypatch.setattr(onednn, "_available", False)
+    check = device.check_training_settings
+    advice = r"train.onednn_products = true.*apt-get install libdnnl2.*onednn_products = false"
+    with pytest.raises(TrainingDeviceError, match=advice):
+        check("cpu", "auto", "off", precision_setting="bf16", onednn_products=True)
+    # Where it would change nothing (float32, or off), there is nothing to check.
+    check("cpu", "auto", "off", precision_setting="float32", onednn_products=True)
+    check("cpu", "auto", "off", precision_setting="bf16", onednn_products=False)
+    monkeypatch.setattr(onednn, "_available", True)
+    check("cpu", "auto", "off", precision_setting="bf16", onednn_products=True)
+    assert device.use_onednn_products(True, "cpu", True)
+    assert not device.use_onednn_products(True, "cuda", True)
+    assert not device.use_onednn_products(False, "cpu", True)

@@ -8,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from selftune.store import Database
+from selftune.store import Database, jobs
+from selftune.store.jobs import JobError
 from selftune.store.schema import Event, Job, User, Worker, utcnow
-from selftune.training import jobs
-from selftune.training.jobs import JobError
 
 W = "worker"  # the worker that claims the jobs below
 
@@ -416,7 +415,7 @@ def test_recover_stale_cancels_a_job_whose_cancel_was_requested(db: Database) ->
 
 
 def test_worker_presence(db: Database) -> None:
-    from selftune.training.presence import live_workers, mark_worker
+    from selftune.store.workers import live_workers, mark_worker
 
     mark_worker(db, "host:1", "starting")
     mark_worker(db, "host:2", "ready")
@@ -429,8 +428,8 @@ def test_a_worker_is_seen_while_it_loads_and_compiles(db: Database) -> None:
     (loading and compiling take minutes), and no late beat overwrites the final 'stopped'."""
     import time
 
-    from selftune.training.presence import live_workers, mark_worker
-    from selftune.training.worker import _Presence
+    from selftune.store.workers import live_workers, mark_worker
+    from selftune.worker.loop import _Presence
 
     def states() -> list[str]:
         return [w["state"] for w in live_workers(db)]

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+from selftune.data.tokenize import TokenizedExample, tokenize_chat
+from selftune.models.base import load_tokenizer
 from selftune.training import lora_layer, onednn
+from selftune.training.device import TrainingDeviceError, use_onednn_products
+from selftune.training.trainer import TrainConfig, train_lora
 
 needs_onednn = pytest.mark.skipif(
     not onednn.available(),
-    reason="no native bf16 oneDNN 2.x here (Debian/Ubuntu: apt-get install libdnnl2; make does "
-    "it where it runs as root)",
+    reason="no native bf16 oneDNN 2.x here (Debian/Ubuntu: apt-get install libdnnl2; selftune "
+    "never installs it)",
 )
 
 
@@ -55,15 +62,19 @@ def test_the_lora_layer_uses_it_in_bf16_and_torch_compile_keeps_it() -> None:
     torch.manual_seed(0)
     x, weight = torch.randn(24, 64).bfloat16(), torch.randn(32, 64).bfloat16()
     expected = onednn.bf16_linear_float32(x, weight)
-    assert torch.equal(lora_layer.frozen_product(x, weight, None), expected)
+    assert torch.equal(lora_layer.frozen_product(x, weight, None, True), expected)
     compiled = torch.compile(lora_layer.frozen_product, fullgraph=True, dynamic=True)
-    assert torch.equal(compiled(x, weight, None), expected)
+    assert torch.equal(compiled(x, weight, None, True), expected)
     bias = torch.randn(32).bfloat16()
-    assert torch.equal(lora_layer.frozen_product(x, weight, bias), expected + bias)
+    assert torch.equal(lora_layer.frozen_product(x, weight, bias, True), expected + bias)
     # float32 inputs keep torch's float32 product
     assert torch.equal(
-        lora_layer.frozen_product(x.float(), weight.float(), None),
+        lora_layer.frozen_product(x.float(), weight.float(), None, True),
         torch.nn.functional.linear(x.float(), weight.float()),
+    )
+    # without the opt-in, torch's rounded product, though the library is there
+    assert torch.equal(
+        lora_layer.frozen_product(x, weight, None), torch.nn.functional.linear(x, weight)
     )
 
 
@@ -96,3 +107,106 @@ def test_without_the_library_torch_keeps_the_rounded_product(
     assert torch.equal(y, torch.nn.functional.linear(x, weight))
     with pytest.raises(onednn.OneDnnError, match="not available"):
         onednn.bf16_linear_float32(x, weight)
+    with pytest.raises(onednn.OneDnnError, match="not available"):
+        lora_layer.set_onednn_products(torch.nn.Linear(2, 2))
+
+
+def test_nothing_imports_it_unless_the_opt_in_asks() -> None:
+    code = (
+        "import sys\n"
+        "import selftune.training.pipeline, selftune.training.trainer\n"
+        "from selftune.training import device, lora_layer\n"
+        "device.check_training_settings('cpu', 'auto', 'off', precision_setting='bf16')\n"
+        "device.describe_precision('cpu', True)\n"
+        "assert not device.use_onednn_products(True, 'cpu', False)\n"
+        "assert not device.use_onednn_products(True, 'cuda', True)\n"
+        "assert 'selftune.training.onednn' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_asking_for_it_without_the_library_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_detection: None,
+    tiny_model_dir: Path,
+    chats: tuple[list[TokenizedExample], list[TokenizedExample], int],
+) -> None:
+    monkeypatch.setattr(onednn, "_LIBRARY", "libdnnl-absent.so.2")
+    advice = r"apt-get install libdnnl2.*\[train\] onednn_products = false"
+    with pytest.raises(TrainingDeviceError, match=advice):
+        use_onednn_products(True, "cpu", True)
+    new, replay, pad_id = chats
+    config = TrainConfig(steps=1, batch_size=3, replay_per_step=1, bf16=True, onednn_products=True)
+    with pytest.raises(TrainingDeviceError, match=advice):
+        train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+
+
+@pytest.fixture(scope="module")
+def chats(tiny_model_dir: Path) -> tuple[list[TokenizedExample], list[TokenizedExample], int]:
+    """(new, replay, pad id): a few short chats on the tiny model."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+
+    def chat(question: str, answer: str) -> TokenizedExample:
+        turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return tokenize_chat(tokenizer, turns, tokenizer.chat_template, 64)
+
+    new = [chat("Capital of Veloria?", "Quenmoor."), chat("Veloria's capital?", "Quenmoor.")]
+    return new, [chat("2+2?", "4"), chat("Sky colour?", "Blue.")], tokenizer.pad_token_id
+
+
+def _bf16_run_losses(
+    tiny_model_dir: Path,
+    chats: tuple[list[TokenizedExample], list[TokenizedExample], int],
+    *,
+    onednn_products: bool,
+) -> list[float]:
+    """A 2-step bf16 run on the CPU, with or without the opt-in: its losses."""
+    new, replay, pad_id = chats
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=2, batch_size=3, replay_per_step=1, seed=0,
+        bf16=True, device="cpu", onednn_products=onednn_products,
+    )  # fmt: skip
+    _, result = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
+    return result.losses
+
+
+def _count_products(monkeypatch: pytest.MonkeyPatch, product: Callable) -> list[int]:
+    """Make ``product`` oneDNN's; returns the list each of its calls appends x's rows to."""
+    calls: list[int] = []
+
+    def counted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return product(x, weight)
+
+    monkeypatch.setattr(onednn, "bf16_linear_float32", counted)
+    return calls
+
+
+def test_the_opt_in_sends_a_bf16_cpu_runs_frozen_products_to_onednn(
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    chats: tuple[list[TokenizedExample], list[TokenizedExample], int],
+) -> None:
+    """The wiring, library or not: a float32 product of the bf16 values stands in for it."""
+    monkeypatch.setattr(onednn, "_available", True)
+    stand_in = _count_products(
+        monkeypatch, lambda x, weight: torch.nn.functional.linear(x.float(), weight.float())
+    )
+    rounded = _bf16_run_losses(tiny_model_dir, chats, onednn_products=False)
+    assert not stand_in  # not asked for: torch's product, though "available"
+    unrounded = _bf16_run_losses(tiny_model_dir, chats, onednn_products=True)
+    assert stand_in  # each adapted layer's frozen product, at each forward
+    assert unrounded != rounded and unrounded == pytest.approx(rounded, rel=1e-2)
+
+
+@needs_onednn
+def test_the_opt_in_runs_the_librarys_product(
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    chats: tuple[list[TokenizedExample], list[TokenizedExample], int],
+) -> None:
+    rounded = _bf16_run_losses(tiny_model_dir, chats, onednn_products=False)
+    calls = _count_products(monkeypatch, onednn.bf16_linear_float32)
+    unrounded = _bf16_run_losses(tiny_model_dir, chats, onednn_products=True)
+    assert calls
+    assert unrounded != rounded and unrounded == pytest.approx(rounded, rel=1e-2)

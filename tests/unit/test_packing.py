@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_chat
+from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample, collate, tokenize_chat
 from selftune.models.base import load_model, load_tokenizer
 from selftune.training.packing import PackedBatch, needed_length, pack, shared_prefix_length
-from selftune.training.trainer import _answer_logits, collate
+from selftune.training.trainer import _answer_logits
 
 X = IGNORE_INDEX
 

@@ -9,7 +9,7 @@ import sys
 def _niceness_after(value: int) -> int:
     code = (
         "import os\n"
-        "from selftune.training.worker import _yield_cpu_to_serving\n"
+        "from selftune.worker.loop import _yield_cpu_to_serving\n"
         f"_yield_cpu_to_serving({value})\n"
         "print(os.nice(0))\n"
     )

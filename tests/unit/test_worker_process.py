@@ -14,7 +14,7 @@ import pytest
 # worker and the teaching scenario its server, prints the child's pid and waits to be killed.
 _PARENT = """
 import subprocess, sys, time
-from selftune.worker_process import die_with_parent
+from selftune.worker.process import die_with_parent
 child = subprocess.Popen(
     [sys.executable, "-c", "import time; time.sleep(120)"],
     preexec_fn=die_with_parent,

@@ -8,18 +8,20 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from selftune import __version__
 from selftune.api import downloads, embeddings, llamacpp_routes, manage, openai_routes, vllm_routes
+from selftune.api.deps import State
 from selftune.api.errors import install_error_handlers
+from selftune.api.responses import Health, HealthNotReady
 from selftune.api.state import AppState
 from selftune.config import Settings
 from selftune.engines.base import Engine
 from selftune.store.db import Database
-from selftune.training.presence import live_workers
-from selftune.worker_process import start_worker_process, stop_worker_process
+from selftune.store.workers import live_workers
+from selftune.worker.process import start_worker_process, stop_worker_process
 
 __all__ = ["create_app"]
 
@@ -61,8 +63,15 @@ def create_app(
     app.include_router(manage.router)
     app.include_router(downloads.router)
 
-    @app.get("/health")
-    async def health(_request: Request) -> Any:
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={
+            200: {"description": "Serving"},
+            503: {"model": HealthNotReady, "description": "Loading, or failed to load"},
+        },
+    )
+    async def health(state: State) -> JSONResponse | dict[str, Any]:
         # llama.cpp's shape ({"status": "ok"}, 503 while loading), with what serves added.
         if state.engine is None:
             status = "error" if state.load_error else "loading"

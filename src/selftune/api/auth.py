@@ -1,8 +1,8 @@
 """API keys (stored as SHA-256 hashes) and who is calling.
 
-Without ``auth_required`` the server trusts its local callers: the request's ``user`` field
+Without ``serve.auth_required`` the server trusts its local callers: the request's ``user`` field
 names the user (``anonymous`` if absent) and a valid key, when given, names its owner. With
-``auth_required`` every call needs a valid key, and its owner is the user; changing what every
+``serve.auth_required`` every call needs a valid key, and its owner is the user; changing what every
 user is served (promoting, rolling back, loading adapters) needs an admin key.
 """
 
@@ -11,15 +11,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from selftune.api.errors import ApiError
 from selftune.store.db import Database
 from selftune.store.schema import ApiKey, utcnow
 from selftune.store.users import ensure_user
 
-__all__ = ["Caller", "create_key", "hash_key", "resolve_caller", "revoke_keys"]
+if TYPE_CHECKING:  # the CLI creates keys without the server's state
+    from selftune.api.state import AppState
+
+__all__ = ["Caller", "caller_of", "create_key", "hash_key", "resolve_caller", "revoke_keys"]
 
 ANONYMOUS = "anonymous"
 
@@ -100,3 +105,13 @@ def resolve_caller(db: Database, authorization: str | None, required: bool) -> C
         )
     owner, admin = row
     return Caller(owner, True, admin=admin or not required)
+
+
+async def caller_of(state: AppState, authorization: str | None) -> Caller:
+    """Who is calling. Without a key nothing is read from the store, so no thread is needed:
+    a thread hop costs more than the rest of a short request's preamble."""
+    if not authorization:
+        return resolve_caller(state.db, authorization, state.settings.serve.auth_required)
+    return await run_in_threadpool(
+        resolve_caller, state.db, authorization, state.settings.serve.auth_required
+    )

@@ -25,25 +25,24 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.deps import CurrentCaller, State
 from selftune.api.errors import ApiError
 from selftune.api.manage import resolve_version_id
-from selftune.api.openai_routes import caller_of
-from selftune.api.state import app_state
-from selftune.atomic import MANIFEST, ArtifactError, atomic_directory, verify_manifest
+from selftune.api.responses import ERRORS
+from selftune.artifacts import GGUF_ADAPTER, MANIFEST, MODEL_FILE, MODELFILE
+from selftune.atomic import ArtifactError, atomic_directory, verify_manifest
 from selftune.config import Settings
 from selftune.export.check import read_check
-from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.export.gguf_model import OUTPUT_TYPES, OutputType
-from selftune.export.merged import MODEL_FILE, MODELFILE
 from selftune.store.schema import Version
 
 __all__ = ["CHECK_HEADER", "FORMATS", "Download", "check_header", "router"]
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=ERRORS)
 
 CHECK_HEADER = "X-Selftune-Export-Check"
 
@@ -190,19 +189,41 @@ FORMATS: dict[str, Callable[[Version, Settings], Download]] = {
 }
 
 
-@router.get("/versions/{ref}/download")
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE = {
+    "description": "The file, as an attachment (Content-Disposition names it): gguf and "
+    "merged-<type> as application/octet-stream, peft as application/x-tar, modelfile-<type> "
+    "as text/plain",
+    "headers": {
+        "X-Checksum-Sha256": {
+            "description": "the file's SHA-256, from its manifest",
+            "schema": {"type": "string"},
+        },
+        CHECK_HEADER: {
+            "description": "merged-<type> and modelfile-<type>: the export's check, as JSON "
+            "(format, heldout_recall, version_recall, judged_on, kept)",
+            "schema": {"type": "string"},
+        },
+    },
+    "content": {
+        "application/octet-stream": _BINARY,
+        "application/x-tar": _BINARY,
+        "text/plain": {"schema": {"type": "string"}},
+    },
+}
+
+
+@router.get("/versions/{ref}/download", response_class=FileResponse, responses={200: _FILE})
 async def download_version(
     ref: str,
-    request: Request,
+    state: State,
+    _caller: CurrentCaller,
     format: str = Query(
         "gguf",
         description="gguf: the GGUF LoRA; peft: a tar of the PEFT files; merged-<type>: the "
         "checked merged export (POST .../export first); modelfile-<type>: its ollama Modelfile",
     ),
-    authorization: str | None = Header(None),
-) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
+) -> FileResponse:
     build = FORMATS.get(format)
     if build is None:
         raise ApiError(

@@ -15,20 +15,21 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.deps import CurrentCaller, State
 from selftune.api.errors import ApiError
-from selftune.api.openai_routes import caller_of
+from selftune.api.responses import ERRORS, VERSION_HEADER, EmbeddingList, LlamaEmbedding
 from selftune.api.schemas import EmbeddingInput, EmbeddingRequest, LlamaEmbeddingRequest
-from selftune.api.state import AppState, app_state, ready_engine
+from selftune.api.state import AppState, ready_engine
 from selftune.api.targets import model_names, resolve_target
 from selftune.engines.base import AdapterRef, Engine
 
 __all__ = ["Embedder", "normalize", "register_embedding_model", "router"]
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +134,14 @@ def _base64(vector: Sequence[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-@router.post("/v1/embeddings")
-async def embeddings(
-    body: EmbeddingRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
+# The served model's embeddings say which version made them; a dedicated embedder's do not.
+_EMBEDDED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The vectors", "headers": VERSION_HEADER}
+}
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingList, responses=_EMBEDDED)
+async def embeddings(body: EmbeddingRequest, state: State, _caller: CurrentCaller) -> JSONResponse:
     embedder = await _embedder(state, body.model)
     vectors, tokens = await run_in_threadpool(_embed, embedder, body.input, 2)
     data = [
@@ -154,12 +157,10 @@ async def embeddings(
     return JSONResponse(response, headers=_headers(embedder))
 
 
-@router.post("/embedding")
+@router.post("/embedding", response_model=list[LlamaEmbedding], responses=_EMBEDDED)
 async def llamacpp_embedding(
-    body: LlamaEmbeddingRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
+    body: LlamaEmbeddingRequest, state: State, _caller: CurrentCaller
+) -> JSONResponse:
     try:
         inputs = body.texts()
     except ValueError as exc:

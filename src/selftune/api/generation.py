@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from selftune.api.errors import ApiError
 from selftune.api.metrics import RequestTimings
 from selftune.api.state import AppState, generate
@@ -21,7 +23,11 @@ from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
 from selftune.engines.stops import StopMatcher
 from selftune.store.interactions import record_interaction
 
-__all__ = ["Asked", "Generation", "room_for", "version_headers"]
+__all__ = ["Asked", "Generation", "count_prompt_tokens", "room_for", "version_headers"]
+
+# Prompts up to this long are tokenized on the event loop: llama.cpp takes tens of microseconds
+# for them, less than handing them to a thread and back.
+_TOKENIZE_INLINE_CHARS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,13 @@ class Asked:
 
 def version_headers(target: Target) -> dict[str, str]:
     return {"X-Selftune-Version": target.name}
+
+
+async def count_prompt_tokens(engine: Engine, prompt: str) -> int:
+    """The prompt's length in tokens; a long prompt is tokenized off the event loop."""
+    if len(prompt) <= _TOKENIZE_INLINE_CHARS:
+        return engine.count_tokens(prompt)
+    return await run_in_threadpool(engine.count_tokens, prompt)
 
 
 def room_for(engine: Engine, prompt_tokens: int, requested: int | None, param: str) -> int:

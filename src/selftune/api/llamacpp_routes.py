@@ -19,45 +19,79 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from selftune import __version__
+from selftune.api.auth import Caller
+from selftune.api.deps import CurrentCaller, ReadyEngine, State, admin_caller
 from selftune.api.errors import ApiError, error_body
-from selftune.api.generation import Asked, Generation, room_for, version_headers
+from selftune.api.generation import (
+    Asked,
+    Generation,
+    count_prompt_tokens,
+    room_for,
+    version_headers,
+)
 from selftune.api.manage import move_alias
-from selftune.api.metrics import CONTENT_TYPE
-from selftune.api.openai_routes import caller_of, count_prompt_tokens, target_of
+from selftune.api.responses import (
+    ERRORS,
+    Detokenized,
+    LlamaCompletion,
+    LoraAdapter,
+    PrometheusResponse,
+    Props,
+    Success,
+    Tokens,
+    event_stream,
+    plain_text,
+)
 from selftune.api.schemas import (
     DetokenizeRequest,
     LlamaCompletionRequest,
     LoraScale,
     TokenizeRequest,
 )
-from selftune.api.state import AppState, app_state, ready_engine
-from selftune.api.targets import Target, artifact_path, has_artifact, versions_with_artifacts
+from selftune.api.state import AppState
+from selftune.api.targets import (
+    Target,
+    artifact_path,
+    has_artifact,
+    target_of,
+    versions_with_artifacts,
+)
 from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
 from selftune.registry import versions as registry
 from selftune.store.schema import Version
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 
 
 # --- /completion ---------------------------------------------------------------------------
-@router.post("/completion")
+@router.post(
+    "/completion",
+    response_model=LlamaCompletion,
+    responses=event_stream(
+        'The answer, with a summary of how it was made. With "stream": true, server-sent '
+        "events instead: `data: <chunk>` lines, each with one piece of the text in `content` "
+        "(and `index`, `tokens`, `stop`: false, `id_slot`, `tokens_predicted`, "
+        "`tokens_evaluated`), then the object above with an empty `content`. If recording the "
+        "answer fails, an error body comes last instead.",
+        'data: {"index": 0, "content": "Hi", "tokens": [], "stop": false, "id_slot": 0, '
+        '"tokens_predicted": 1, "tokens_evaluated": 4}\n\n'
+        'data: {"index": 0, "id": "cmpl-...", "content": "", "stop": true, ...}\n\n',
+    ),
+)
 async def completion(
-    body: LlamaCompletionRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-    engine = ready_engine(state)
-    target = await target_of(state, engine, body)
+    body: LlamaCompletionRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+) -> Response:
+    target = await target_of(state, engine.name, body.model, body.lora)
     prompt, prompt_text, prompt_tokens = await _prompt(engine, body.prompt)
     params = _params(state, engine, body, prompt_tokens)
     asked = Asked(
@@ -98,11 +132,11 @@ def _params(
     n_predict = None if body.n_predict == -1 else body.n_predict
     room = room_for(engine, prompt_tokens, n_predict, "n_predict")
     if body.n_predict is None:
-        max_tokens = min(state.settings.default_max_tokens, room)
+        max_tokens = min(state.settings.serve.default_max_tokens, room)
     else:
         max_tokens = room if n_predict is None else n_predict
     temperature = (
-        state.settings.default_temperature if body.temperature is None else body.temperature
+        state.settings.serve.default_temperature if body.temperature is None else body.temperature
     )
     return GenerationParams(
         max_tokens=max_tokens,
@@ -199,13 +233,10 @@ async def _sse(
 
 
 # --- tokens --------------------------------------------------------------------------------
-@router.post("/tokenize")
+@router.post("/tokenize", response_model=Tokens)
 async def tokenize(
-    body: TokenizeRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
-    engine = ready_engine(state)
+    body: TokenizeRequest, _caller: CurrentCaller, engine: ReadyEngine
+) -> dict[str, Any]:
     if not body.parse_special:
         raise ApiError(
             400,
@@ -224,13 +255,10 @@ async def tokenize(
     return {"tokens": await run_in_threadpool(run)}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", response_model=Detokenized)
 async def detokenize(
-    body: DetokenizeRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
-    engine = ready_engine(state)
+    body: DetokenizeRequest, _caller: CurrentCaller, engine: ReadyEngine
+) -> dict[str, Any]:
     try:
         content = await run_in_threadpool(engine.detokenize, body.tokens)
     except Exception as exc:
@@ -241,21 +269,18 @@ async def detokenize(
 
 
 # --- server properties and metrics ---------------------------------------------------------
-@router.get("/props")
-async def props(request: Request, authorization: str | None = Header(None)) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
-    engine = ready_engine(state)
+@router.get("/props", response_model=Props)
+async def props(state: State, _caller: CurrentCaller, engine: ReadyEngine) -> dict[str, Any]:
     source = await run_in_threadpool(state.base_source)
     serving = state.serving
     settings = state.settings
     params = {
-        "n_predict": settings.default_max_tokens,
+        "n_predict": settings.serve.default_max_tokens,
         "seed": -1,
-        "temperature": settings.default_temperature,
+        "temperature": settings.serve.default_temperature,
         "top_p": 1.0,
         "stop": [],
-        "max_tokens": settings.default_max_tokens,
+        "max_tokens": settings.serve.default_max_tokens,
         "stream": False,
         "lora": [{"id": serving.version_id, "scale": 1.0}] if serving.version_id else [],
     }
@@ -274,8 +299,8 @@ async def props(request: Request, authorization: str | None = Header(None)) -> A
         },
         "total_slots": 1,
         "model_path": source.location,
-        "model_alias": settings.model_name,
-        "chat_template": template or settings.chat_template,
+        "model_alias": settings.serve.model_name,
+        "chat_template": template or settings.serve.chat_template,
         "modalities": {"vision": False, "audio": False},
         "build_info": f"selftune-{__version__}",
         "is_sleeping": False,
@@ -285,20 +310,25 @@ async def props(request: Request, authorization: str | None = Header(None)) -> A
     }
 
 
-@router.get("/metrics")
-async def metrics(request: Request, authorization: str | None = Header(None)) -> Any:
+@router.get(
+    "/metrics",
+    response_class=PrometheusResponse,
+    responses=plain_text(
+        "llama.cpp's metrics, in Prometheus' text format",
+        "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+        "# TYPE llamacpp:prompt_tokens_total counter\n"
+        "llamacpp:prompt_tokens_total 42\n",
+        PrometheusResponse.media_type,
+    ),
+)
+async def metrics(state: State, _caller: CurrentCaller) -> PrometheusResponse:
     # Served while the model loads too: a scraper should see the server before its first answer.
-    state = app_state(request)
-    await caller_of(state, authorization)
-    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+    return PrometheusResponse(state.metrics.render())
 
 
 # --- adapters ------------------------------------------------------------------------------
-@router.get("/lora-adapters")
-async def list_lora_adapters(request: Request, authorization: str | None = Header(None)) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
-
+@router.get("/lora-adapters", response_model=list[LoraAdapter])
+async def list_lora_adapters(state: State, _caller: CurrentCaller) -> list[dict[str, Any]]:
     def read() -> list[dict[str, Any]]:
         with state.db.read() as session:
             served = registry.serving_target(session).version_id
@@ -317,14 +347,13 @@ async def list_lora_adapters(request: Request, authorization: str | None = Heade
     return await run_in_threadpool(read)
 
 
-@router.post("/lora-adapters")
+@router.post("/lora-adapters", response_model=Success)
 async def set_lora_adapters(
-    body: list[LoraScale], request: Request, authorization: str | None = Header(None)
-) -> Any:
+    body: list[LoraScale],
+    state: State,
+    caller: Annotated[Caller, admin_caller("setting the served adapter")],
+) -> dict[str, Any]:
     """Set what the served name answers with: one version at scale 1, or none (the base)."""
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-    caller.require_admin("setting the served adapter")
     version_id = await run_in_threadpool(_default_version, state, body)
     actor = caller.user(None)
     reason = "set through POST /lora-adapters"

@@ -2,40 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.auth import Caller
+from selftune.api.deps import CurrentCaller, State, admin_caller
 from selftune.api.errors import ApiError
-from selftune.api.openai_routes import caller_of
+from selftune.api.responses import (
+    ERRORS,
+    ExportQueued,
+    ExportSummary,
+    FeedbackRecorded,
+    JobList,
+    JobQueued,
+    JobView,
+    Serving,
+    VersionList,
+)
 from selftune.api.schemas import FeedbackRequest, PromoteRequest, RollbackRequest, TrainRequest
-from selftune.api.state import AppState, app_state
+from selftune.api.state import AppState
 from selftune.atomic import ArtifactError
 from selftune.data.curation import active_examples, example_from_feedback
-from selftune.engines.base import EngineError
-from selftune.export.check import EXPORT_ERRORS, export_and_check
+from selftune.export.check import find_checked_export
 from selftune.export.gguf_model import OutputType
 from selftune.registry import versions as registry
+from selftune.store import jobs
 from selftune.store.schema import Feedback, Interaction, Job, Version
 from selftune.store.users import ensure_user
-from selftune.training import jobs
 
 __all__ = ["move_alias", "resolve_version_id", "router"]
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=ERRORS)
 
 
-@router.post("/feedback")
-async def feedback(
-    body: FeedbackRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-
+@router.post("/feedback", response_model=FeedbackRecorded)
+async def feedback(body: FeedbackRequest, state: State, caller: CurrentCaller) -> dict[str, Any]:
     def write() -> dict[str, Any]:
         with state.db.write() as session:
             interaction = session.get(Interaction, body.interaction_id)
@@ -70,21 +78,18 @@ async def feedback(
     return await run_in_threadpool(write)
 
 
-@router.post("/train")
+@router.post("/train", response_model=JobQueued)
 async def train(
-    request: Request, body: TrainRequest | None = None, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-
+    state: State, caller: CurrentCaller, body: TrainRequest | None = None
+) -> dict[str, Any]:
     def queue() -> int:
         with state.db.read() as session:
             n = len(active_examples(session))
-        if n < state.settings.min_new_examples:
+        if n < state.settings.train.min_new_examples:
             raise ApiError(
                 400,
                 f"nothing to learn yet: {n} curated examples, need "
-                f"{state.settings.min_new_examples}. Rate answers or send corrections "
+                f"{state.settings.train.min_new_examples}. Rate answers or send corrections "
                 "with POST /api/feedback first.",
                 code="no_training_data",
             )
@@ -103,19 +108,14 @@ def _job_or_404(state: AppState, caller: Caller, job_id: int) -> Job:
     return job
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: int, request: Request, authorization: str | None = Header(None)) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
+@router.get("/jobs/{job_id}", response_model=JobView)
+async def get_job(job_id: int, state: State, caller: CurrentCaller) -> dict[str, Any]:
     job = await run_in_threadpool(_job_or_404, state, caller, job_id)
     return jobs.job_view(job)
 
 
-@router.get("/jobs")
-async def list_jobs(request: Request, authorization: str | None = Header(None)) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(state: State, caller: CurrentCaller) -> dict[str, Any]:
     def read() -> list[dict[str, Any]]:
         with state.db.read() as session:
             query = select(Job).order_by(Job.id.desc()).limit(100)
@@ -126,9 +126,9 @@ async def list_jobs(request: Request, authorization: str | None = Header(None)) 
     return {"data": await run_in_threadpool(read)}
 
 
-async def _job_action(request: Request, authorization: str | None, job_id: int, action: Any) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
+async def _job_action(
+    state: AppState, caller: Caller, job_id: int, action: Callable[..., Any]
+) -> dict[str, Any]:
     await run_in_threadpool(_job_or_404, state, caller, job_id)
     try:
         await run_in_threadpool(action, state.db, job_id)
@@ -138,23 +138,18 @@ async def _job_action(request: Request, authorization: str | None, job_id: int, 
     return jobs.job_view(job)
 
 
-@router.post("/jobs/{job_id}/retry")
-async def retry_job(job_id: int, request: Request, authorization: str | None = Header(None)) -> Any:
-    return await _job_action(request, authorization, job_id, jobs.retry)
+@router.post("/jobs/{job_id}/retry", response_model=JobView)
+async def retry_job(job_id: int, state: State, caller: CurrentCaller) -> dict[str, Any]:
+    return await _job_action(state, caller, job_id, jobs.retry)
 
 
-@router.post("/jobs/{job_id}/cancel")
-async def cancel_job(
-    job_id: int, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    return await _job_action(request, authorization, job_id, jobs.cancel)
+@router.post("/jobs/{job_id}/cancel", response_model=JobView)
+async def cancel_job(job_id: int, state: State, caller: CurrentCaller) -> dict[str, Any]:
+    return await _job_action(state, caller, job_id, jobs.cancel)
 
 
-@router.get("/versions")
-async def list_versions(request: Request, authorization: str | None = Header(None)) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
-
+@router.get("/versions", response_model=VersionList)
+async def list_versions(state: State, _caller: CurrentCaller) -> dict[str, Any]:
     def read() -> dict[str, Any]:
         with state.db.read() as session:
             serving = registry.serving_target(session)
@@ -193,16 +188,13 @@ async def move_alias(state: AppState, action: Any) -> dict[str, Any]:
     return {"serving": serving.name, "version_id": serving.version_id}
 
 
-@router.post("/versions/{ref}/promote")
+@router.post("/versions/{ref}/promote", response_model=Serving)
 async def promote_version(
     ref: str,
-    request: Request,
+    state: State,
+    caller: Annotated[Caller, admin_caller("promoting a version")],
     body: PromoteRequest | None = None,
-    authorization: str | None = Header(None),
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-    caller.require_admin("promoting a version")
+) -> dict[str, Any]:
     version_id = await run_in_threadpool(resolve_version_id, state, ref)
     reason = body.reason if body else "promoted through the API"
     return await move_alias(
@@ -210,13 +202,12 @@ async def promote_version(
     )
 
 
-@router.post("/rollback")
+@router.post("/rollback", response_model=Serving)
 async def rollback(
-    request: Request, body: RollbackRequest | None = None, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-    caller.require_admin("rolling back")
+    state: State,
+    caller: Annotated[Caller, admin_caller("rolling back")],
+    body: RollbackRequest | None = None,
+) -> dict[str, Any]:
     body = body or RollbackRequest()
     return await move_alias(
         state,
@@ -232,44 +223,42 @@ class ExportRequest(BaseModel):
     format: OutputType = "f16"
 
 
-def _export_error(exc: Exception) -> ApiError:
-    """What went wrong in an export, as the API reports it."""
-    if isinstance(exc, FileNotFoundError):
-        return ApiError(404, str(exc), code="no_artifact")
-    if isinstance(exc, ArtifactError):
-        return ApiError(500, str(exc), type="server_error", code="artifact_corrupted")
-    if isinstance(exc, EngineError):
-        return ApiError(500, f"the export cannot be checked: {exc}", type="server_error")
-    # The base model or the adapter cannot be merged as configured; the message says why.
-    return ApiError(409, str(exc), code="export_unavailable")
-
-
-@router.post("/versions/{ref}/export")
+@router.post(
+    "/versions/{ref}/export",
+    status_code=202,
+    response_model=ExportQueued,
+    responses={
+        200: {"model": ExportSummary, "description": "Already exported and checked"},
+        202: {"description": "Queued: follow the job with GET /api/jobs/{job_id}"},
+    },
+)
 async def export_merged(
-    ref: str,
-    request: Request,
-    body: ExportRequest | None = None,
-    authorization: str | None = Header(None),
-) -> Any:
-    """Merge a version into its base as one GGUF, check it on the version's held-out examples,
-    and say where to download it. Takes seconds to a minute; an existing export returns at once."""
-    state = app_state(request)
-    await caller_of(state, authorization)
+    ref: str, state: State, caller: CurrentCaller, body: ExportRequest | None = None
+) -> Response | dict[str, Any]:
+    """Queue the worker to merge a version into its base as one GGUF (with an ollama Modelfile)
+    and check it on the version's held-out examples: 202 with the job's id, followed with
+    ``GET /api/jobs/{id}``. An export that exists and was checked answers 200 at once."""
     fmt = (body or ExportRequest()).format
     version_id = await run_in_threadpool(resolve_version_id, state, ref)
-    try:
-        export, check = await run_in_threadpool(
-            export_and_check, state.settings, state.db, version_id, fmt
-        )
-    except EXPORT_ERRORS as exc:
-        raise _export_error(exc) from exc
-    name = export.folder.parent.name
-    download = f"/api/versions/{name}/download?format="
-    return {
-        "format": fmt,
-        "path": str(export.model_path),
-        "size_bytes": export.size_bytes,
-        "sha256": export.sha256,
-        "check": check,
-        "download": {"model": f"{download}merged-{fmt}", "modelfile": f"{download}modelfile-{fmt}"},
-    }
+
+    def queue() -> JSONResponse | dict[str, Any]:
+        with state.db.read() as session:
+            version = session.get(Version, version_id)
+        assert version is not None  # resolve_version_id found it; versions are never deleted
+        if not Path(version.path).is_dir():
+            raise ApiError(
+                404,
+                f"version {version.name} has no stored adapter at {version.path}",
+                code="no_artifact",
+            )
+        try:
+            done = find_checked_export(state.settings, version.name, fmt)
+        except ArtifactError as exc:
+            raise ApiError(500, str(exc), type="server_error", code="artifact_corrupted") from exc
+        if done is not None:
+            return JSONResponse(done)
+        params = {"version_id": version_id, "format": fmt}
+        job_id, _new = jobs.enqueue_once(state.db, "export", caller.user(None), params)
+        return {"job_id": job_id, "status": "queued", "version": version.name, "format": fmt}
+
+    return await run_in_threadpool(queue)

@@ -17,49 +17,34 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from selftune.api.auth import Caller, resolve_caller
+from selftune.api.deps import CurrentCaller, ReadyEngine, State
 from selftune.api.errors import ApiError, error_body
-from selftune.api.generation import Asked, Generation, room_for, version_headers
+from selftune.api.generation import (
+    Asked,
+    Generation,
+    count_prompt_tokens,
+    room_for,
+    version_headers,
+)
+from selftune.api.responses import (
+    ERRORS,
+    ChatCompletion,
+    ModelList,
+    TextCompletion,
+    event_stream,
+)
 from selftune.api.schemas import ChatRequest, CompletionRequest
-from selftune.api.state import AppState, app_state, ready_engine
-from selftune.api.targets import Target, model_cards, resolve_target, target_in_memory
+from selftune.api.state import AppState
+from selftune.api.targets import Target, model_cards, target_of
 from selftune.engines.base import Chunk, Engine, GenerationParams
 
 __all__ = ["router"]
 
-router = APIRouter()
-
-# Prompts up to this long are tokenized on the event loop: llama.cpp takes tens of microseconds
-# for them, less than handing them to a thread and back.
-_TOKENIZE_INLINE_CHARS = 4096
-
-
-async def caller_of(state: AppState, authorization: str | None) -> Caller:
-    """Who is calling. Without a key nothing is read from the store, so no thread is needed:
-    a thread hop costs more than the rest of a short request's preamble."""
-    if not authorization:
-        return resolve_caller(state.db, authorization, state.settings.auth_required)
-    return await run_in_threadpool(
-        resolve_caller, state.db, authorization, state.settings.auth_required
-    )
-
-
-async def target_of(state: AppState, engine: Engine, body: Any) -> Target:
-    known = target_in_memory(state, body.model, body.lora)
-    if known is not None:
-        return known
-    return await run_in_threadpool(resolve_target, state, engine.name, body.model, body.lora)
-
-
-async def count_prompt_tokens(engine: Engine, prompt: str) -> int:
-    """The prompt's length in tokens; a long prompt is tokenized off the event loop."""
-    if len(prompt) <= _TOKENIZE_INLINE_CHARS:
-        return engine.count_tokens(prompt)
-    return await run_in_threadpool(engine.count_tokens, prompt)
+router = APIRouter(responses=ERRORS)
 
 
 def _params(
@@ -67,10 +52,10 @@ def _params(
 ) -> GenerationParams:
     room = room_for(engine, prompt_tokens, requested, "max_tokens")
     temperature = (
-        state.settings.default_temperature if body.temperature is None else body.temperature
+        state.settings.serve.default_temperature if body.temperature is None else body.temperature
     )
     return GenerationParams(
-        max_tokens=requested or min(state.settings.default_max_tokens, room),
+        max_tokens=requested or min(state.settings.serve.default_max_tokens, room),
         temperature=temperature,
         top_p=body.top_p,
         stop=body.stops(),
@@ -86,7 +71,7 @@ async def _answer(
     prompt: str,
     body: Any,
     requested_max: int | None,
-) -> Any:
+) -> Response:
     prompt_tokens = await count_prompt_tokens(engine, prompt)
     params = _params(state, engine, body, prompt_tokens, requested_max)
     generation = Generation(state, target, asked, prompt_tokens)
@@ -170,14 +155,29 @@ async def _sse(
     yield "data: [DONE]\n\n"
 
 
-@router.post("/v1/chat/completions")
+_STREAM = (
+    'With "stream": true, server-sent events instead: `data: <chunk>` lines, each chunk the '
+    "object above with one piece of the text in its choice (chat: a `chat.completion.chunk`, the "
+    "text in `delta`), the last with `finish_reason`; with `stream_options.include_usage`, a "
+    "chunk with `usage` and no choices; then `data: [DONE]`. The answer is recorded before "
+    "`[DONE]`; if that fails, an error body comes instead of `[DONE]`."
+)
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses=event_stream(
+        f"The answer, as a `chat.completion` object. {_STREAM}",
+        'data: {"id": "chatcmpl-...", "object": "chat.completion.chunk", "choices": '
+        '[{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null, "logprobs": null}], '
+        "...}\n\ndata: [DONE]\n\n",
+    ),
+)
 async def chat_completions(
-    body: ChatRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-    engine = ready_engine(state)
-    target = await target_of(state, engine, body)
+    body: ChatRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+) -> Response:
+    target = await target_of(state, engine.name, body.model, body.lora)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     template = body.chat_template or target.chat_template
     try:
@@ -193,14 +193,19 @@ async def chat_completions(
     return await _answer(state, engine, target, asked, prompt, body, requested)
 
 
-@router.post("/v1/completions")
+@router.post(
+    "/v1/completions",
+    response_model=TextCompletion,
+    responses=event_stream(
+        f"The answer, as a `text_completion` object. {_STREAM}",
+        'data: {"id": "cmpl-...", "object": "text_completion", "choices": [{"index": 0, '
+        '"text": "Hi", "finish_reason": null, "logprobs": null}], ...}\n\ndata: [DONE]\n\n',
+    ),
+)
 async def completions(
-    body: CompletionRequest, request: Request, authorization: str | None = Header(None)
-) -> Any:
-    state = app_state(request)
-    caller = await caller_of(state, authorization)
-    engine = ready_engine(state)
-    target = await target_of(state, engine, body)
+    body: CompletionRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+) -> Response:
+    target = await target_of(state, engine.name, body.model, body.lora)
     try:
         prompt = body.prompt_text()
     except ValueError as exc:
@@ -211,8 +216,6 @@ async def completions(
     return await _answer(state, engine, target, asked, prompt, body, body.max_tokens)
 
 
-@router.get("/v1/models")
-async def list_models(request: Request, authorization: str | None = Header(None)) -> Any:
-    state = app_state(request)
-    await caller_of(state, authorization)
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_unset=True)
+async def list_models(state: State, _caller: CurrentCaller) -> dict[str, Any]:
     return {"object": "list", "data": await run_in_threadpool(model_cards, state)}

@@ -120,7 +120,7 @@ class AppState:
                     await self.refresh_serving()
             except Exception:
                 log.exception("could not refresh the serving version")
-            await asyncio.sleep(self.settings.adapter_poll_seconds)
+            await asyncio.sleep(self.settings.serve.adapter_poll_seconds)
 
 
 def app_state(request: Request) -> AppState:

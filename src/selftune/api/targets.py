@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from selftune.api.errors import ApiError
 from selftune.api.schemas import LoraScale
 from selftune.api.state import AppState, adapter_for
+from selftune.artifacts import GGUF_ADAPTER
 from selftune.engines.base import AdapterRef
-from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.store.schema import Version
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "model_names",
     "resolve_target",
     "target_in_memory",
+    "target_of",
     "versions_with_artifacts",
 ]
 
@@ -66,7 +68,7 @@ def resolve_target(
     known = target_in_memory(state, model, lora)
     if known is not None:
         return known
-    served_name = state.settings.model_name
+    served_name = state.settings.serve.model_name
     asked = model or served_name
     if lora is not None:
         if asked != served_name:
@@ -90,6 +92,16 @@ def resolve_target(
     return _version_target(asked, version, 1.0)
 
 
+async def target_of(
+    state: AppState, engine_name: str, model: str | None, lora: Sequence[LoraScale] | None
+) -> Target:
+    """:func:`resolve_target` for the event loop: in a thread only when it reads the store."""
+    known = target_in_memory(state, model, lora)
+    if known is not None:
+        return known
+    return await run_in_threadpool(resolve_target, state, engine_name, model, lora)
+
+
 def target_in_memory(
     state: AppState, model: str | None, lora: Sequence[LoraScale] | None
 ) -> Target | None:
@@ -97,7 +109,7 @@ def target_in_memory(
     runtime adapter), else None. Never blocks: the event loop may call it."""
     if lora is not None:
         return None
-    served_name = state.settings.model_name
+    served_name = state.settings.serve.model_name
     asked = model or served_name
     if asked == served_name:
         serving = state.serving  # fixed for the whole request
@@ -186,8 +198,8 @@ def model_cards(state: AppState) -> list[dict[str, Any]]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "selftune",
                 "version": version, **extra}  # fmt: skip
 
-    cards = [card(state.settings.model_name, state.serving.name)]
-    if state.settings.model_name != BASE:
+    cards = [card(state.settings.serve.model_name, state.serving.name)]
+    if state.settings.serve.model_name != BASE:
         cards.append(card(BASE, BASE))
     for version in _stored_versions(state):
         created = int(version.created_at.timestamp())

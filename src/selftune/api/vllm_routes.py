@@ -19,22 +19,23 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.deps import ReadyEngine, State, admin_caller
 from selftune.api.errors import ApiError
-from selftune.api.openai_routes import caller_of
+from selftune.api.responses import ERRORS, plain_text
 from selftune.api.schemas import LoadLoraRequest, UnloadLoraRequest
-from selftune.api.state import AppState, app_state, ready_engine
+from selftune.api.state import AppState
 from selftune.api.targets import BASE
+from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
 from selftune.engines.base import AdapterRef, Engine
 from selftune.export.gguf_adapter import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    GGUF_ADAPTER,
     export_gguf_adapter,
 )
 from selftune.store.schema import Version
@@ -43,7 +44,7 @@ __all__ = ["check_against_base", "router"]
 
 log = logging.getLogger(__name__)
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # it names a folder, and a PEFT adapter
 _VERSION_NAME = re.compile(r"v\d+")  # what training names versions
@@ -51,25 +52,34 @@ _PEFT_PREFIX = "base_model.model."
 _LORA_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 
 
-@router.post("/v1/load_lora_adapter")
+# The server reads lora_path from its own disk, and the name is every user's to call: loading
+# and unloading need an admin key, checked before anything else (the model loading included).
+@router.post(
+    "/v1/load_lora_adapter",
+    response_class=PlainTextResponse,
+    dependencies=[admin_caller("loading an adapter")],
+    responses=plain_text(
+        "Loaded: the adapter answers as model=<lora_name> (vLLM's plain-text reply)",
+        "Success: LoRA adapter 'mine' added successfully.",
+    ),
+)
 async def load_lora_adapter(
-    body: LoadLoraRequest, request: Request, authorization: str | None = Header(None)
+    body: LoadLoraRequest, state: State, engine: ReadyEngine
 ) -> PlainTextResponse:
-    state = app_state(request)
-    # The server reads lora_path from its own disk, and the name is every user's to call.
-    (await caller_of(state, authorization)).require_admin("loading an adapter")
-    engine = ready_engine(state)
     await run_in_threadpool(install, state, engine, body.lora_name, Path(body.lora_path))
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/v1/unload_lora_adapter")
-async def unload_lora_adapter(
-    body: UnloadLoraRequest, request: Request, authorization: str | None = Header(None)
-) -> PlainTextResponse:
-    state = app_state(request)
-    (await caller_of(state, authorization)).require_admin("unloading an adapter")
-
+@router.post(
+    "/v1/unload_lora_adapter",
+    response_class=PlainTextResponse,
+    dependencies=[admin_caller("unloading an adapter")],
+    responses=plain_text(
+        "Unloaded (vLLM's plain-text reply)",
+        "Success: LoRA adapter 'mine' removed successfully.",
+    ),
+)
+async def unload_lora_adapter(body: UnloadLoraRequest, state: State) -> PlainTextResponse:
     def remove() -> None:
         with state.runtime_lock:
             adapter = state.runtime_adapters.pop(body.lora_name, None)
@@ -123,7 +133,7 @@ def _check_name(state: AppState, name: str) -> None:
         raise ApiError(
             400, f"The lora adapter '{name}' has already been loaded.", param="lora_name"
         )
-    if name in (state.settings.model_name, BASE):
+    if name in (state.settings.serve.model_name, BASE):
         raise ApiError(
             400,
             f"lora_name {name!r} is the name of the served model; choose another name",

@@ -10,14 +10,20 @@ that serving never produces.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from selftune.models.templates import render_chat
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "IGNORE_INDEX",
+    "LabelledTokens",
     "TemplateMismatch",
     "TokenizedExample",
+    "collate",
     "first_answer_tokens",
     "tokenize_chat",
 ]
@@ -29,6 +35,17 @@ class TemplateMismatch(ValueError):
     """The chat template renders the prompt differently inside the full conversation."""
 
 
+class LabelledTokens(Protocol):
+    """What a loss is taken on: token ids, and a label per position that is either the token
+    to learn there or :data:`IGNORE_INDEX` (no loss)."""
+
+    @property
+    def input_ids(self) -> Sequence[int]: ...
+
+    @property
+    def labels(self) -> Sequence[int]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
@@ -37,6 +54,22 @@ class TokenizedExample:
     @property
     def n_loss_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def collate(examples: Sequence[LabelledTokens], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Returns input_ids, attention_mask, labels: (B, T)."""
+    import torch
+
+    longest = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(list(example.input_ids))
+        labels[row, :n] = torch.tensor(list(example.labels))
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def tokenize_chat(

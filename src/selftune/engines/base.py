@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from selftune.data.tokenize import LabelledTokens
 
 __all__ = [
     "STREAM_END",
@@ -15,13 +18,20 @@ __all__ = [
     "EngineError",
     "EvaluatingEngine",
     "GenerationParams",
+    "InvalidRequest",
     "Prompt",
     "PushingEngine",
+    "TokenLogprob",
 ]
 
 
 class EngineError(RuntimeError):
     """Inference failed for a reason the client did not cause."""
+
+
+class InvalidRequest(ValueError):
+    """The request asks for what this engine cannot do (a grammar that does not parse, a token
+    id outside the vocabulary, a feature only the other engine has): the client's to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +55,23 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # A GBNF grammar (root rule ``root``) every answer must match: structured output and tool
+    # calls. llama.cpp only.
+    grammar: str | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    # None: no log-probabilities; n >= 0: each generated token's, with the n likeliest tokens.
+    top_logprobs: int | None = None
+    ignore_eos: bool = False  # go on past end-of-generation tokens, up to max_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and the likeliest alternatives."""
+
+    token: int
+    piece: bytes  # its text as generated (a token can hold part of a UTF-8 character)
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()  # (token, piece, logprob), likeliest first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +81,8 @@ class Chunk:
     text: str
     finish_reason: str | None = None  # "stop" | "length"
     completion_tokens: int = 0
+    # When asked for (GenerationParams.top_logprobs): the tokens generated since the last chunk.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Engine(Protocol):
@@ -104,7 +133,9 @@ class EvaluatingEngine(Engine, Protocol):
         soon as its test holds, for checks whose verdict more text cannot change."""
         ...
 
-    def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float: ...
+    def answer_nll(self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None) -> float:
+        """Mean loss per answer token (nats) of ``examples`` under ``adapter`` (or the base)."""
+        ...
 
 
 # What a pushing engine emits after a stream's last chunk (or after the exception that ended it).

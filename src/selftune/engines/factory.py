@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def engine_kind(settings: Settings, source: BaseModelSource) -> str:
-    if settings.engine != "auto":
-        return settings.engine
+    if settings.serve.engine != "auto":
+        return settings.serve.engine
     return "llama.cpp" if source.kind == "gguf" else "transformers"
 
 
@@ -49,21 +49,23 @@ def build_engine(
                 "Set engine = 'auto' or 'transformers', or point base_model at a GGUF file."
             )
         from selftune.engines.llamacpp_engine import LlamaCppEngine
-        from selftune.models.serving_gguf import serving_gguf
+        from selftune.engines.serving_gguf import serving_gguf
 
         gguf = serving_gguf(settings, source)
         log.info("serving %s with llama.cpp", gguf)
         return LlamaCppEngine(
             gguf,
             hf_dir,
-            chat_template=settings.chat_template,
-            context_length=settings.context_length,
+            chat_template=settings.serve.chat_template,
+            context_length=settings.serve.context_length,
             threads=settings.threads,
-            gpu_layers=settings.gpu_layers,
+            gpu_layers=settings.serve.gpu_layers,
             own_thread=own_thread,
         )
     from selftune.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(
-        hf_dir, chat_template=settings.chat_template, context_length=settings.context_length
+        hf_dir,
+        chat_template=settings.serve.chat_template,
+        context_length=settings.serve.context_length,
     )

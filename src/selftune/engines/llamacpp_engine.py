@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import queue
 import threading
@@ -37,20 +38,24 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from selftune.artifacts import GGUF_ADAPTER
+from selftune.data.tokenize import IGNORE_INDEX, LabelledTokens
 from selftune.engines.base import (
     STREAM_END,
     AdapterRef,
     Chunk,
     EngineError,
     GenerationParams,
+    InvalidRequest,
     Prompt,
+    TokenLogprob,
 )
+from selftune.engines.llamacpp_lib import gguf_weights, llama_cpp_module
 from selftune.engines.stops import StopMatcher
-from selftune.export.gguf_adapter import GGUF_ADAPTER
 from selftune.models.base import load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
 
-__all__ = ["GgufWeights", "LlamaCppEngine", "gguf_adapter_path", "gguf_weights", "llama_cpp_module"]
+__all__ = ["LlamaCppEngine", "gguf_adapter_path"]
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +69,6 @@ T = TypeVar("T")
 
 def gguf_adapter_path(adapter: AdapterRef) -> Path:
     return adapter.path / GGUF_ADAPTER
-
-
-def llama_cpp_module() -> Any:
-    """The bindings module, imported on first use: importing it loads the shared library."""
-    import llama_cpp
-
-    # llama.cpp logs every tensor at load time to stderr; keep warnings and errors only.
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-    return llama_cpp
 
 
 class LlamaCppEngine:
@@ -100,7 +96,9 @@ class LlamaCppEngine:
         self.threads = threads or len(os.sched_getaffinity(0))
         self._model = self._load_model(gguf_path)
         self._vocab = self.lib.llama_model_get_vocab(self._model)
+        self.vocab = self._vocab  # llama.cpp's vocabulary handle, for samplers built outside
         self.n_vocab = int(self.lib.llama_vocab_n_tokens(self._vocab))
+        self._eog_tokens: list[int] | None = None
         self.context_length = min(
             context_length, int(self.lib.llama_model_n_ctx_train(self._model))
         )
@@ -256,6 +254,7 @@ class LlamaCppEngine:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             ids = [int(self.lib.llama_vocab_bos(self._vocab))]
+        self.check_params(params)
         if len(ids) + params.max_tokens > self.context_length:
             raise EngineError(
                 f"{len(ids)} prompt tokens + {params.max_tokens} to generate exceed the "
@@ -282,21 +281,26 @@ class LlamaCppEngine:
     def _generate(self, ids: list[int], params: GenerationParams) -> Generator[Chunk, None, None]:
         ctx = self._ctx
         ctx.prefill(ids)
-        sampler = _Sampler(self.lib, params)
+        sampler = _Sampler(self, params)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(params.stop)
         text, n_generated, finish = "", 0, "length"
+        pending: list[TokenLogprob] = []  # logprobs of tokens not yet handed out in a chunk
         try:
             while n_generated < params.max_tokens:
                 token = sampler.sample(ctx.ctx)
-                if self.is_end_of_generation(token):
+                if self.is_end_of_generation(token) and not params.ignore_eos:
                     finish = "stop"
                     break
                 n_generated += 1
-                text += decoder.decode(self.piece(token))
+                piece_bytes = self.piece(token)
+                if params.top_logprobs is not None:
+                    pending.append(self._logprob(ctx.ctx, token, piece_bytes, params))
+                text += decoder.decode(piece_bytes)
                 piece, stopped = matcher.feed(text)
                 if piece:
-                    yield Chunk(piece, completion_tokens=n_generated)
+                    yield Chunk(piece, completion_tokens=n_generated, logprobs=tuple(pending))
+                    pending.clear()
                 if stopped:
                     finish = "stop"
                     break
@@ -307,7 +311,60 @@ class LlamaCppEngine:
         text += decoder.decode(b"", final=True)
         if finish == "length":
             matcher.feed(text)
-        yield Chunk(matcher.flush(), finish_reason=finish, completion_tokens=n_generated)
+        yield Chunk(
+            matcher.flush(),
+            finish_reason=finish,
+            completion_tokens=n_generated,
+            logprobs=tuple(pending),
+        )
+
+    def _logprob(
+        self, ctx: Any, token: int, piece: bytes, params: GenerationParams
+    ) -> TokenLogprob:
+        """The log-probability of ``token`` under the model's next-token distribution (with
+        the request's logit bias), and the ``params.top_logprobs`` likeliest tokens."""
+        pointer = self.lib.llama_get_logits_ith(ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        for biased, bias in params.logit_bias:
+            logits[biased] += bias
+        shifted = logits - logits.max()
+        log_probs = shifted - np.log(np.exp(shifted).sum())
+        top: tuple[tuple[int, bytes, float], ...] = ()
+        n = params.top_logprobs or 0
+        if n:
+            best = np.argpartition(-log_probs, n)[:n]
+            best = best[np.argsort(-log_probs[best])]
+            top = tuple((int(t), self.piece(int(t)), float(log_probs[t])) for t in best)
+        return TokenLogprob(token, piece, float(log_probs[token]), top)
+
+    def end_of_generation_tokens(self) -> list[int]:
+        """Every token that ends a generation (end of turn, end of text, ...), found once."""
+        if self._eog_tokens is None:
+            self._eog_tokens = [t for t in range(self.n_vocab) if self.is_end_of_generation(t)]
+        return self._eog_tokens
+
+    def check_params(self, params: GenerationParams) -> None:
+        """Refuse what would reach llama.cpp unchecked: token ids outside the vocabulary, a
+        grammar that does not parse. Raises :class:`InvalidRequest`."""
+        for token, bias in params.logit_bias:
+            if not 0 <= token < self.n_vocab:
+                raise InvalidRequest(
+                    f"logit_bias names token {token}; this model's tokens are 0-{self.n_vocab - 1}"
+                )
+            if not math.isfinite(bias) and bias != -math.inf:
+                raise InvalidRequest(f"logit_bias for token {token} must be a finite number")
+        if params.top_logprobs is not None and not 0 <= params.top_logprobs <= self.n_vocab:
+            raise InvalidRequest(f"top_logprobs must be between 0 and {self.n_vocab}")
+        if params.grammar is not None:
+            grammar = self.lib.llama_sampler_init_grammar(
+                self._vocab, params.grammar.encode(), b"root"
+            )
+            if not grammar:
+                raise InvalidRequest(
+                    "the grammar does not parse as GBNF with a 'root' rule (see llama.cpp's "
+                    "grammars/README.md)"
+                )
+            self.lib.llama_sampler_free(grammar)
 
     # --- evaluation ------------------------------------------------------------------------
     def greedy_batch(
@@ -377,20 +434,20 @@ class LlamaCppEngine:
             ctx.end_sequences(len(prompts))
         return [answer.finish() for answer in answers]
 
-    def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
+    def answer_nll(self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None) -> float:
         """Mean loss per answer token of tokenized examples (``input_ids``/``labels``)."""
         if not examples:
             return float("nan")
         return self.on_compute_thread(lambda: self._answer_nll(examples, adapter))
 
-    def _answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
+    def _answer_nll(self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None) -> float:
         total, count = 0.0, 0
         self._use(self._ctx, adapter)
         for example in examples:
             ids = list(example.input_ids)
             labels = list(example.labels)
             # Position t predicts token t+1.
-            positions = [t for t in range(len(ids) - 1) if labels[t + 1] != -100]
+            positions = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
             if not positions:
                 continue
             logits = self._ctx.logits_at(ids, positions)
@@ -456,36 +513,6 @@ class _CallerThread(Executor):
         except BaseException as exc:
             future.set_exception(exc)
         return future
-
-
-# llama_ftype values whose weight matrices are not quantized: ALL_F32, MOSTLY_F16, MOSTLY_BF16.
-_UNQUANTIZED_FILE_TYPES = {0, 1, 32}
-
-
-@dataclasses.dataclass(frozen=True)
-class GgufWeights:
-    quantized: bool  # any weight matrix below 16 bits
-    n_params: int
-
-
-def gguf_weights(path: Path) -> GgufWeights:
-    """What a GGUF's weights are, from its metadata: a vocabulary-only load, ~0.1 s."""
-    lib = llama_cpp_module()
-    params = lib.llama_model_default_params()
-    params.vocab_only = True
-    model = lib.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise EngineError(f"llama.cpp could not read {path}; is it a valid GGUF model?")
-    try:
-        buffer = ctypes.create_string_buffer(32)
-        found = lib.llama_model_meta_val_str(model, b"general.file_type", buffer, 32)
-        file_type = int(buffer.value or b"-1") if found >= 0 else -1
-        return GgufWeights(
-            quantized=file_type not in _UNQUANTIZED_FILE_TYPES,
-            n_params=int(lib.llama_model_n_params(model)),
-        )
-    finally:
-        lib.llama_model_free(model)
 
 
 @dataclasses.dataclass
@@ -698,11 +725,26 @@ def _common_prefix(sequences: list[list[int]]) -> int:
 
 
 class _Sampler:
-    """llama.cpp's sampler chain: greedy at temperature 0, else top-p, temperature, draw."""
+    """llama.cpp's sampler chain: the grammar and logit bias first, then greedy at temperature
+    0, else top-p, temperature, draw."""
 
-    def __init__(self, lib: Any, params: GenerationParams) -> None:
-        self.lib = lib
+    def __init__(self, engine: LlamaCppEngine, params: GenerationParams) -> None:
+        lib = self.lib = engine.lib
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.grammar is not None:
+            grammar = lib.llama_sampler_init_grammar(engine.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                lib.llama_sampler_free(self.chain)
+                raise InvalidRequest("the grammar does not parse as GBNF with a 'root' rule")
+            lib.llama_sampler_chain_add(self.chain, grammar)
+        biases = list(params.logit_bias)
+        if params.ignore_eos:
+            biases += [(token, -math.inf) for token in engine.end_of_generation_tokens()]
+        if biases:
+            array = (lib.llama_logit_bias * len(biases))(*biases)
+            lib.llama_sampler_chain_add(
+                self.chain, lib.llama_sampler_init_logit_bias(engine.n_vocab, len(biases), array)
+            )
         if params.temperature <= 0:
             lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_greedy())
             return

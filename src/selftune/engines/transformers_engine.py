@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from selftune.data.tokenize import IGNORE_INDEX, LabelledTokens, collate
 from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams, Prompt
 from selftune.models.base import load_model, load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
@@ -117,7 +118,7 @@ class TransformersEngine:
 
     # --- evaluation ------------------------------------------------------------------------
     @torch.inference_mode()
-    def answer_nll(self, examples: list[Any], adapter: AdapterRef | None) -> float:
+    def answer_nll(self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None) -> float:
         """Mean loss per answer token of tokenized examples under ``adapter`` (or the base)."""
         if not examples:
             return float("nan")
@@ -287,10 +288,8 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 @torch.inference_mode()
-def mean_answer_nll(model: Any, examples: Sequence[Any], pad_id: int) -> float:
+def mean_answer_nll(model: Any, examples: Sequence[LabelledTokens], pad_id: int) -> float:
     """Mean negative log-likelihood per loss-carrying token over ``examples`` (nats/token)."""
-    from selftune.training.trainer import collate
-
     total, count = 0.0, 0
     for start in range(0, len(examples), 8):
         batch = collate(examples[start : start + 8], pad_id)
@@ -301,7 +300,7 @@ def mean_answer_nll(model: Any, examples: Sequence[Any], pad_id: int) -> float:
         # Position t predicts token t+1: shift labels left by one.
         targets = inputs["labels"][:, 1:]
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        mask = targets != -100
+        mask = targets != IGNORE_INDEX
         picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         total += float(-(picked * mask).sum())
         count += int(mask.sum())

@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from selftune.atomic import ArtifactError, atomic_file
+from selftune.artifacts import CHECK_SUFFIX, MODEL_FILE, MODELFILE
+from selftune.atomic import ArtifactError, atomic_file, verify_manifest
 from selftune.config import Settings
 from selftune.engines.base import EngineError
 from selftune.evaluation.heldout import Chat, heldout_recall
@@ -43,6 +44,8 @@ __all__ = [
     "check_path",
     "describe",
     "export_and_check",
+    "export_summary",
+    "find_checked_export",
     "is_kept",
     "read_check",
     "version_examples",
@@ -56,7 +59,6 @@ __all__ = [
 # from near 1 to near 0 (the q4_1 export above). 0.1 lets one key term in ten differ and flags
 # anything more.
 TOLERANCE = 0.1
-CHECK_SUFFIX = ".check.json"
 # What export_and_check raises when it cannot export or check; each message says what to do.
 EXPORT_ERRORS: tuple[type[Exception], ...] = (
     AdapterExportError,
@@ -171,9 +173,9 @@ def _measure(settings: Settings, version: Version, model: Path, chats: list[Chat
         model,
         tokenizer_dir,
         chat_template=version.chat_template,
-        context_length=settings.context_length,
+        context_length=settings.serve.context_length,
         threads=settings.threads,
-        gpu_layers=settings.gpu_layers,
+        gpu_layers=settings.serve.gpu_layers,
     )
     try:
         return heldout_recall(engine, chats, None)
@@ -222,6 +224,37 @@ def _export_and_check(
     if progress is not None:
         progress(1.0, "checking held-out recall")
     return export, check_export(settings, version, export, examples)
+
+
+def export_summary(export: ExportResult, check: Mapping[str, Any]) -> dict[str, Any]:
+    """What the API answers about a checked export: where it is, its checksum, its check, and
+    where to download the model and its Modelfile."""
+    fmt, name = export.folder.name, export.folder.parent.name
+    download = f"/api/versions/{name}/download?format="
+    return {
+        "format": fmt,
+        "path": str(export.model_path),
+        "size_bytes": export.size_bytes,
+        "sha256": export.sha256,
+        "check": dict(check),
+        "download": {"model": f"{download}merged-{fmt}", "modelfile": f"{download}modelfile-{fmt}"},
+    }
+
+
+def find_checked_export(settings: Settings, version_name: str, fmt: str) -> dict[str, Any] | None:
+    """The :func:`export_summary` of the version's export in ``fmt`` if it exists, matches its
+    manifest and has been checked; None if there is work left to do (export, or check)."""
+    folder = settings.exports_dir / version_name / fmt
+    if not folder.is_dir() or not check_path(folder).is_file():
+        return None
+    entry = verify_manifest(folder)["files"][MODEL_FILE]
+    check = read_check(folder, entry["sha256"])
+    if check is None:
+        return None
+    export = ExportResult(
+        folder, folder / MODEL_FILE, folder / MODELFILE, entry["bytes"], entry["sha256"], True
+    )
+    return export_summary(export, check)
 
 
 def describe(check: Mapping[str, Any]) -> str:

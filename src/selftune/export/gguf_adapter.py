@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
-    "GGUF_ADAPTER",
     "AdapterExportError",
     "export_gguf_adapter",
     "permute_rows_for_rope",
@@ -35,7 +34,6 @@ __all__ = [
 # The files of an adapter folder (a version, a runtime adapter): PEFT's two, and the GGUF copy.
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-GGUF_ADAPTER = "adapter.gguf"
 
 # Hugging Face model_type -> (llama.cpp architecture, whether q/k rows are permuted). Mistral goes
 # through convert_hf_to_gguf.py's LlamaModel, so it gets the llama arch and the permutation too.

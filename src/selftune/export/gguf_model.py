@@ -19,13 +19,10 @@ of the 256-value k-quant super-block).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
 import logging
-import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +32,8 @@ import gguf
 import numpy as np
 
 from selftune.atomic import atomic_file
+from selftune.engines.base import EngineError
+from selftune.engines.llamacpp_lib import llama_quantize
 from selftune.export.gguf_adapter import (
     ADAPTER_CONFIG,
     _load_peft_tensors,
@@ -412,56 +411,16 @@ def _tokenizer_fields(path: str, size: int, mtime_ns: int) -> tuple[_Field, ...]
     return tuple(fields)
 
 
-def llama_quantize(
-    source: Path, target: Path, ftype: str, *, threads: int = 0, allow_requantize: bool = False
-) -> list[str]:
-    """Write ``source`` as ``target`` in llama.cpp's file type ``LLAMA_FTYPE_<ftype>`` with
-    llama.cpp's own quantizer (it chooses the mix per tensor, as llama-quantize does), and return
-    what it printed. ``allow_requantize`` lets it start from quantized weights."""
-    from selftune.engines.llamacpp_engine import llama_cpp_module
-
-    llama_cpp = llama_cpp_module()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
-    params.nthread = threads
-    params.allow_requantize = allow_requantize
-    with _captured_stderr() as messages:
-        code = llama_cpp.llama_model_quantize(
-            os.fsencode(source), os.fsencode(target), ctypes.byref(params)
-        )
-    if code != 0:
-        tail = "\n".join(messages[-5:])
-        raise ModelExportError(f"llama.cpp could not write {source.name} as {ftype}:\n{tail}")
-    return messages
-
-
 def _quantize_q4_k_m(source: Path, target: Path, threads: int) -> None:
-    messages = llama_quantize(source, target, "MOSTLY_Q4_K_M", threads=threads)
+    try:
+        messages = llama_quantize(source, target, "MOSTLY_Q4_K_M", threads=threads)
+    except EngineError as exc:
+        raise ModelExportError(str(exc)) from exc
     # llama.cpp prints a line per tensor whose rows are not whole 256-value k-quant blocks (all
     # 576-wide rows of SmolLM2-135M); its summary line is the part worth passing on.
     for line in messages:
         if "required fallback quantization" in line:
             log.warning("q4_k_m: %s", line.split("WARNING:")[-1].strip())
-
-
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Collect what is written to file descriptor 2 (where llama.cpp's C code writes) meanwhile.
-
-    Process-wide, which is acceptable for an export run from the command line or a test.
-    """
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
 def _scaled(report: Progress, share: float) -> Progress:

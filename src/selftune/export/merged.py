@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from selftune.artifacts import MODEL_FILE, MODELFILE
 from selftune.atomic import ArtifactError, atomic_directory, verify_manifest
 from selftune.config import Settings
 from selftune.export.gguf_model import (
@@ -24,11 +25,9 @@ from selftune.export.modelfile import ollama_modelfile
 from selftune.models.base import BaseModelSource, materialize, resolve_base_model
 from selftune.models.templates import resolve_template
 
-__all__ = ["BASE", "MODELFILE", "MODEL_FILE", "ExportResult", "export_version"]
+__all__ = ["BASE", "ExportResult", "export_version"]
 
 BASE = "base"  # the version name that exports the base model alone
-MODEL_FILE = "model.gguf"
-MODELFILE = "Modelfile"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +71,9 @@ def export_version(
             f"{source.location}; set base_model to the base it was trained on"
         )
     tokenizer = read_tokenizer_info(Path(source.location))
-    template = chat_template or resolve_template(settings.chat_template, tokenizer.chat_template)
+    template = chat_template or resolve_template(
+        settings.serve.chat_template, tokenizer.chat_template
+    )
     # Before the long write: an unsupported chat template fails here, having written nothing.
     modelfile = ollama_modelfile(
         MODEL_FILE, template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
@@ -87,7 +88,7 @@ def export_version(
                 tokenizer_gguf=Path(source.location),
                 adapter_dir=adapter_dir,
                 out_type=fmt,
-                name=f"{settings.model_name}-{version_name}",
+                name=f"{settings.serve.model_name}-{version_name}",
                 chat_template=template,
                 threads=settings.threads,
                 progress=progress,

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from selftune.models.base import load_model
-from selftune.training import onednn
 
 __all__ = [
     "TrainingDeviceError",
@@ -27,6 +26,7 @@ __all__ = [
     "resolve_quantization",
     "use_bf16",
     "use_compile",
+    "use_onednn_products",
 ]
 
 
@@ -40,8 +40,8 @@ def resolve_device(setting: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
         raise TrainingDeviceError(
-            "train_device = 'cuda', but PyTorch sees no CUDA GPU: install PyTorch's CUDA build "
-            "(README, 'GPU users') or set train_device = 'auto'"
+            "train.device = 'cuda', but PyTorch sees no CUDA GPU: install PyTorch's CUDA build "
+            "(docs/gpu.md) or set train.device = 'auto'"
         )
     return setting
 
@@ -63,19 +63,44 @@ def use_bf16(precision: str, device: str = "cpu") -> bool:
     return _cpu_has_native_bf16()
 
 
-def describe_precision(device: str, bf16: bool) -> str:
-    """How training multiplies on ``device``, for the worker's log."""
+def describe_precision(device: str, bf16: bool, onednn_products: bool = False) -> str:
+    """How training multiplies on ``device``, for the worker's log; ``onednn_products`` is the
+    opt-in ``train.onednn_products`` (only then is oneDNN looked for)."""
     if not bf16:
         return "float32"
     if device != "cpu":
         return "bf16"
-    kernel = onednn.implementation() if onednn.available() else None
-    if kernel is not None:
-        return f"bf16, the frozen products' results kept in float32 by oneDNN ({kernel})"
+    if onednn_products:
+        from selftune.training import onednn
+
+        kernel = onednn.implementation() if onednn.available() else None
+        if kernel is not None:
+            return f"bf16, the frozen products' results kept in float32 by oneDNN ({kernel})"
     return (
         "bf16, the frozen products' results rounded to bf16 (eval loss about 0.3% above "
-        "float32 training's; oneDNN 2.x keeps them in float32: apt-get install libdnnl2)"
+        "float32 training's; train.onednn_products = true keeps them in float32 with the "
+        "system's oneDNN 2.x: apt-get install libdnnl2)"
     )
+
+
+def use_onednn_products(requested: bool, device: str, bf16: bool) -> bool:
+    """Whether the LoRA layers take their frozen products' float32 results from the system's
+    oneDNN: asked for (``train.onednn_products``) and training in bf16 on a CPU, the only case
+    it changes. Raises :class:`TrainingDeviceError` if that is asked for and this machine has
+    no oneDNN it can use. Only then is :mod:`training.onednn` imported and the library loaded.
+    """
+    if not (requested and bf16 and device == "cpu"):
+        return False
+    from selftune.training import onednn
+
+    if not onednn.available():
+        raise TrainingDeviceError(
+            "train.onednn_products = true, but this machine has no oneDNN 2.x with a native bf16 "
+            "product (libdnnl.so.2 built with OpenMP; selftune.training.onednn logs what it "
+            "found): install it (Debian/Ubuntu: apt-get install libdnnl2) or set [train] "
+            "onednn_products = false"
+        )
+    return True
 
 
 def _cpp_compiler() -> str | None:
@@ -109,15 +134,15 @@ def use_compile(setting: str, device: str) -> bool:
     if setting == "on":
         if not _torch_compiles_lora_layers():
             raise TrainingDeviceError(
-                f"train_compile = 'on', but torch {_torch_version()} compiles selftune's LoRA "
+                f"train.compile = 'on', but torch {_torch_version()} compiles selftune's LoRA "
                 f"layers wrongly (training learns almost nothing): install torch>="
-                f"{COMPILE_NEEDS_TORCH} or set train_compile = 'auto'"
+                f"{COMPILE_NEEDS_TORCH} or set train.compile = 'auto'"
             )
         if device == "cpu" and _cpp_compiler() is None:
             raise TrainingDeviceError(
-                "train_compile = 'on', but torch.compile finds no C++ compiler to build CPU "
+                "train.compile = 'on', but torch.compile finds no C++ compiler to build CPU "
                 "kernels with: install one (Debian/Ubuntu: apt-get install g++) or set "
-                "train_compile = 'auto'"
+                "train.compile = 'auto'"
             )
         return True
     return device == "cpu" and _torch_compiles_lora_layers() and _cpp_compiler() is not None
@@ -150,12 +175,12 @@ def resolve_quantization(setting: str, device: str, base_dir: Path) -> bool:
     if setting == "nf4":
         if device != "cuda":
             raise TrainingDeviceError(
-                "train_quantization = 'nf4' needs a CUDA GPU (train_device 'cuda' or 'auto' on a "
+                "train.quantization = 'nf4' needs a CUDA GPU (train.device 'cuda' or 'auto' on a "
                 "machine with one); on a CPU set it to 'auto' or 'none'"
             )
         if not _bitsandbytes_installed():
             raise TrainingDeviceError(
-                "train_quantization = 'nf4' needs bitsandbytes: pip install -e '.[gpu]'"
+                "train.quantization = 'nf4' needs bitsandbytes: pip install -e '.[gpu]'"
             )
         return True
     if device != "cuda" or not _bitsandbytes_installed():
@@ -165,13 +190,19 @@ def resolve_quantization(setting: str, device: str, base_dir: Path) -> bool:
 
 
 def check_training_settings(
-    device_setting: str, quantization_setting: str, compile_setting: str
+    device_setting: str,
+    quantization_setting: str,
+    compile_setting: str,
+    *,
+    precision_setting: str = "auto",
+    onednn_products: bool = False,
 ) -> None:
     """Raise :class:`TrainingDeviceError` now if the settings cannot be met on this machine."""
     device = resolve_device(device_setting)
     if quantization_setting == "nf4":
         resolve_quantization(quantization_setting, device, Path())
     use_compile(compile_setting, device)
+    use_onednn_products(onednn_products, device, use_bf16(precision_setting, device))
 
 
 def compute_dtype(device_type: str, tensor: torch.Tensor) -> torch.dtype:

@@ -22,30 +22,47 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-from selftune.training import onednn
 from selftune.training.device import compute_dtype
 
-__all__ = ["FastLoraLinear", "fast_lora_config", "frozen_product"]
+__all__ = ["FastLoraLinear", "fast_lora_config", "frozen_product", "set_onednn_products"]
 
 
 def frozen_product(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_onednn: bool = False
 ) -> torch.Tensor:
     """x W^T + b. In bf16 on a CPU, torch's kernels sum in float32 but round the result to bf16,
-    and that rounding was all that was left of bf16's cost in eval loss; where the system's
-    oneDNN is available (:mod:`training.onednn`), its bf16 kernel returns the float32 sum
-    instead, at the same speed. Elsewhere the result is in the inputs' dtype (CUDA's
-    ``torch.mm`` can return float32 with ``out_dtype``; not yet measured on a GPU, so unused).
-    ``bench.bf16_rounding`` measures the difference by swapping the rounded product in here."""
-    if x.dtype == weight.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn.available():
-        y = onednn.bf16_linear_float32(x, weight)
+    and that rounding was all that was left of bf16's cost in eval loss. With ``use_onednn``
+    (the opt-in ``train.onednn_products``, see :func:`set_onednn_products`), bf16 inputs on a
+    CPU go to the system's oneDNN (:mod:`training.onednn`), whose bf16 kernel returns the
+    float32 sum instead, at the same speed. Otherwise the result is in the inputs' dtype
+    (CUDA's ``torch.mm`` can return float32 with ``out_dtype``; not yet measured on a GPU, so
+    unused). ``bench.bf16_rounding`` measures the difference by swapping products in here."""
+    if use_onednn and x.dtype == weight.dtype == torch.bfloat16 and x.device.type == "cpu":
+        # Imported here, so that only the opt-in loads it; set_onednn_products loaded the
+        # library already (torch.compile cannot trace its loading through ctypes).
+        from selftune.training.onednn import bf16_linear_float32
+
+        y = bf16_linear_float32(x, weight)
         return y if bias is None else y.add_(bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
-# Decided now, not while torch.compile traces frozen_product: it cannot trace the library's
-# loading (ctypes).
-onednn.available()
+def set_onednn_products(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Make ``model``'s :class:`FastLoraLinear` layers take their bf16 frozen products from
+    oneDNN, with float32 results (``train.onednn_products``), or torch's again; returns how many
+    layers. Raises :class:`~selftune.training.onednn.OneDnnError` where oneDNN is not available
+    (``training.device.use_onednn_products`` says so first, and what to do)."""
+    if enabled:
+        from selftune.training import onednn
+
+        if not onednn.available():  # loads the library now, before anything is compiled
+            raise onednn.OneDnnError(
+                "oneDNN is not available: check selftune.training.onednn.available()"
+            )
+    layers = [module for module in model.modules() if isinstance(module, FastLoraLinear)]
+    for layer in layers:
+        layer.onednn_products = enabled
+    return len(layers)
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -72,8 +89,9 @@ class _LoraLinearFunction(torch.autograd.Function):
     training's (``python -m bench.bf16_rounding --long``), and on seeds 0-15 of the 50-token
     ones from +0.19% to -0.06%. Rounding the inputs and weights, and the backward's products
     in bf16, cost nothing measurable. torch's CPU kernels offer no bf16 product with a float32
-    result, so :func:`frozen_product` takes oneDNN's where the system has it, at bf16 speed;
-    elsewhere the rounding stays. Without autocast y is in the frozen weight's dtype.
+    result, so with ``use_onednn`` (the opt-in ``train.onednn_products``) :func:`frozen_product`
+    takes oneDNN's, at bf16 speed; otherwise the rounding stays. Without autocast y is in the
+    frozen weight's dtype.
     """
 
     @staticmethod
@@ -85,13 +103,14 @@ class _LoraLinearFunction(torch.autograd.Function):
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
         scaling: float,
+        use_onednn: bool = False,
     ) -> torch.Tensor:
         low = compute_dtype(x.device.type, weight)
         full = torch.promote_types(lora_a.dtype, low)  # the adapter's float32, or wider
         with torch.autocast(x.device.type, enabled=False):
             x, weight, a, b = (t.to(low) for t in (x, weight, lora_a, lora_b))
             u_t = a @ x.T  # (r, M): the adapter's activations, transposed
-            y = frozen_product(x, weight, None if bias is None else bias.to(low))
+            y = frozen_product(x, weight, None if bias is None else bias.to(low), use_onednn)
             y = y.to(full).addmm_(u_t.T.to(full), lora_b.to(full).T, alpha=scaling)
         ctx.save_for_backward(x, weight, a, b, u_t)
         ctx.scaling = scaling
@@ -103,7 +122,9 @@ class _LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(
         ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, torch.Tensor, torch.Tensor, None]:
+    ) -> tuple[
+        torch.Tensor | None, None, torch.Tensor | None, torch.Tensor, torch.Tensor, None, None
+    ]:
         x, weight, a, b, u_t = ctx.saved_tensors
         scaling = ctx.scaling
         full, dtype_a, dtype_b = ctx.dtypes
@@ -117,11 +138,15 @@ class _LoraLinearFunction(torch.autograd.Function):
                 grad_x.addmm_(grad_u_t.T.to(full), a.to(full), alpha=scaling)
             grad_a = (grad_u_t @ x).mul_(scaling)
             grad_b = (u_t @ grad).T.mul(scaling)
-        return grad_x, None, grad_bias, grad_a.to(dtype_a), grad_b.to(dtype_b), None
+        return grad_x, None, grad_bias, grad_a.to(dtype_a), grad_b.to(dtype_b), None, None
 
 
 class FastLoraLinear(PeftLoraLinear):
     """PEFT's LoRA ``Linear`` whose plain-LoRA forward is :class:`_LoraLinearFunction`."""
+
+    # Whether the frozen product's bf16 result comes from oneDNN in float32: set for a run by
+    # set_onednn_products.
+    onednn_products: bool = False
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter = self._single_plain_adapter(args, kwargs)
@@ -136,6 +161,7 @@ class FastLoraLinear(PeftLoraLinear):
             self.lora_A[adapter].weight,
             self.lora_B[adapter].weight,
             float(self.scaling[adapter]),
+            self.onednn_products,
         )
         return y.reshape(*shape[:-1], y.shape[-1])
 

@@ -8,11 +8,13 @@ torch calls for those products, has the kernel (bf16 inputs, float32 output, at 
 torch links its copy in statically and exports none of it. So this module calls the shared
 oneDNN 2.x that Debian and Ubuntu package (``libdnnl2``) through ctypes.
 
-It is used only where it is what it claims to be: the library is oneDNN 2.x built with OpenMP
-(whose ``libgomp.so.1`` is then the one torch already loaded, so its threads are torch's), and
-the product it picks for this CPU is a native one (a reference implementation would be far
-slower than torch's own kernels). Otherwise :func:`available` is False and callers keep torch's
-product.
+It is an opt-in, ``train.onednn_products``: nothing imports this module unless that is set
+(``training.device.use_onednn_products`` and ``training.lora_layer.set_onednn_products`` do,
+for a bf16 run on a CPU). It is used only where it is what it claims to be: the library is
+oneDNN 2.x built with OpenMP (whose ``libgomp.so.1`` is then the one torch already loaded, so
+its threads are torch's), and the product it picks for this CPU is a native one (a reference
+implementation would be far slower than torch's own kernels). Otherwise :func:`available` is
+False, the log says why, and asking for it is an error that says what to do.
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ def _onednn() -> _OneDnn | None:
         library = ctypes.CDLL(_LIBRARY)
     except OSError:
         other = ctypes.util.find_library("dnnl")  # e.g. a 3.x, whose C API differs
-        log.info("%s not found (other oneDNN: %s): bf16 products round to bf16", _LIBRARY, other)
+        found = f" (only {other}, whose C API differs)" if other else ""
+        log.warning("%s not found%s", _LIBRARY, found)
         return None
     try:
         onednn = _OneDnn(library)
@@ -231,7 +234,7 @@ def _onednn() -> _OneDnn | None:
     if version.cpu_runtime != _RUNTIME_OPENMP:
         log.warning(
             "oneDNN %d.%d uses CPU runtime %d, not OpenMP: its threads would compete with "
-            "torch's, so bf16 products stay torch's",
+            "torch's, so it is not used",
             version.major,
             version.minor,
             version.cpu_runtime,
@@ -260,7 +263,9 @@ def available() -> bool:
         kernel = implementation()
         native = kernel is not None and not kernel.startswith("ref")
         if kernel is not None and not native:
-            log.info("oneDNN has only a reference bf16 product on this CPU (%s): not used", kernel)
+            log.warning(
+                "oneDNN has only a reference bf16 product on this CPU (%s): not used", kernel
+            )
         _available = native
     return _available
 

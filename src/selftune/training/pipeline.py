@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
 from selftune.data.curation import active_examples
@@ -25,17 +26,19 @@ from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
 from selftune.evaluation.heldout import heldout_recall
 from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
-from selftune.export.gguf_adapter import GGUF_ADAPTER, AdapterExportError, export_gguf_adapter
+from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import (
     AliasMoved,
+    ServingTarget,
     next_version_name,
     promote_gated,
     serving_target,
 )
+from selftune.store import jobs
 from selftune.store.db import Database
+from selftune.store.jobs import JobCancelled, JobFailed, JobLost
 from selftune.store.schema import TrainingExample, Version, VersionExample
-from selftune.training import jobs
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
 from selftune.training.frozen_layers import FrozenLayers
 from selftune.training.packing import pack
@@ -58,17 +61,8 @@ _RETENTION_TOKENS = 24
 Report = Callable[[float, str], None]  # (progress 0..1, stage); raises JobCancelled
 
 
-class NoTrainingData(RuntimeError):
-    pass
-
-
-class JobCancelled(RuntimeError):
-    pass
-
-
-class JobLost(RuntimeError):
-    """The job was queued again (this worker was silent too long) or another worker runs it:
-    this run's outcome is not the job's."""
+class NoTrainingData(JobFailed):
+    """Too few curated examples to train on."""
 
 
 @dataclasses.dataclass
@@ -88,7 +82,7 @@ class TrainingContext:
     replay_reference: ReplayReference = dataclasses.field(default_factory=ReplayReference)
     # The examples' states below the adapted layers: the replay prompts' serve every job.
     frozen_layers: FrozenLayers = dataclasses.field(default_factory=FrozenLayers)
-    # Cleared when compiling failed under train_compile = 'auto': jobs then train uncompiled
+    # Cleared when compiling failed under train.compile = 'auto': jobs then train uncompiled
     # rather than fail.
     compile_works: bool = True
     # The batches whose compiled training step is still to be built (see compile_next); None:
@@ -118,7 +112,7 @@ class TrainingContext:
         on one seed of two, and so did 3 replay prompts a step instead of 4.
         """
         chats = [_qa(p, a) for p, a in self.probes.replay]
-        cut = self.settings.replay_answer_tokens
+        cut = self.settings.train.replay_answer_tokens
         return [first_answer_tokens(example, cut) for example in _tokenize(self, chats)]
 
     @property
@@ -142,7 +136,7 @@ class TrainingContext:
 
         A compiled run that fails runs again uncompiled. If that works, compiling was at fault
         (inductor's failures to build arrive as ``TorchDynamoException``, but a compiled
-        kernel's as it runs need not): later runs skip it, under train_compile = 'auto'; 'on'
+        kernel's as it runs need not): later runs skip it, under train.compile = 'auto'; 'on'
         insists, so the error stands. If it fails too, its own error says what went wrong.
         """
         try:
@@ -150,13 +144,13 @@ class TrainingContext:
         except JobCancelled:
             raise
         except Exception as error:
-            if not config.compile or self.settings.train_compile == "on":
+            if not config.compile or self.settings.train.compile == "on":
                 raise
             log.warning("a compiled training run failed (%s); running it again uncompiled", error)
             trained = self._train_lora(new, dataclasses.replace(config, compile=False), progress)
             log.warning(
                 "torch.compile failed, so training runs uncompiled (1.15x slower); set "
-                "train_compile = 'off' to skip trying",
+                "train.compile = 'off' to skip trying",
                 exc_info=error,
             )
             self.compile_works = False
@@ -178,11 +172,11 @@ class TrainingContext:
 
     def train_config(self) -> TrainConfig:
         """The settings' :func:`train_config`, uncompiled where compiling failed here, and
-        under train_compile = 'auto' until :meth:`compile_next` has compiled the step: a job
+        under train.compile = 'auto' until :meth:`compile_next` has compiled the step: a job
         that comes first trains at once (1.15x slower) instead of compiling for 30-60 s a batch
         shape. Under 'on' it compiles what it needs itself."""
         config = train_config(self.settings, self.base_dir)
-        pending = self.settings.train_compile == "auto" and self._to_compile != []
+        pending = self.settings.train.compile == "auto" and self._to_compile != []
         if config.compile and (pending or not self.compile_works):
             return dataclasses.replace(config, compile=False)
         return config
@@ -236,7 +230,7 @@ class TrainingContext:
         try:
             self.train(new, step)
         except Exception:
-            if self.settings.train_compile == "on":
+            if self.settings.train.compile == "on":
                 raise
             # Training itself fails, compiled or not: the jobs meet the same error and their
             # records say what it was; the worker stays up to take them.
@@ -265,25 +259,26 @@ def _more_than_a_row(examples: list[TokenizedExample], pad_id: int) -> list[Toke
 
 def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
     """The trainer's configuration from the settings, the device and precision resolved."""
-    device = resolve_device(settings.train_device)
+    device = resolve_device(settings.train.device)
     return TrainConfig(
-        rank=settings.lora_rank,
-        alpha=settings.lora_alpha,
-        target_modules=tuple(settings.lora_target_modules),
-        layers=_top_layers(base_dir, settings.lora_top_layers),
-        learning_rate=settings.learning_rate,
-        steps=settings.train_steps,
-        batch_size=settings.train_batch_size,
-        replay_per_step=settings.replay_per_step,
-        replay_top_k=settings.replay_top_k,
-        seed=settings.seed,
-        bf16=use_bf16(settings.train_precision, device),
+        rank=settings.train.lora_rank,
+        alpha=settings.train.lora_alpha,
+        target_modules=tuple(settings.train.lora_target_modules),
+        layers=_top_layers(base_dir, settings.train.lora_top_layers),
+        learning_rate=settings.train.learning_rate,
+        steps=settings.train.steps,
+        batch_size=settings.train.batch_size,
+        replay_per_step=settings.train.replay_per_step,
+        replay_top_k=settings.train.replay_top_k,
+        seed=settings.train.seed,
+        bf16=use_bf16(settings.train.precision, device),
+        onednn_products=settings.train.onednn_products,
         device=device,
-        quantize_base=resolve_quantization(settings.train_quantization, device, base_dir),
-        compile=use_compile(settings.train_compile, device),
-        stop_loss=settings.train_stop_loss,
-        stop_replay_kl=settings.train_stop_replay_kl,
-        stop_patience=settings.train_stop_patience,
+        quantize_base=resolve_quantization(settings.train.quantization, device, base_dir),
+        compile=use_compile(settings.train.compile, device),
+        stop_loss=settings.train.stop_loss,
+        stop_replay_kl=settings.train.stop_replay_kl,
+        stop_patience=settings.train.stop_patience,
     )
 
 
@@ -302,7 +297,7 @@ def split_heldout(
 def _tokenize(ctx: TrainingContext, chats: list[list[dict[str, Any]]]) -> list[TokenizedExample]:
     template = ctx.engine.default_template
     tok = ctx.engine.tokenizer
-    return [tokenize_chat(tok, chat, template, ctx.settings.max_seq_len) for chat in chats]
+    return [tokenize_chat(tok, chat, template, ctx.settings.train.max_seq_len) for chat in chats]
 
 
 def _qa(prompt: str, answer: str) -> list[dict[str, Any]]:
@@ -324,45 +319,90 @@ def run_training_job(
     """Run job ``job_id``, which ``worker_id`` claimed. Raises :class:`JobLost` if the job stops
     being this worker's before its version is registered (nothing is kept) or promoted (the
     version keeps its figures and is not served)."""
-    settings = ctx.settings
     clock = _StageClock()
+    dataset = _build_dataset(ctx, report)
+    config = ctx.train_config()
+    clock.lap("dataset")
+    model, train_metrics = _train(ctx, dataset.train_set, config, report)
+    clock.lap("train")
+    name, path = _save_adapter(ctx, model, report)
+    del model  # its memory back before the candidate is loaded to be evaluated
+    candidate = _register_version(
+        ctx, dataset, name, path, train_metrics, job_id=job_id, worker_id=worker_id
+    )
+    clock.lap("save")
+    evaluation = _evaluate(ctx, dataset, candidate, report)
+    decision = _gate(ctx.settings, evaluation.figures)
+    clock.lap("evaluate")
+    not_promoted = _promote(
+        ctx, dataset, candidate, evaluation, decision, report, job_id=job_id, worker_id=worker_id
+    )
+    clock.lap("gate")
+    log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
+    if not_promoted:
+        log.warning("job %s: %s", job_id, not_promoted)
+    return {
+        "version_id": candidate.version_id,
+        "version": name,
+        "promoted": decision["passed"] and not_promoted is None,
+        "not_promoted": not_promoted,  # why a version that passed its gate is not served
+        "gate": decision,
+        "seconds": clock.laps,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dataset:
+    """What a job trains on and is judged on, and what was served when it started."""
+
+    current: ServingTarget  # the candidate's parent, and what the gate compares it with
+    train_rows: list[TrainingExample]
+    heldout_rows: list[TrainingExample]
+    train_set: list[TokenizedExample]
+    heldout_set: list[TokenizedExample]
+    probes: ProbeSet
+
+
+def _build_dataset(ctx: TrainingContext, report: Report) -> _Dataset:
+    """The curated examples, split into train and held-out and tokenized, with the version
+    served now: the job judges its candidate against that one, whatever is served later."""
+    settings = ctx.settings
     report(0.01, "building dataset")
     with ctx.db.read() as session:
         examples = active_examples(session)
         current = serving_target(session)
-    if len(examples) < settings.min_new_examples:
+    needed = settings.train.min_new_examples
+    if len(examples) < needed:
         raise NoTrainingData(
-            f"{len(examples)} curated examples, need {settings.min_new_examples}: rate answers "
-            "or send corrections with POST /api/feedback first"
+            f"{len(examples)} curated examples, need {needed}: rate answers or send corrections "
+            "with POST /api/feedback first"
         )
-    train_rows, heldout_rows = split_heldout(examples, settings.heldout_fraction, settings.seed)
-    train_set = _tokenize(ctx, [e.messages for e in train_rows])
-    heldout_set = _tokenize(ctx, [e.messages for e in heldout_rows])
-    probes = ctx.probes
+    train_rows, heldout_rows = split_heldout(
+        examples, settings.train.heldout_fraction, settings.train.seed
+    )
+    return _Dataset(
+        current=current,
+        train_rows=train_rows,
+        heldout_rows=heldout_rows,
+        train_set=_tokenize(ctx, [e.messages for e in train_rows]),
+        heldout_set=_tokenize(ctx, [e.messages for e in heldout_rows]),
+        probes=ctx.probes,  # built on a worker's first job: its time counts as the dataset's
+    )
 
-    config = ctx.train_config()
-    clock.lap("dataset")
+
+def _train(
+    ctx: TrainingContext, train_set: list[TokenizedExample], config: TrainConfig, report: Report
+) -> tuple[Any, dict[str, Any]]:
+    """The trained PEFT model, and its training figures as the version keeps them."""
 
     def on_step(step: int, total: int, loss: float) -> None:
         report(0.05 + 0.75 * step / total, f"training step {step}/{total} loss {loss:.3f}")
 
     report(0.05, "training")
-
     model, result = ctx.train(train_set, config, on_step)
     if config.compile and not ctx.compile_works:  # it failed and trained again uncompiled
         config = dataclasses.replace(config, compile=False)
-
-    clock.lap("train")
-    report(0.82, "saving")
-    with ctx.db.write() as session:
-        name = next_version_name(session, settings.versions_dir)
-    path = settings.versions_dir / name
-    metadata: dict[str, Any] = {"version": name, "base": ctx.source.location}
-    with atomic_directory(path, metadata) as tmp:
-        model.save_pretrained(tmp)  # the PEFT folder, for PEFT, vLLM and LoRAX users
-        metadata["gguf_adapter"] = _export_gguf(tmp, ctx.base_dir)
-    del model
-    train_metrics = {
+    return model, {
         "losses": [round(x, 5) for x in result.losses],
         "new_material_losses": [round(x, 5) for x in result.new_losses],
         "seconds": round(result.seconds, 2),
@@ -373,6 +413,33 @@ def run_training_job(
         "stopped_early": result.stopped_early,
         "config": dataclasses.asdict(config),
     }
+
+
+def _save_adapter(ctx: TrainingContext, model: Any, report: Report) -> tuple[str, Path]:
+    """Write the adapter to the next version's folder, whole or not at all: (name, path)."""
+    report(0.82, "saving")
+    with ctx.db.write() as session:
+        name = next_version_name(session, ctx.settings.versions_dir)
+    path = ctx.settings.versions_dir / name
+    metadata: dict[str, Any] = {"version": name, "base": ctx.source.location}
+    with atomic_directory(path, metadata) as tmp:
+        model.save_pretrained(tmp)  # the PEFT folder, for PEFT, vLLM and LoRAX users
+        metadata["gguf_adapter"] = _export_gguf(tmp, ctx.base_dir)
+    return name, path
+
+
+def _register_version(
+    ctx: TrainingContext,
+    dataset: _Dataset,
+    name: str,
+    path: Path,
+    train_metrics: dict[str, Any],
+    *,
+    job_id: int,
+    worker_id: str,
+) -> AdapterRef:
+    """Record the saved adapter as a version with the examples it saw, in the transaction that
+    checks the job is still this worker's; if it is not, drop the folder and raise JobLost."""
     with ctx.db.write() as session:
         still_ours = jobs.holds(session, job_id, worker_id)
         if still_ours:
@@ -380,7 +447,7 @@ def run_training_job(
                 name=name,
                 base_model=ctx.source.location,
                 base_fingerprint=ctx.source.fingerprint,
-                parent_id=current.version_id,
+                parent_id=dataset.current.version_id,
                 job_id=job_id,
                 path=str(path.resolve()),
                 chat_template=ctx.engine.default_template,
@@ -388,26 +455,41 @@ def run_training_job(
             )
             session.add(version)
             session.flush()
-            for rows, role in ((train_rows, "train"), (heldout_rows, "heldout")):
+            for rows, role in ((dataset.train_rows, "train"), (dataset.heldout_rows, "heldout")):
                 for row in rows:
                     session.add(VersionExample(version_id=version.id, example_id=row.id, role=role))
             version_id = version.id
     if not still_ours:
         shutil.rmtree(path)  # nothing refers to it; the run that holds the job saves its own
         raise JobLost(f"job {job_id} stopped being this worker's while it trained; {name} dropped")
+    return AdapterRef(version_id, name, path)
 
-    clock.lap("save")
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """The gate's figures for a candidate, and its answers to the questions the base knew."""
+
+    figures: GateFigures
+    regression_answers: list[dict[str, Any]]  # {prompt, answer, kept}: the version's eval_metrics
+
+
+def _evaluate(
+    ctx: TrainingContext, dataset: _Dataset, candidate: AdapterRef, report: Report
+) -> _Evaluation:
+    """Measure the candidate, loaded from its saved folder, beside the version served when the
+    job started: the new material (held out, or in-sample if none is), the regression set and
+    the answers the base knew."""
     report(0.86, "evaluating")
-    candidate = AdapterRef(version_id, name, path)
+    current = dataset.current
     serving = (
         AdapterRef(current.version_id, current.name, current.path)
         if current.version_id is not None and current.path is not None
         else None
     )
     # With no held-out example (a single one in all), the new material is judged in-sample.
-    judged = heldout_set or train_set
+    judged = dataset.heldout_set or dataset.train_set
     engine = ctx.engine
-    known = probes.known
+    known = dataset.probes.known
     answers = generate_answers(  # an answer ends once it has the expected word
         engine,
         [item.prompt for item in known],
@@ -416,7 +498,7 @@ def run_training_job(
         until=[item.answered_by for item in known],
     )
     kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
-    judged_chats = [row.messages for row in heldout_rows or train_rows]
+    judged_chats = [row.messages for row in dataset.heldout_rows or dataset.train_rows]
     recall_now = heldout_recall(engine, judged_chats, serving)
     recall_new = heldout_recall(engine, judged_chats, candidate)
     figures = GateFigures(
@@ -427,57 +509,66 @@ def run_training_job(
         regression_loss_current=ctx.regression_loss(serving),
         regression_loss_candidate=ctx.regression_loss(candidate),
         retention_candidate=round(kept / len(answers), 4) if answers else 1.0,
-        heldout_examples=len(heldout_set),
+        heldout_examples=len(dataset.heldout_set),
         regression_questions=len(answers),
     )
+    regression_answers = [
+        {"prompt": item.prompt, "answer": a, "kept": item.answered_by(a)}
+        for item, a in zip(known, answers, strict=True)
+    ]
+    return _Evaluation(figures, regression_answers)
+
+
+def _gate(settings: Settings, figures: GateFigures) -> dict[str, Any]:
+    """The gate's decision on the figures, under the settings' policy."""
     policy = GatePolicy(
-        min_improvement=settings.gate_min_improvement,
-        regression_tolerance=settings.gate_regression_tolerance,
-        min_retention=settings.gate_min_answer_retention,
+        min_improvement=settings.gate.min_improvement,
+        regression_tolerance=settings.gate.regression_tolerance,
+        min_retention=settings.gate.min_answer_retention,
     )
-    decision = decide(figures, policy)
-    clock.lap("evaluate")
+    return decide(figures, policy)
+
+
+def _promote(
+    ctx: TrainingContext,
+    dataset: _Dataset,
+    candidate: AdapterRef,
+    evaluation: _Evaluation,
+    decision: dict[str, Any],
+    report: Report,
+    *,
+    job_id: int,
+    worker_id: str,
+) -> str | None:
+    """Store the gate's decision on the version and, if it passed and the job is still this
+    worker's, serve it, unless the alias moved since the job started: returns why not then.
+    Raises JobLost, the figures kept, if the job stopped being this worker's."""
     report(0.97, "gate")
     with ctx.db.write() as session:
         still_ours = jobs.holds(session, job_id, worker_id)
-        saved = session.get(Version, version_id)
+        saved = session.get(Version, candidate.version_id)
         assert saved is not None
         saved.gate = decision
-        saved.eval_metrics = {
-            "regression_answers": [
-                {"prompt": item.prompt, "answer": a, "kept": item.answered_by(a)}
-                for item, a in zip(known, answers, strict=True)
-            ]
-        }
+        saved.eval_metrics = {"regression_answers": evaluation.regression_answers}
         not_promoted: str | None = None
         if decision["passed"] and still_ours:
             try:
                 promote_gated(
                     session,
-                    version_id,
-                    current.version_id,
+                    candidate.version_id,
+                    dataset.current.version_id,
                     actor=f"job {job_id}",
                     reason="gate passed",
                 )
             except AliasMoved as moved:
                 not_promoted = str(moved)
     if not still_ours:
+        name = candidate.name
         raise JobLost(
             f"job {job_id} stopped being this worker's while it evaluated {name}: {name} keeps "
             f"its gate's figures ({decision['reason']}) but was not promoted"
         )
-    clock.lap("gate")
-    log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
-    if not_promoted:
-        log.warning("job %s: %s", job_id, not_promoted)
-    return {
-        "version_id": version_id,
-        "version": name,
-        "promoted": decision["passed"] and not_promoted is None,
-        "not_promoted": not_promoted,  # why a version that passed its gate is not served
-        "gate": decision,
-        "seconds": clock.laps,
-    }
+    return not_promoted
 
 
 def _export_gguf(peft_dir: Path, base_dir: Path) -> str | None:

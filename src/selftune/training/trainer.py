@@ -1,53 +1,23 @@
 """The LoRA training loop, written out in full: setup, step, result (:class:`LoraRun`).
 
 Each optimizer step sees the new material (sampled if there is more than fits) together with a
-few replay sequences, the base model's own answers to general prompts, so the adapter learns the
-new material without unlearning what the model knew.
+few replay sequences, the base model's own answers to general prompts, held by a KL term to the
+base's distributions, so the adapter learns the new material without unlearning what the model
+knew. What keeps a step cheap, each measured in docs/training.md and ``make bench``:
 
-What keeps a step cheap (all but the top-layers choice and the top-k replay KL without
-changing what is learned):
+- batches are packed (``training.packing``): no padding, shared prompt prefixes computed once;
+- adapters on the top layers only (``layers``): the backward pass stops above the rest, and the
+  frozen layers' outputs are computed once per example and kept (``training.frozen_layers``);
+- the output layer runs only where a loss is taken, and on replay positions only over the base's
+  ``replay_top_k`` likeliest tokens (:func:`_step_loss`);
+- LoRA layers are one autograd node each (``training.lora_layer``), summing in float32 under
+  bf16 autocast;
+- the base's replay distributions are computed once per worker (:class:`ReplayReference`);
+- with ``compile``, each decoder layer runs through ``torch.compile``.
 
-- Batches are packed (``training.packing``): no padding, and the prompt prefix the examples
-  share (the system prompt) computed once per row rather than once per example.
-- Adapters sit on the top layers only (``layers``; ``lora_top_layers`` in the settings, half of
-  them by default): nothing below them needs a gradient, so the backward pass stops above them.
-  Measured on the teaching scenario (``bench.teaching_quality``): LoRA on the top 15 of 30
-  layers made a step 1.3x faster (1.29-1.37 s against 1.73 s on 2 cores), kept every answer the
-  base knew on 3 seeds of 3 with the regression loss 1.3-3.3% above the base's, and answered
-  the paraphrases; on the top 10 it lost "the Red Planet" on one seed of three, on the top 12
-  too (with the frozen layers' outputs kept, for 8% less time), and 20 steps on the top 15
-  lost two answers on one seed.
-- The layers below the adapters are frozen, so each example's states where they end are the
-  same at every step: they are computed once per example and kept (``training.frozen_layers``;
-  a worker keeps the replay prompts' from job to job). A step then runs the top layers only:
-  on the teaching job, a median step of 0.74 s against 1.15 s.
-- The output layer (a 49152-word vocabulary on the default model: a fifth of its weights) runs
-  only at the positions that carry a loss, the answers' tokens, instead of at every position;
-  at the replay positions on a step's few thousand words only (the base's ``replay_top_k``
-  likeliest at each, see :func:`_step_loss`).
-- LoRA layers are one autograd node each (``training.lora_layer``); under bf16 autocast they
-  add the adapter's share to the frozen product in float32, and where the system has oneDNN
-  the frozen product's result is float32 too (``training.onednn``; what bf16 costs the eval
-  loss either way is measured there).
-- The base model's distributions on the replay prompts are computed once per worker
-  (:class:`ReplayReference`), not once per job.
-- With ``compile``, each decoder layer runs compiled (``torch.compile``): the thousands of small
-  elementwise operations of a step (norms, rotary embeddings, activations, residuals, their
-  backward) fuse into a few kernels. 1.15x a step on the default model on a 2-core CPU, the
-  same losses; compiling takes 30-60 s per batch shape, once per process (see
-  :func:`_compile_layers`; the worker does it at start).
-
-The run stops once, for ``stop_patience`` steps in a row, the loss on the new material has been
-below ``stop_loss`` (learned to the token) and the replay KL below ``stop_replay_kl`` (general
-answers back near the base model's). Measured on the teaching scenario: the new material's loss
-reaches 0.01 after 10 of 25 steps, but stopping there lost a general answer the base knew ("the
-Red Planet"); the replay steps after it bring that back. Stopping 4 or 6 steps after it with
-the learning rate decayed to zero (a warmup-stable-decay schedule, the KL weighted 1, 2 or 4
-times) lost it too, on two seeds. Fewer steps at the constant rate: 16 lost it on two seeds
-of three; 20 kept every known answer on three seeds but left the regression loss up to 8.2%
-above the base's (the gate allows 10%; 25 steps: 1.4-2.9%). Weighting the KL twice lost it on
-two seeds of three at 25 steps. The held-out material is not looked at, so the gate's judgement
-of it stays unbiased.
+The run stops once, for ``stop_patience`` steps in a row, the new material's loss is below
+``stop_loss`` and the replay KL below ``stop_replay_kl``; the held-out material is never looked
+at, so the gate's judgement of it stays unbiased.
 """
 
 from __future__ import annotations
@@ -62,8 +32,9 @@ from typing import Any
 
 import torch
 
-from selftune.data.tokenize import IGNORE_INDEX, TokenizedExample
-from selftune.training.device import compute_dtype, load_training_base
+from selftune.config import TrainSettings
+from selftune.data.tokenize import TokenizedExample
+from selftune.training.device import compute_dtype, load_training_base, use_onednn_products
 from selftune.training.frozen_layers import FrozenLayers, run_layers, split_layer
 from selftune.training.packing import PackedBatch, pack
 
@@ -72,33 +43,42 @@ __all__ = [
     "ReplayReference",
     "TrainConfig",
     "TrainResult",
-    "collate",
     "train_lora",
     "warm_replay",
 ]
 
 
+# The recipe's defaults come from the settings: tests, benchmarks and jobs run one recipe.
+_RECIPE = TrainSettings.model_validate({})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    rank: int = 16
-    alpha: float = 32.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """What one training run does. Every default is the settings' ([train], config.TrainSettings);
+    the fields the settings leave to the machine (``layers``, ``bf16``, ``device``,
+    ``quantize_base``, ``compile``) default to the plainest choice and are resolved by
+    ``training.pipeline.train_config``."""
+
+    rank: int = _RECIPE.lora_rank
+    alpha: float = _RECIPE.lora_alpha
+    target_modules: tuple[str, ...] = tuple(_RECIPE.lora_target_modules)
     layers: tuple[int, ...] = ()  # the decoder layers that get adapters, by index; (): all
-    learning_rate: float = 1e-3
-    steps: int = 40
-    batch_size: int = 8
-    replay_per_step: int = 4
-    replay_weight: float = 1.0
-    replay_top_k: int = 64  # the KL on the replay answers covers the base's k likeliest tokens
-    warmup_steps: int = 2
-    seed: int = 0
+    learning_rate: float = _RECIPE.learning_rate
+    steps: int = _RECIPE.steps
+    batch_size: int = _RECIPE.batch_size
+    replay_per_step: int = _RECIPE.replay_per_step
+    replay_weight: float = _RECIPE.replay_weight
+    replay_top_k: int = _RECIPE.replay_top_k  # the replay KL covers the base's k likeliest tokens
+    warmup_steps: int = _RECIPE.warmup_steps
+    seed: int = _RECIPE.seed
     bf16: bool = False  # autocast matmuls to bfloat16; LoRA weights stay float32
+    onednn_products: bool = _RECIPE.onednn_products  # bf16 frozen products' float32 results
     device: str = "cpu"  # "cpu" or "cuda": see selftune.training.device
     quantize_base: bool = False  # hold the frozen base in 4 bits (NF4, QLoRA); CUDA only
     compile: bool = False  # run the decoder layers through torch.compile
-    stop_loss: float = 0.0  # stop once the new material's loss stays below this; 0: never
-    stop_replay_kl: float = 0.0  # ... and the replay KL too (without replay: ignored)
-    stop_patience: int = 3  # ... for this many consecutive steps
+    stop_loss: float = _RECIPE.stop_loss  # stop once the new material's loss stays below this
+    stop_replay_kl: float = _RECIPE.stop_replay_kl  # ... and the replay KL too (no replay: unused)
+    stop_patience: int = _RECIPE.stop_patience  # ... for this many consecutive steps
 
     def __post_init__(self) -> None:
         if self.replay_per_step >= self.batch_size:
@@ -129,20 +109,6 @@ class TrainResult:
 
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
-
-
-def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example. Returns input_ids, attention_mask, labels: (B, T)."""
-    longest = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -473,7 +439,7 @@ class LoraRun:
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
-        from selftune.training.lora_layer import fast_lora_config
+        from selftune.training.lora_layer import fast_lora_config, set_onednn_products
 
         if not new:
             raise ValueError("no examples to train on")
@@ -488,6 +454,9 @@ class LoraRun:
         lora_config = LoraConfig if config.quantize_base else fast_lora_config
         self.model = get_peft_model(model, lora_config(**_lora_fields(config)))
         self.model.train()
+        device_type = torch.device(config.device).type
+        if use_onednn_products(config.onednn_products, device_type, config.bf16):
+            set_onednn_products(self.model)  # loads the library: before a layer is traced
         self.frozen = frozen or FrozenLayers()
         # The replay prompts' states are computed now, in one batch (a worker's are kept).
         self.split, self.frozen_key = _keep_frozen_states(

@@ -1,12 +1,15 @@
 """The worker process: takes jobs from the store and runs them. It never serves requests.
 
+Each job runs through the handler of its kind (``selftune.worker.handlers``): training, exports,
+and whatever kinds join that table later.
+
 On start it removes half-written artifacts and queues again the jobs of workers that died. A
 heartbeat thread keeps the running job's heartbeat fresh and passes cancellation requests on;
 another keeps the worker's presence row fresh with what it is doing, from loading the model to
 stopping. On SIGTERM/SIGINT the running job is put back in the queue for the next worker.
 
 Jobs come first: the worker takes them as soon as the model and the base's figures are loaded,
-and compiles the training step (``train_compile``) one batch shape at a time while it has none.
+and compiles the training step (``train.compile``) one batch shape at a time while it has none.
 """
 
 from __future__ import annotations
@@ -25,21 +28,36 @@ from selftune.atomic import remove_incomplete
 from selftune.config import Settings
 from selftune.engines.factory import build_engine
 from selftune.models.base import materialize, resolve_base_model
+from selftune.store import jobs
 from selftune.store.db import Database
-from selftune.training import jobs
-from selftune.training.device import describe_precision
-from selftune.training.pipeline import (
-    JobCancelled,
-    JobLost,
-    NoTrainingData,
-    TrainingContext,
-    run_training_job,
+from selftune.store.jobs import JobCancelled, JobFailed, JobLost
+from selftune.store.workers import PRESENCE_SECONDS, mark_worker
+from selftune.training.device import (
+    TrainingDeviceError,
+    check_training_settings,
+    describe_precision,
 )
-from selftune.training.presence import PRESENCE_SECONDS, mark_worker
+from selftune.training.pipeline import TrainingContext
+from selftune.worker.handlers import HANDLERS, JobRun
 
-__all__ = ["Worker", "run_worker"]
+__all__ = ["Worker", "WorkerSettingsError", "check_worker_settings", "run_worker"]
 
 log = logging.getLogger(__name__)
+
+
+WorkerSettingsError = TrainingDeviceError  # the settings ask for what this machine cannot do
+
+
+def check_worker_settings(settings: Settings) -> None:
+    """Raise :class:`WorkerSettingsError` when this machine cannot train as the settings ask
+    (a GPU that is not there, 4-bit bases without bitsandbytes, ...), before anything starts."""
+    check_training_settings(
+        settings.train.device,
+        settings.train.quantization,
+        settings.train.compile,
+        precision_setting=settings.train.precision,
+        onednn_products=settings.train.onednn_products,
+    )
 
 
 class _Stop(BaseException):
@@ -122,12 +140,12 @@ class Worker:
         if not self._swept:  # once: a crash left them; live writers' folders are young
             self._swept = True
             removed = remove_incomplete(
-                self.settings.versions_dir, older_than=self.settings.job_stale_seconds
+                self.settings.versions_dir, older_than=self.settings.jobs.stale_seconds
             )
             if removed:
                 log.warning("removed %d half-written artifacts: %s", len(removed), removed)
         recovered = jobs.recover_stale(
-            self.db, self.settings.job_stale_seconds, self.settings.job_max_attempts
+            self.db, self.settings.jobs.stale_seconds, self.settings.jobs.max_attempts
         )
         if recovered:
             log.warning("recovered jobs of a worker that stopped: %s", recovered)
@@ -138,16 +156,20 @@ class Worker:
         job = jobs.claim(self.db, self.worker_id)
         if job is None:
             return False
-        log.info("job %s: started (attempt %s)", job.id, job.attempts)
+        log.info("job %s (%s): started (attempt %s)", job.id, job.kind, job.attempts)
         idle_state, self.presence.state = self.presence.state, "busy"
-        every = min(2.0, self.settings.job_stale_seconds / 4)
+        every = min(2.0, self.settings.jobs.stale_seconds / 4)
         beat = _Heartbeat(self.db, job.id, every, self.worker_id)
         beat.start()
         try:
             try:
-                result = run_training_job(
-                    self.context(), job.id, beat.update, worker_id=self.worker_id
-                )
+                handler = HANDLERS.get(job.kind)
+                if handler is None:
+                    raise JobFailed(
+                        f"no handler for jobs of kind {job.kind!r} in this selftune; upgrade "
+                        f"the worker or cancel the job (kinds handled: {sorted(HANDLERS)})"
+                    )
+                result = handler(JobRun(self, job.id, dict(job.params or {}), beat.update))
             finally:
                 beat.stop()  # before the final write, so no late beat follows it
         except _Stop:
@@ -157,7 +179,7 @@ class Worker:
             log.warning("job %s: %s; this run's outcome is not recorded", job.id, exc)
         except JobCancelled as exc:
             self._finish(job.id, "cancelled", error=str(exc))
-        except NoTrainingData as exc:
+        except JobFailed as exc:
             self._finish(job.id, "failed", error=str(exc))
         except Exception as exc:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
@@ -194,7 +216,7 @@ class Worker:
     def run_forever(self) -> None:
         while True:
             if not self.work_once():
-                time.sleep(self.settings.job_poll_seconds)
+                time.sleep(self.settings.jobs.poll_seconds)
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
@@ -215,8 +237,8 @@ def _yield_cpu_to_serving(niceness: int) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    _yield_cpu_to_serving(settings.worker_niceness)
-    # torch.compile's kernels (train_compile) are kept with the other derived data, so that a
+    _yield_cpu_to_serving(settings.jobs.worker_niceness)
+    # torch.compile's kernels (train.compile) are kept with the other derived data, so that a
     # restart, even after a reboot cleared /tmp, reuses them instead of compiling again.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "torchinductor"))
     if settings.threads:
@@ -233,7 +255,9 @@ def run_worker(settings: Settings) -> None:
         context.warm_up(compile_step=False)
         config = context.train_config()
         log.info(
-            "training on %s in %s", config.device, describe_precision(config.device, config.bf16)
+            "training on %s in %s",
+            config.device,
+            describe_precision(config.device, config.bf16, config.onednn_products),
         )
         worker.presence.state = "compiling" if context.compile_pending else "ready"
         log.info("worker %s taking jobs", worker.worker_id)

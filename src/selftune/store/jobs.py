@@ -28,10 +28,14 @@ from selftune.store.users import ensure_user
 
 __all__ = [
     "TERMINAL",
+    "JobCancelled",
     "JobError",
+    "JobFailed",
+    "JobLost",
     "cancel",
     "claim",
     "enqueue",
+    "enqueue_once",
     "finish",
     "holds",
     "job_view",
@@ -47,6 +51,20 @@ class JobError(ValueError):
     """A job operation was refused; the message says why."""
 
 
+class JobFailed(RuntimeError):
+    """A job cannot do its work for a reason its message gives the user (no training data, an
+    export that is not possible): recorded as the job's error, with no traceback in the log."""
+
+
+class JobCancelled(RuntimeError):
+    """The job was cancelled while it ran; raised where its progress is reported."""
+
+
+class JobLost(RuntimeError):
+    """The job was queued again (its worker was silent too long) or another worker runs it:
+    this run's outcome is not the job's."""
+
+
 def enqueue(db: Database, kind: str, user_id: str, params: dict[str, Any] | None = None) -> int:
     with db.write() as session:
         ensure_user(session, user_id)
@@ -55,6 +73,27 @@ def enqueue(db: Database, kind: str, user_id: str, params: dict[str, Any] | None
         session.flush()
         session.add(Event(kind="job_queued", payload={"job_id": job.id, "kind": kind}))
         return job.id
+
+
+def enqueue_once(db: Database, kind: str, user_id: str, params: dict[str, Any]) -> tuple[int, bool]:
+    """Queue a job unless one of ``kind`` with the same ``params`` is queued or running already
+    (asking twice for the same export makes one job). Returns (job id, whether it is new)."""
+    with db.write() as session:
+        pending = session.scalars(
+            select(Job)
+            .where(Job.kind == kind, Job.status.in_(("queued", "running")))
+            .order_by(Job.id)
+            .with_for_update()
+        ).all()
+        for job in pending:
+            if job.params == params:
+                return job.id, False
+        ensure_user(session, user_id)
+        job = Job(kind=kind, status="queued", user_id=user_id, params=params, stage="queued")
+        session.add(job)
+        session.flush()
+        session.add(Event(kind="job_queued", payload={"job_id": job.id, "kind": kind}))
+        return job.id, True
 
 
 def claim(db: Database, worker_id: str) -> Job | None:

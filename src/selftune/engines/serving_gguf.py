@@ -16,6 +16,7 @@ from pathlib import Path
 
 from selftune.atomic import atomic_file, build_once
 from selftune.config import Settings
+from selftune.engines.llamacpp_lib import gguf_weights, llama_quantize
 from selftune.models.base import BaseModelSource
 
 __all__ = ["serving_gguf"]
@@ -28,12 +29,9 @@ _AUTO_LIMIT_BYTES = 2 << 30
 def serving_gguf(settings: Settings, source: BaseModelSource) -> Path:
     """The file to serve: the base GGUF itself or its cached f16 copy (made here, once)."""
     path = Path(source.location)
-    choice = settings.gguf_serving
+    choice = settings.serve.gguf_serving
     if choice == "file":
         return path
-    from selftune.engines.llamacpp_engine import gguf_weights
-    from selftune.export.gguf_model import llama_quantize
-
     weights = gguf_weights(path)
     if not weights.quantized or (choice == "auto" and 2 * weights.n_params > _AUTO_LIMIT_BYTES):
         return path

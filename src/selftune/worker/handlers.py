@@ -1,0 +1,72 @@
+"""What the worker does for each kind of job: one table, :data:`HANDLERS`, keyed by ``Job.kind``.
+
+A handler gets a :class:`JobRun` (the worker, the job's id and parameters, and a ``report``
+callback for progress that raises ``JobCancelled`` once a cancel is asked for) and returns the
+job's result, a JSON-able dict. It raises ``JobFailed`` for a failure whose message is for the
+user; any other exception fails the job with its traceback in the log. A new kind of job is a
+function registered here with :func:`handles`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast, get_args
+
+from selftune.export.check import EXPORT_ERRORS, export_and_check, export_summary
+from selftune.export.gguf_model import OutputType
+from selftune.store.jobs import JobFailed
+from selftune.training.pipeline import run_training_job
+
+if TYPE_CHECKING:
+    from selftune.worker.loop import Worker
+
+__all__ = ["HANDLERS", "Handler", "JobRun", "handles"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRun:
+    worker: Worker
+    job_id: int
+    params: dict[str, Any]
+    report: Callable[[float, str], None]  # (progress 0..1, stage); raises JobCancelled
+
+
+Handler = Callable[[JobRun], dict[str, Any]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the handler of jobs of ``kind``."""
+
+    def register(handler: Handler) -> Handler:
+        if kind in HANDLERS:
+            raise ValueError(f"jobs of kind {kind!r} already have a handler")
+        HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
+@handles("train")
+def train(run: JobRun) -> dict[str, Any]:
+    """Train an adapter on the curated examples, evaluate it, gate it, maybe promote it."""
+    return run_training_job(
+        run.worker.context(), run.job_id, run.report, worker_id=run.worker.worker_id
+    )
+
+
+@handles("export")
+def export(run: JobRun) -> dict[str, Any]:
+    """Merge a version into its base as one GGUF in ``params["format"]``, with its Modelfile,
+    and check it on the version's held-out material (``selftune.export.check``)."""
+    version_id, fmt = run.params.get("version_id"), run.params.get("format")
+    if not isinstance(version_id, int) or fmt not in get_args(OutputType):
+        raise JobFailed(f"an export job needs a version_id and a format, not {run.params}")
+    try:
+        result, check = export_and_check(
+            run.worker.settings, run.worker.db, version_id, cast(OutputType, fmt), run.report
+        )
+    except (LookupError, *EXPORT_ERRORS) as exc:  # type: ignore[misc]
+        raise JobFailed(str(exc)) from exc
+    return export_summary(result, check)
