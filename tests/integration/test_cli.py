@@ -91,7 +91,7 @@ def test_training_on_a_gpu_that_is_not_there_exits_2_before_starting(
     monkeypatch.setenv("SELFTUNE_TRAIN__DEVICE", "cuda")
     result = runner.invoke(app, command)
     assert result.exit_code == 2
-    assert "train_device = 'cuda'" in result.output
+    assert "train.device = 'cuda'" in result.output
 
 
 def test_keys_create_prints_a_key_once(settings_env: Path) -> None:
