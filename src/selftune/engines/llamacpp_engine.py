@@ -166,7 +166,17 @@ class LlamaCppEngine:
             room = -n
         raise EngineError("llama.cpp could not tokenize the text")
 
+    def check_tokens(self, tokens: Sequence[int]) -> None:
+        """Refuse token ids outside the vocabulary before they reach llama.cpp, which reads
+        memory beyond its tables for them (and aborts the process) instead of failing."""
+        for token in tokens:
+            if not 0 <= token < self.n_vocab:
+                raise InvalidRequest(
+                    f"token id {token} is not in this model's vocabulary (0-{self.n_vocab - 1})"
+                )
+
     def detokenize(self, tokens: Sequence[int]) -> str:
+        self.check_tokens(tokens)
         ids = (self.lib.llama_token * len(tokens))(*tokens)
         room = max(64, 8 * len(tokens))
         for _ in range(2):
@@ -252,6 +262,7 @@ class LlamaCppEngine:
         emit: Callable[[Any], None],
     ) -> Callable[[], None]:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self.check_tokens(ids)
         if not ids:
             ids = [int(self.lib.llama_vocab_bos(self._vocab))]
         self.check_params(params)
