@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from selftune.api.app import create_app
@@ -50,3 +58,71 @@ def adapter_engine(tiny_model_dir: Path) -> TransformersEngine:
 @pytest.fixture(scope="module")
 def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "peft", seed=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveServer:
+    """A server listening on a loopback port, for clients that speak HTTP themselves."""
+
+    url: str  # http://127.0.0.1:<port>, without /v1
+    app: FastAPI  # its state (app.state.selftune) holds the store
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serve_on_loopback(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread until the block ends; yields its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="uvicorn")
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def openai_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, shared_cache: Path
+) -> Iterator[LiveServer]:
+    """The tiny model as an f32 GGUF on the llama.cpp engine (what `selftune serve` runs),
+    behind a real uvicorn server, for the openai SDK and other HTTP clients. Open (no
+    ``auth_required``), defaults from :func:`tiny_settings`; one per test module."""
+    from selftune.engines.llamacpp_engine import LlamaCppEngine
+    from selftune.models.base import default_gguf_path
+    from tests.gguf_base import write_llama_base_gguf
+
+    root = tmp_path_factory.mktemp("openai-server")
+    gguf = write_llama_base_gguf(tiny_model_dir, root / "tiny.gguf", default_gguf_path())
+    engine = LlamaCppEngine(gguf, tiny_model_dir, context_length=256, threads=1)
+    with pytest.MonkeyPatch.context() as env:  # as settings_env does, for the whole module
+        env.setenv("SELFTUNE_CONFIG", str(root / "selftune.toml"))
+        for key in list(os.environ):
+            if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
+                env.delenv(key)
+        env.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+        settings = tiny_settings(tiny_model_dir, data_dir=str(root / "data"))
+        app = create_app(settings, engine=engine)
+        try:
+            with serve_on_loopback(app) as url:
+                yield LiveServer(url, app)
+        finally:
+            engine.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from selftune.api import auth
 from selftune.api.app import create_app
 from selftune.api.auth import create_key, hash_key, revoke_keys
 from selftune.engines.transformers_engine import TransformersEngine
@@ -139,3 +141,68 @@ def test_an_open_server_trusts_every_local_caller_with_the_served_model(
     user_key = {"Authorization": f"Bearer {create_key(db, 'alice')}"}
     assert client.post("/api/rollback", json={}, headers=user_key).status_code == 409
     assert client.post("/api/rollback", json={}).status_code == 409
+
+
+def _recorded_user(client: TestClient, interaction_id: str) -> str:
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    with db.read() as session:
+        row = session.get(Interaction, interaction_id)
+    assert row is not None
+    return row.user_id
+
+
+PLACEHOLDERS = ["Bearer sk-no-key-required", "Bearer x", "Bearer dummy", "Bearer ", "Basic eDp5"]
+
+
+@pytest.mark.parametrize("authorization", PLACEHOLDERS)
+def test_an_open_server_takes_a_key_it_does_not_know_as_none(
+    client: TestClient, authorization: str
+) -> None:
+    """Clients insist on sending a key (the openai library, llama.cpp's own examples); on an
+    open server one it did not issue names nobody: the user field does, else anonymous."""
+    headers = {"Authorization": authorization}
+    named = client.post("/v1/chat/completions", json={**CHAT, "user": "bob"}, headers=headers)
+    assert named.status_code == 200, named.text
+    assert _recorded_user(client, named.json()["id"]) == "bob"
+    unnamed = client.post("/v1/chat/completions", json=CHAT, headers=headers).json()
+    assert _recorded_user(client, unnamed["id"]) == "anonymous"
+    # Every caller of an open server is trusted, with or without a key.
+    assert client.post("/api/rollback", json={}, headers=headers).status_code == 409
+
+
+def test_an_open_server_still_knows_the_keys_it_issued(client: TestClient) -> None:
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    alice = {"Authorization": f"Bearer {create_key(db, 'alice')}"}
+    body = client.post("/v1/chat/completions", json={**CHAT, "user": "mallory"}, headers=alice)
+    assert _recorded_user(client, body.json()["id"]) == "alice"
+    revoke_keys(db, "alice")  # a revoked key is a key it does not know
+    body = client.post("/v1/chat/completions", json={**CHAT, "user": "mallory"}, headers=alice)
+    assert _recorded_user(client, body.json()["id"]) == "mallory"
+
+
+def test_placeholders_are_refused_where_keys_are_required(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, _, _ = secured
+    for authorization in PLACEHOLDERS:
+        refused = client.get("/v1/models", headers={"Authorization": authorization})
+        assert refused.status_code == 401, authorization
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_request_without_a_key_reads_nothing_from_the_store(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The common case stays on the event loop: only a key sends the caller to a thread."""
+    hops: list[str | None] = []
+    hop = auth.run_in_threadpool
+
+    async def counted(func: Any, db: Any, authorization: str | None, required: bool) -> Any:
+        hops.append(authorization)
+        return await hop(func, db, authorization, required)
+
+    monkeypatch.setattr(auth, "run_in_threadpool", counted)
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert hops == []
+    keyed = client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer x"})
+    assert keyed.status_code == 200 and hops == ["Bearer x"]

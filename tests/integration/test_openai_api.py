@@ -153,3 +153,12 @@ def test_concurrent_requests_are_all_answered_and_recorded(client: TestClient) -
         statuses = list(pool.map(ask, range(12)))
     assert statuses == [200] * 12
     assert _count_interactions(client) == before + 12
+
+
+def test_an_empty_prompt_is_answered_from_the_start_of_a_text(client: TestClient) -> None:
+    """As llama.cpp's engine does (its server too): generation starts from the BOS token."""
+    response = client.post(
+        "/v1/completions", json={"model": "selftune", "prompt": "", "max_tokens": 3}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")

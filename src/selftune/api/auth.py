@@ -1,9 +1,11 @@
 """API keys (stored as SHA-256 hashes) and who is calling.
 
 Without ``serve.auth_required`` the server trusts its local callers: the request's ``user`` field
-names the user (``anonymous`` if absent) and a valid key, when given, names its owner. With
-``serve.auth_required`` every call needs a valid key, and its owner is the user; changing what every
-user is served (promoting, rolling back, loading adapters) needs an admin key.
+names the user (``anonymous`` if absent) and a valid key, when given, names its owner. Any other
+key counts as none: clients built for hosted APIs insist on sending one, and users of llama.cpp's
+server give them a placeholder (``sk-no-key-required``). With ``serve.auth_required`` every call
+needs a valid key, and its owner is the user; changing what every user is served (promoting,
+rolling back, loading adapters) needs an admin key.
 """
 
 from __future__ import annotations
@@ -74,7 +76,16 @@ def revoke_keys(db: Database, user_id: str) -> int:
         return len(keys)
 
 
+# The caller of an open server who sent no key, or one the server does not know.
+_UNNAMED = Caller(None, False, admin=True)
+
+
 def resolve_caller(db: Database, authorization: str | None, required: bool) -> Caller:
+    """Who sent ``authorization``. Blocking when a key is given (it reads the store).
+
+    With ``required``, a missing, malformed, unknown or revoked key is a 401. Without it, only a
+    valid key counts: anything else (a placeholder such as ``sk-no-key-required``) is no key.
+    """
     if not authorization:
         if required:
             raise ApiError(
@@ -84,9 +95,11 @@ def resolve_caller(db: Database, authorization: str | None, required: bool) -> C
                 type="authentication_error",
                 code="invalid_api_key",
             )
-        return Caller(None, False, admin=True)
+        return _UNNAMED
     scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    if scheme.lower() != "bearer" or not key.strip():
+        if not required:
+            return _UNNAMED
         raise ApiError(
             401,
             "use 'Authorization: Bearer <key>'",
@@ -100,6 +113,8 @@ def resolve_caller(db: Database, authorization: str | None, required: bool) -> C
             )
         ).first()
     if row is None:
+        if not required:
+            return _UNNAMED
         raise ApiError(
             401, "invalid or revoked API key", type="authentication_error", code="invalid_api_key"
         )

@@ -7,9 +7,9 @@ A handler names them in its signature, and FastAPI resolves them in that order, 
     async def handler(body: ChatRequest, state: State, caller: CurrentCaller,
                       engine: ReadyEngine) -> ...
 
-so an unknown key is refused (401) before a model that is still loading (503), and both before a
-malformed body (400). Each dependency is ``async``: none hops to a thread unless it must read the
-store (a key was given).
+so an unknown key (where keys are required) is refused (401) before a model that is still loading
+(503), and both before a malformed body (400). Each dependency is ``async``: none hops to a thread
+unless it must read the store (a key was given).
 """
 
 from __future__ import annotations

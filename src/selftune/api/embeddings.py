@@ -1,4 +1,5 @@
-"""Embeddings: OpenAI's ``POST /v1/embeddings`` and llama.cpp's ``POST /embedding``.
+"""Embeddings: OpenAI's ``POST /v1/embeddings`` and llama.cpp's ``POST /embedding`` (also at
+``/embeddings``, as llama-server has it).
 
 ``model`` names the embedder. The served model embeds under any name ``model`` accepts on the
 generation routes (the served name, a version, ``base``, a runtime adapter): the mean-pooled
@@ -157,7 +158,9 @@ async def embeddings(body: EmbeddingRequest, state: State, _caller: CurrentCalle
     return JSONResponse(response, headers=_headers(embedder))
 
 
+# llama-server's /embeddings is this route too, not OpenAI's (that is /v1/embeddings).
 @router.post("/embedding", response_model=list[LlamaEmbedding], responses=_EMBEDDED)
+@router.post("/embeddings", response_model=list[LlamaEmbedding], responses=_EMBEDDED)
 async def llamacpp_embedding(
     body: LlamaEmbeddingRequest, state: State, _caller: CurrentCaller
 ) -> JSONResponse:

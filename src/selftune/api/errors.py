@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from selftune.engines.base import InvalidRequest
+
 __all__ = ["ApiError", "error_body", "install_error_handlers"]
 
 
@@ -55,6 +57,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
             error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status
+        )
+
+    @app.exception_handler(InvalidRequest)
+    async def _engine_refused(_req: Request, exc: InvalidRequest) -> JSONResponse:
+        # What the engine found wrong with a request: the client's to fix (routes check what
+        # they can first, to name the field).
+        return JSONResponse(
+            error_body(str(exc), "invalid_request_error", "invalid_request"), status_code=400
         )
 
     @app.exception_handler(RequestValidationError)

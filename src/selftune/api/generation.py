@@ -19,7 +19,7 @@ from selftune.api.errors import ApiError
 from selftune.api.metrics import RequestTimings
 from selftune.api.state import AppState, generate
 from selftune.api.targets import Target
-from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
+from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt, TokenLogprob
 from selftune.engines.stops import StopMatcher
 from selftune.store.interactions import record_interaction
 
@@ -74,9 +74,10 @@ class Generation:
         self.state, self.target, self.asked = state, target, asked
         self.prompt_tokens = prompt_tokens
         self.text = ""
-        self.finish = "length"  # "stop" | "length", as the engine reports it
+        self.finish = "length"  # "stop" | "length" as the engine reports it; or "tool_calls"
         self.stop_word = ""  # the stop sequence that ended the answer, when run() matched it
         self.completion_tokens = 0
+        self.logprobs: list[TokenLogprob] = []  # when asked for (GenerationParams.top_logprobs)
         self._started = time.perf_counter()
         self._first_text: float | None = None
         self._ended: float | None = None
@@ -113,12 +114,13 @@ class Generation:
                         elif finish:
                             piece += matcher.flush()
                     self.text += piece
+                    self.logprobs += chunk.logprobs
                     if finish:
                         self.finish = finish
                         self._done()
-                        yield Chunk(piece, finish, self.completion_tokens)
+                        yield Chunk(piece, finish, self.completion_tokens, chunk.logprobs)
                         return  # closing the engine's stream stops it after its current token
-                    yield Chunk(piece, None, self.completion_tokens)
+                    yield Chunk(piece, None, self.completion_tokens, chunk.logprobs)
             self._done()  # an engine that ended without a finish reason: cut at the length
         finally:
             metrics.left(produced=self._first_text is not None)

@@ -1,5 +1,6 @@
-"""llama.cpp server compatibility: /completion, /tokenize, /detokenize, /props, /metrics, and
-/lora-adapters, with the request and response shapes of llama.cpp's ``tools/server/README.md``.
+"""llama.cpp server compatibility: /completion (also at /completions), /tokenize, /detokenize,
+/apply-template, /props, /slots, /metrics, and /lora-adapters, with the request and response
+shapes of llama.cpp's ``tools/server/README.md``.
 
 Where llama.cpp's ideas and selftune's differ, the mapping is:
 
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -37,20 +39,31 @@ from selftune.api.generation import (
     room_for,
     version_headers,
 )
+from selftune.api.logprobs import llama_probabilities
 from selftune.api.manage import move_alias
+from selftune.api.options import (
+    check_params,
+    logit_bias,
+    refuse_unsupported,
+    sampler_options,
+    structure,
+)
 from selftune.api.responses import (
     ERRORS,
+    AppliedTemplate,
     Detokenized,
     LlamaCompletion,
     LoraAdapter,
     PrometheusResponse,
     Props,
+    Slot,
     Success,
     Tokens,
     event_stream,
     plain_text,
 )
 from selftune.api.schemas import (
+    ApplyTemplateRequest,
     DetokenizeRequest,
     LlamaCompletionRequest,
     LoraScale,
@@ -64,7 +77,8 @@ from selftune.api.targets import (
     target_of,
     versions_with_artifacts,
 )
-from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt
+from selftune.api.tools import prompt_messages, renders_tool_turns
+from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt, TokenLogprob
 from selftune.registry import versions as registry
 from selftune.store.schema import Version
 
@@ -74,24 +88,26 @@ router = APIRouter(responses=ERRORS)
 
 
 # --- /completion ---------------------------------------------------------------------------
-@router.post(
-    "/completion",
-    response_model=LlamaCompletion,
-    responses=event_stream(
-        'The answer, with a summary of how it was made. With "stream": true, server-sent '
-        "events instead: `data: <chunk>` lines, each with one piece of the text in `content` "
-        "(and `index`, `tokens`, `stop`: false, `id_slot`, `tokens_predicted`, "
-        "`tokens_evaluated`), then the object above with an empty `content`. If recording the "
-        "answer fails, an error body comes last instead.",
-        'data: {"index": 0, "content": "Hi", "tokens": [], "stop": false, "id_slot": 0, '
-        '"tokens_predicted": 1, "tokens_evaluated": 4}\n\n'
-        'data: {"index": 0, "id": "cmpl-...", "content": "", "stop": true, ...}\n\n',
-    ),
+_COMPLETION_STREAM = event_stream(
+    'The answer, with a summary of how it was made. With "stream": true, server-sent '
+    "events instead: `data: <chunk>` lines, each with one piece of the text in `content` "
+    "(and `index`, `tokens`, `stop`: false, `id_slot`, `tokens_predicted`, "
+    "`tokens_evaluated`), then the object above with an empty `content`. If recording the "
+    "answer fails, an error body comes last instead.",
+    'data: {"index": 0, "content": "Hi", "tokens": [], "stop": false, "id_slot": 0, '
+    '"tokens_predicted": 1, "tokens_evaluated": 4}\n\n'
+    'data: {"index": 0, "id": "cmpl-...", "content": "", "stop": true, ...}\n\n',
 )
+
+
+# llama-server's /completions is this route too, not OpenAI's (that is /v1/completions).
+@router.post("/completion", response_model=LlamaCompletion, responses=_COMPLETION_STREAM)
+@router.post("/completions", response_model=LlamaCompletion, responses=_COMPLETION_STREAM)
 async def completion(
     body: LlamaCompletionRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
 ) -> Response:
     target = await target_of(state, engine.name, body.model, body.lora)
+    refuse_unsupported(body, "llama", greedy=_temperature(state, body) <= 0)
     prompt, prompt_text, prompt_tokens = await _prompt(engine, body.prompt)
     params = _params(state, engine, body, prompt_tokens)
     asked = Asked(
@@ -102,14 +118,22 @@ async def completion(
     settings = _generation_settings(engine, target, body, params)
     headers = version_headers(target)
     if body.stream:
-        events = _sse(chunks, generation, settings, prompt_text)
+        events = _sse(chunks, generation, settings, prompt_text, body)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     async with contextlib.aclosing(chunks):
         async for _ in chunks:
             pass
     await run_in_threadpool(generation.record)
     final = _final(generation, settings, prompt_text, content=generation.text)
+    final["tokens"] = _tokens(generation.logprobs, body)
+    if body.n_probs > 0:
+        final["completion_probabilities"] = llama_probabilities(generation.logprobs)
     return JSONResponse(final, headers=headers)
+
+
+def _tokens(tokens: Sequence[TokenLogprob], body: LlamaCompletionRequest) -> list[int]:
+    """The generated token ids, when return_tokens asks for them (else llama.cpp's [])."""
+    return [token.token for token in tokens] if body.return_tokens else []
 
 
 async def _prompt(engine: Engine, prompt: str | list[int]) -> tuple[Prompt, str, int]:
@@ -125,26 +149,39 @@ async def _prompt(engine: Engine, prompt: str | list[int]) -> tuple[Prompt, str,
     return prompt, text, len(prompt)
 
 
+def _temperature(state: AppState, body: LlamaCompletionRequest) -> float:
+    default = state.settings.serve.default_temperature
+    return default if body.temperature is None else body.temperature
+
+
 def _params(
     state: AppState, engine: Engine, body: LlamaCompletionRequest, prompt_tokens: int
 ) -> GenerationParams:
     # llama.cpp: n_predict -1 generates until the context is full; absent, the server default.
     n_predict = None if body.n_predict == -1 else body.n_predict
     room = room_for(engine, prompt_tokens, n_predict, "n_predict")
+    shape = structure(body, n_predict or room)
     if body.n_predict is None:
-        max_tokens = min(state.settings.serve.default_max_tokens, room)
+        # A structured answer may use the rest of the context: its grammar ends it in time.
+        default = state.settings.serve.default_max_tokens
+        max_tokens = room if shape.from_schema else min(default, room)
     else:
         max_tokens = room if n_predict is None else n_predict
-    temperature = (
-        state.settings.serve.default_temperature if body.temperature is None else body.temperature
-    )
-    return GenerationParams(
+    params = GenerationParams(
         max_tokens=max_tokens,
-        temperature=max(temperature, 0.0),  # llama.cpp: below zero is greedy
+        temperature=max(_temperature(state, body), 0.0),  # llama.cpp: below zero is greedy
         top_p=body.top_p,
         stop=body.stops(),
         seed=None if body.seed < 0 else body.seed,
+        grammar=shape.grammar,
+        logit_bias=logit_bias(engine, body.logit_bias),
+        # Token ids come with the log-probabilities: asked for with n_probs 0 for the ids alone.
+        top_logprobs=body.n_probs if body.n_probs > 0 else 0 if body.return_tokens else None,
+        ignore_eos=body.ignore_eos,
+        **sampler_options(body),
     )
+    check_params(engine, params, shape.param)
+    return params
 
 
 def _generation_settings(
@@ -166,6 +203,20 @@ def _generation_settings(
         "stop": list(params.stop),
         "stream": body.stream,
         "lora": lora,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repeat_last_n": params.penalty_last_n,
+        "repeat_penalty": params.repeat_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "n_probs": body.n_probs,
+        "ignore_eos": params.ignore_eos,
+        "grammar": params.grammar or "",
+        # llama.cpp's form; a banned token's bias (minus infinity) is null in JSON.
+        "logit_bias": [
+            {"bias": bias if math.isfinite(bias) else None, "token": token}
+            for token, bias in params.logit_bias
+        ],
     }
 
 
@@ -206,6 +257,7 @@ async def _sse(
     generation: Generation,
     settings: dict[str, Any],
     prompt_text: str,
+    request: LlamaCompletionRequest,
 ) -> AsyncIterator[str]:
     def event(body: dict[str, Any]) -> str:
         return f"data: {json.dumps(body)}\n\n"
@@ -213,17 +265,18 @@ async def _sse(
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             if chunk.text:
-                yield event(
-                    {
-                        "index": 0,
-                        "content": chunk.text,
-                        "tokens": [],
-                        "stop": False,
-                        "id_slot": 0,
-                        "tokens_predicted": chunk.completion_tokens,
-                        "tokens_evaluated": generation.prompt_tokens,
-                    }
-                )
+                body = {
+                    "index": 0,
+                    "content": chunk.text,
+                    "tokens": _tokens(chunk.logprobs, request),
+                    "stop": False,
+                    "id_slot": 0,
+                    "tokens_predicted": chunk.completion_tokens,
+                    "tokens_evaluated": generation.prompt_tokens,
+                }
+                if request.n_probs > 0:
+                    body["completion_probabilities"] = llama_probabilities(chunk.logprobs)
+                yield event(body)
     try:
         await run_in_threadpool(generation.record)
     except Exception as exc:
@@ -268,7 +321,35 @@ async def detokenize(
     return {"content": content}
 
 
-# --- server properties and metrics ---------------------------------------------------------
+@router.post("/apply-template", response_model=AppliedTemplate)
+async def apply_template(
+    body: ApplyTemplateRequest, state: State, _caller: CurrentCaller, engine: ReadyEngine
+) -> dict[str, Any]:
+    """The prompt ``/v1/chat/completions`` would answer these messages from, unanswered: the
+    template of the version ``model`` names (the served one by default), or ``chat_template``."""
+    if not body.add_generation_prompt:
+        raise ApiError(
+            400,
+            "add_generation_prompt=false is not supported: the prompt always ends where the "
+            "assistant's answer starts; leave it out",
+            param="add_generation_prompt",
+        )
+    target = await target_of(state, engine.name, body.model, None)
+    template = body.chat_template or target.chat_template
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return engine.render_chat(messages, template)
+
+    try:  # earlier tool calls and their results written out, as chat completions does
+        prompt = render(prompt_messages(body.messages, None, lambda: renders_tool_turns(render)))
+    except Exception as exc:
+        raise ApiError(
+            400, f"the chat template could not render these messages: {exc}", param="messages"
+        ) from exc
+    return {"prompt": prompt}
+
+
+# --- server properties, slots and metrics --------------------------------------------------
 @router.get("/props", response_model=Props)
 async def props(state: State, _caller: CurrentCaller, engine: ReadyEngine) -> dict[str, Any]:
     source = await run_in_threadpool(state.base_source)
@@ -284,7 +365,7 @@ async def props(state: State, _caller: CurrentCaller, engine: ReadyEngine) -> di
         "stream": False,
         "lora": [{"id": serving.version_id, "scale": 1.0}] if serving.version_id else [],
     }
-    busy = state.metrics.processing + state.metrics.deferred > 0
+    busy = state.metrics.busy()
     # The template the served version trained with; for the base, the engine's own.
     template = serving.chat_template or getattr(engine, "default_template", None)
     return {
@@ -310,6 +391,30 @@ async def props(state: State, _caller: CurrentCaller, engine: ReadyEngine) -> di
     }
 
 
+@router.get("/slots", response_model=list[Slot])
+async def slots(
+    state: State,
+    _caller: CurrentCaller,
+    engine: ReadyEngine,
+    fail_on_no_slot: Annotated[
+        str | None, Query(description="any value: 503 when the slot is busy")
+    ] = None,
+) -> list[dict[str, Any]]:
+    """llama.cpp's slots, read-only: selftune has one, and answers one request at a time."""
+    busy = state.metrics.busy()
+    if busy and fail_on_no_slot is not None:
+        raise ApiError(
+            503,
+            "no slot available: the server answers one request at a time and is answering "
+            "one now; retry shortly",
+            type="server_error",
+            code="no_slot_available",
+        )
+    slot = {"id": 0, "id_task": -1, "n_ctx": engine.context_length, "speculative": False,
+            "is_processing": busy}  # fmt: skip
+    return [slot]
+
+
 @router.get(
     "/metrics",
     response_class=PrometheusResponse,
@@ -323,7 +428,9 @@ async def props(state: State, _caller: CurrentCaller, engine: ReadyEngine) -> di
 )
 async def metrics(state: State, _caller: CurrentCaller) -> PrometheusResponse:
     # Served while the model loads too: a scraper should see the server before its first answer.
-    return PrometheusResponse(state.metrics.render())
+    # The header is llama-server's: a scraper that sees it change knows the counters restarted.
+    start = {"Process-Start-Time-Unix": str(state.metrics.started_unix)}
+    return PrometheusResponse(state.metrics.render(), headers=start)
 
 
 # --- adapters ------------------------------------------------------------------------------

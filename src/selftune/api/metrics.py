@@ -7,13 +7,17 @@ without a ``_created`` series) are reproduced exactly.
 
 Timing is measured around the engine, not inside it: the prompt phase runs from the request's
 admission to its first piece of text (so it includes waiting for the engine), the prediction
-phase from there to the last token.
+phase from there to the last token. So are the engine's decode steps: one for the prompt and one
+per token after the first. Both engines answer one request at a time, so each step has one busy
+slot. Prompt-cache reuse is not reported by the engines, and there is no speculative decoding:
+those series stay 0, as llama.cpp's do when the feature is off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 __all__ = ["CONTENT_TYPE", "RequestTimings", "ServerMetrics"]
 
@@ -55,11 +59,13 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.started_unix = int(time.time())  # when the counters started: a restart changes it
         self.prompt_tokens = 0
         self.prompt_seconds = 0.0
         self.predicted_tokens = 0
         self.predicted_seconds = 0.0
         self.n_tokens_max = 0
+        self.decodes = 0  # engine steps: one for the prompt, one per token after the first
         self.processing = 0  # producing text
         self.deferred = 0  # admitted, no text yet: waiting for the engine or reading the prompt
 
@@ -79,8 +85,14 @@ class ServerMetrics:
             else:
                 self.deferred -= 1
 
+    def busy(self) -> bool:
+        """Whether a request is being answered or waits for the engine (the one slot is taken)."""
+        with self._lock:
+            return self.processing + self.deferred > 0
+
     def count(self, timings: RequestTimings) -> None:
         with self._lock:
+            self.decodes += 1 + max(timings.predicted_n - 1, 0)
             self.prompt_tokens += timings.prompt_n
             self.prompt_seconds += timings.prompt_seconds
             self.predicted_tokens += timings.predicted_n
@@ -93,14 +105,24 @@ class ServerMetrics:
             rows = [
                 ("prompt_tokens_total", "counter", "Number of prompt tokens processed.",
                  self.prompt_tokens),
+                ("prompt_tokens_cached_total", "counter",
+                 "Number of prompt tokens reused from the cache", 0),
                 ("prompt_seconds_total", "counter", "Prompt process time in seconds.",
                  self.prompt_seconds),
                 ("tokens_predicted_total", "counter", "Number of generation tokens processed.",
                  self.predicted_tokens),
                 ("tokens_predicted_seconds_total", "counter", "Predict process time in seconds.",
                  self.predicted_seconds),
+                ("n_decode_total", "counter", "Total number of llama_decode() calls",
+                 self.decodes),
                 ("n_tokens_max", "counter", "Largest observed n_tokens (prompt + predicted).",
                  self.n_tokens_max),
+                ("spec_decode_num_draft_tokens_total", "counter",
+                 "Speculative: Total draft tokens generated", 0),
+                ("spec_decode_num_accepted_tokens_total", "counter",
+                 "Speculative: Total draft tokens accepted by the target model", 0),
+                ("spec_decode_num_drafts_total", "counter",
+                 "Speculative: Total speculative decoding verification steps", 0),
                 ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.",
                  _rate(self.prompt_tokens, self.prompt_seconds)),
                 ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.",
@@ -108,6 +130,11 @@ class ServerMetrics:
                 ("requests_processing", "gauge", "Number of requests processing.",
                  self.processing),
                 ("requests_deferred", "gauge", "Number of requests deferred.", self.deferred),
+                # One request per engine step: 1 once anything was decoded (llama.cpp: busy
+                # slots summed over its decode calls, divided by their number).
+                ("n_busy_slots_per_decode", "gauge",
+                 "Average number of busy slots per llama_decode() call",
+                 1.0 if self.decodes else 0.0),
             ]  # fmt: skip
         lines = []
         for name, kind, help_text, value in rows:

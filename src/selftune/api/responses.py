@@ -22,6 +22,7 @@ from selftune.export.gguf_model import OutputType
 __all__ = [
     "ERRORS",
     "VERSION_HEADER",
+    "AppliedTemplate",
     "ChatCompletion",
     "Detokenized",
     "EmbeddingList",
@@ -37,10 +38,12 @@ __all__ = [
     "LlamaCompletion",
     "LlamaEmbedding",
     "LoraAdapter",
+    "ModelCard",
     "ModelList",
     "PrometheusResponse",
     "Props",
     "Serving",
+    "Slot",
     "Success",
     "TextCompletion",
     "Tokens",
@@ -49,7 +52,7 @@ __all__ = [
     "plain_text",
 ]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class _Body(BaseModel):
@@ -146,23 +149,58 @@ class Usage(_Body):
     total_tokens: int
 
 
+class CalledFunction(_Body):
+    name: str
+    arguments: str = Field(description="the arguments, as a JSON text")
+
+
+class ToolCall(_Body):
+    id: str = Field(description="call_..., for the tool message that answers it")
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(_Body):
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="null when the answer is a tool call")
+    # Present when the answer calls a tool (finish_reason "tool_calls"), else left out.
+    tool_calls: list[ToolCall] | SkipJsonSchema[None] = None
+
+
+class TopLogprob(_Body):
+    token: str = Field(description="its text (U+FFFD where it holds part of a character)")
+    logprob: float = Field(description="-9999.0 for a banned token")
+    bytes: list[int] = Field(description="its exact UTF-8 bytes")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="the likeliest tokens, top_logprobs many")
+
+
+class ChatLogprobs(_Body):
+    content: list[TokenLogprob] = Field(description="each generated token, in order")
+    refusal: None
 
 
 class ChatChoice(_Body):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None
+    logprobs: ChatLogprobs | None = Field(description="with logprobs: true")
+
+
+class TextLogprobs(_Body):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] = Field(description="the likeliest, logprobs many")
+    text_offset: list[int] = Field(description="where each token starts in text (characters)")
 
 
 class TextChoice(_Body):
     index: int
     text: str
     finish_reason: FinishReason
-    logprobs: None
+    logprobs: TextLogprobs | None = Field(description="with logprobs: n")
 
 
 class _Completion(_Body):
@@ -234,6 +272,11 @@ class EmbeddingList(_Body):
 
 
 # --- llama.cpp -----------------------------------------------------------------------------
+class LogitBiasEntry(_Body):
+    bias: float | None = Field(description="null: the token is banned")
+    token: int
+
+
 class GenerationSettings(_Body):
     n_ctx: int
     n_predict: int
@@ -244,6 +287,16 @@ class GenerationSettings(_Body):
     stop: list[str]
     stream: bool
     lora: list[LoraScale]
+    top_k: int
+    min_p: float
+    repeat_last_n: int
+    repeat_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    n_probs: int
+    ignore_eos: bool
+    grammar: str = Field(description="the grammar the answer followed (json_schema's, converted)")
+    logit_bias: list[LogitBiasEntry]
 
 
 class Timings(_Body):
@@ -258,13 +311,24 @@ class Timings(_Body):
     predicted_per_second: float
 
 
+class TopProbability(_Body):
+    id: int
+    token: str = Field(description="its text (U+FFFD where it holds part of a character)")
+    bytes: list[int] = Field(description="its exact UTF-8 bytes")
+    logprob: float = Field(description="-9999.0 for a banned token")
+
+
+class TokenProbability(TopProbability):
+    top_logprobs: list[TopProbability] = Field(description="the likeliest tokens, n_probs many")
+
+
 class LlamaCompletion(_Body):
     """llama.cpp's ``/completion`` response (and the last event of its stream)."""
 
     index: int
     id: str = Field(description="selftune: the interaction's id, for POST /api/feedback")
     content: str
-    tokens: list[int]
+    tokens: list[int] = Field(description="with return_tokens: the generated token ids")
     id_slot: int
     stop: bool
     model: str
@@ -279,6 +343,8 @@ class LlamaCompletion(_Body):
     stopping_word: str
     tokens_cached: int
     timings: Timings
+    # With n_probs > 0 (on each event of a stream instead, for its tokens).
+    completion_probabilities: list[TokenProbability] | SkipJsonSchema[None] = None
 
 
 class TokenPiece(_Body):
@@ -340,6 +406,20 @@ class Props(_Body):
     is_sleeping: bool
     engine: str = Field(description="selftune: the engine that serves")
     serving: ServingVersion = Field(description="selftune: what answers the served name")
+
+
+class Slot(_Body):
+    """One of llama.cpp's slots: selftune has one per server, answering a request at a time."""
+
+    id: int
+    id_task: int = Field(description="-1: no task; selftune does not number its requests")
+    n_ctx: int
+    speculative: bool
+    is_processing: bool = Field(description="a request is being answered or waits for the engine")
+
+
+class AppliedTemplate(_Body):
+    prompt: str = Field(description="the messages rendered by the chat template")
 
 
 class LoraAdapter(_Body):

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "ApplyTemplateRequest",
     "ChatMessage",
     "ChatRequest",
     "CompletionRequest",
@@ -38,12 +39,125 @@ class LoraScale(BaseModel):
     scale: float
 
 
+# --- structured output, tools, sampler options (api/options.py and api/tools.py use them) --
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | bool = Field(
+        default_factory=dict, alias="schema", description="the JSON Schema the answer follows"
+    )
+    strict: bool | None = Field(None, description="answers always follow the schema anyway")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="a JSON Schema for the arguments (none: no arguments)"
+    )
+    strict: bool | None = Field(None, description="calls always follow the schema anyway")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"] = Field(description="only function tools are supported")
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str = Field(description="the arguments, as a JSON text")
+
+
+class ToolCall(BaseModel):
+    """A call an assistant message made, as the client sends the conversation back."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+# llama.cpp's logit_bias: {"<token id or text>": bias} (OpenAI's form) or [[id or text, bias]];
+# a bias of false bans the token.
+LogitBias = dict[str, float | bool] | list[tuple[int | str, float | bool]]
+
+
+class _SamplerOptions(BaseModel):
+    """Options llama.cpp's server takes on every generation route. selftune has some of them;
+    of the others a request may send only the value that changes nothing (api/options.py
+    answers any other with a 400 that names it)."""
+
+    logit_bias: LogitBias | None = Field(
+        None, description="{token id: bias} or llama.cpp's [[id or text, bias or false]]"
+    )
+    # Repetition penalties, on the last repeat_last_n tokens of the prompt and the answer.
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repeat_penalty: float = Field(1.0, gt=0, description="llama.cpp: 1 is none")
+    repeat_last_n: int = Field(64, ge=-1, description="llama.cpp: -1 the whole context, 0 none")
+    top_k: int = Field(0, ge=0, description="llama.cpp: keep the k likeliest tokens (0: all)")
+    min_p: float = Field(0.0, ge=0, le=1, description="llama.cpp: drop tokens below min_p x best")
+    grammar: str | None = Field(None, description="llama.cpp: a GBNF grammar (root rule 'root')")
+    json_schema: dict[str, Any] | bool | None = Field(
+        None, description="llama.cpp: a JSON Schema the answer follows"
+    )
+    ignore_eos: bool = Field(False, description="llama.cpp: generate on past end-of-turn tokens")
+    # Neutral values only (or any, where a greedy answer does not depend on it).
+    typical_p: float = Field(1.0, description="1 only, or any value at temperature 0")
+    top_n_sigma: float = Field(-1.0, description="-1 only, or any value at temperature 0")
+    dynatemp_range: float = Field(0.0, description="0 only, or any value at temperature 0")
+    samplers: list[str] | str | None = Field(None, description="any value at temperature 0 only")
+    dry_multiplier: float = Field(0.0, description="0 only")
+    xtc_probability: float = Field(0.0, description="0 only")
+    mirostat: int = Field(0, description="0 only")
+    post_sampling_probs: bool = Field(False, description="false only")
+    n_cmpl: int = Field(1, description="1 only")
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    role: Literal["system", "user", "assistant", "developer", "tool"] = Field(
+        description="developer (OpenAI's newer name for system instructions) is read as system"
+    )
+    content: str | list[dict[str, Any]] | None = Field(
+        None, description="may be null only in an assistant message with tool_calls"
+    )
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant messages: its calls")
+    tool_call_id: str | None = Field(None, description="tool messages: the call answered")
+    name: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _developer_is_system(cls, role: str) -> str:
+        # Chat templates know system, not developer; OpenAI treats them alike for such models.
+        return "system" if role == "developer" else role
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         parts = []
@@ -56,7 +170,7 @@ class ChatMessage(BaseModel):
 
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str
+    model: str | None = Field(None, description="leave it out for the served model")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -76,23 +190,49 @@ class _Sampling(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class ChatRequest(_Sampling):
+class ChatRequest(_Sampling, _SamplerOptions):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     chat_template: str | None = Field(
         None, description="selftune extension: a preset name or Jinja template for this request"
     )
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto when tools are given, else none"
+    )
+    parallel_tool_calls: bool | None = Field(None, description="an answer makes at most one call")
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # OpenAI's, without an effect selftune has: refused unless left out (api/options.py).
+    functions: list[Any] | None = Field(None, description="not supported: use tools")
+    function_call: Any = Field(None, description="not supported: use tool_choice")
+    audio: Any = Field(None, description="not supported")
+    modalities: list[str] | None = Field(None, description='["text"] only')
+    prediction: Any = Field(None, description="not supported")
+    web_search_options: Any = Field(None, description="not supported")
+    reasoning_effort: str | None = Field(None, description="not supported")
+    verbosity: str | None = Field(None, description="medium only")
 
     @field_validator("messages")
     @classmethod
     def _last_is_not_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
         for message in messages:
             message.text()  # rejects non-text parts early
+            if message.content is None and not (message.role == "assistant" and message.tool_calls):
+                raise ValueError(
+                    "a message needs content (null only in an assistant message with tool_calls)"
+                )
         return messages
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(_Sampling, _SamplerOptions):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20, description="how many alternatives per token")
+    # OpenAI's, without an effect selftune has: refused unless left out (api/options.py).
+    echo: bool = Field(False, description="false only")
+    suffix: str | None = Field(None, description="not supported")
+    best_of: int | None = Field(None, description="1 only")
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
@@ -127,8 +267,9 @@ class RollbackRequest(BaseModel):
     reason: str = "rolled back through the API"
 
 
-class LlamaCompletionRequest(BaseModel):
-    """llama.cpp's ``POST /completion``; sampling options selftune does not have are ignored."""
+class LlamaCompletionRequest(_SamplerOptions):
+    """llama.cpp's ``POST /completion``. Of the options selftune does not have, only the values
+    that change nothing are accepted (api/options.py)."""
 
     model_config = ConfigDict(extra="ignore")
     prompt: str | list[TokenId]
@@ -141,6 +282,13 @@ class LlamaCompletionRequest(BaseModel):
     lora: list[LoraScale] | None = None
     model: str | None = None  # selftune: the served name, a version name, or "base"
     user: str | None = Field(None, max_length=128)
+    n_probs: int = Field(0, ge=0, description="each token's probability, and the n likeliest")
+    return_tokens: bool = Field(False, description="the generated token ids in 'tokens'")
+    # Refused unless left out (api/options.py).
+    n_indent: int = Field(0, description="0 only")
+    t_max_predict_ms: int = Field(0, description="0 only")
+    response_fields: list[str] | None = Field(None, description="not supported")
+    grammar_lazy: bool = Field(False, description="false only")
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -167,6 +315,18 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     tokens: list[TokenId]
+
+
+class ApplyTemplateRequest(BaseModel):
+    """llama.cpp's ``POST /apply-template``: the prompt a chat request would be answered from."""
+
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    model: str | None = Field(None, description="selftune: whose template (a version's own)")
+    chat_template: str | None = Field(
+        None, description="selftune extension: a preset name or Jinja template for this request"
+    )
 
 
 EmbeddingInput = str | list[TokenId]

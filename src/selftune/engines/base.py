@@ -62,6 +62,23 @@ class GenerationParams:
     # None: no log-probabilities; n >= 0: each generated token's, with the n likeliest tokens.
     top_logprobs: int | None = None
     ignore_eos: bool = False  # go on past end-of-generation tokens, up to max_tokens
+    # llama.cpp's other samplers, in its order (penalties, top_k, top_p, min_p); the defaults
+    # change nothing. The penalties see the last penalty_last_n tokens, of the prompt too, as
+    # llama.cpp's server has it (-1: the whole context).
+    repeat_penalty: float = 1.0  # a repeated token's logit divided by it (multiplied if < 0)
+    presence_penalty: float = 0.0  # subtracted from a repeated token's logit
+    frequency_penalty: float = 0.0  # subtracted once per repetition
+    penalty_last_n: int = 64
+    top_k: int = 0  # keep the k likeliest tokens (0: all)
+    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest
+
+    @property
+    def penalizes(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        ) and self.penalty_last_n != 0
 
 
 @dataclasses.dataclass(frozen=True)

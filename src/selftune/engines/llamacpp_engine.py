@@ -292,7 +292,7 @@ class LlamaCppEngine:
     def _generate(self, ids: list[int], params: GenerationParams) -> Generator[Chunk, None, None]:
         ctx = self._ctx
         ctx.prefill(ids)
-        sampler = _Sampler(self, params)
+        sampler = _Sampler(self, params, ids)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(params.stop)
         text, n_generated, finish = "", 0, "length"
@@ -736,10 +736,10 @@ def _common_prefix(sequences: list[list[int]]) -> int:
 
 
 class _Sampler:
-    """llama.cpp's sampler chain: the grammar and logit bias first, then greedy at temperature
-    0, else top-p, temperature, draw."""
+    """llama.cpp's sampler chain: the grammar, logit bias and repetition penalties first, then
+    greedy at temperature 0, else top-k, top-p, min-p, temperature, draw (llama.cpp's order)."""
 
-    def __init__(self, engine: LlamaCppEngine, params: GenerationParams) -> None:
+    def __init__(self, engine: LlamaCppEngine, params: GenerationParams, prompt: list[int]) -> None:
         lib = self.lib = engine.lib
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if params.grammar is not None:
@@ -756,14 +756,38 @@ class _Sampler:
             lib.llama_sampler_chain_add(
                 self.chain, lib.llama_sampler_init_logit_bias(engine.n_vocab, len(biases), array)
             )
+        if params.penalizes:
+            self._add_penalties(engine, params, prompt)
         if params.temperature <= 0:
             lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_greedy())
             return
+        if params.top_k > 0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
             lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_min_p(params.min_p, 1))
         lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_temp(params.temperature))
         seed = _DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
         lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_dist(seed))
+
+    def _add_penalties(
+        self, engine: LlamaCppEngine, params: GenerationParams, prompt: list[int]
+    ) -> None:
+        """The repetition penalties, told the prompt's last tokens first (as llama.cpp's server
+        does); the chain tells them each generated token."""
+        lib = self.lib
+        last_n = engine.context_length if params.penalty_last_n < 0 else params.penalty_last_n
+        penalties = lib.llama_sampler_init_penalties(
+            engine.n_vocab,
+            last_n,
+            params.repeat_penalty,
+            params.frequency_penalty,
+            params.presence_penalty,
+        )
+        for token in prompt[-last_n:]:
+            lib.llama_sampler_accept(penalties, token)
+        lib.llama_sampler_chain_add(self.chain, penalties)
 
     def sample(self, ctx: Any) -> int:
         return int(self.lib.llama_sampler_sample(self.chain, ctx, -1))

@@ -18,7 +18,15 @@ from typing import Any
 import torch
 
 from selftune.data.tokenize import IGNORE_INDEX, LabelledTokens, collate
-from selftune.engines.base import AdapterRef, Chunk, EngineError, GenerationParams, Prompt
+from selftune.engines.base import (
+    AdapterRef,
+    Chunk,
+    EngineError,
+    GenerationParams,
+    InvalidRequest,
+    Prompt,
+    TokenLogprob,
+)
 from selftune.models.base import load_model, load_tokenizer
 from selftune.models.templates import render_chat, resolve_template
 
@@ -159,10 +167,40 @@ class TransformersEngine:
                 )
 
     # --- generation ------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def check_params(self, params: GenerationParams) -> None:
+        """Refuse what this engine cannot do (grammars) and token ids outside the vocabulary.
+        Raises :class:`InvalidRequest`."""
+        if params.grammar is not None:
+            raise InvalidRequest(
+                "grammars (structured output, json_schema, forced tool calls) need the llama.cpp "
+                "engine: serve a GGUF base model (engine = 'auto' or 'llama.cpp')"
+            )
+        vocab = self.vocab_size
+        for token, _ in params.logit_bias:
+            if not 0 <= token < vocab:
+                raise InvalidRequest(
+                    f"logit_bias names token {token}; this model's tokens are 0-{vocab - 1}"
+                )
+        if params.top_logprobs is not None and not 0 <= params.top_logprobs <= vocab:
+            raise InvalidRequest(f"top_logprobs must be between 0 and {vocab}")
+
     def stream(
         self, prompt: Prompt, params: GenerationParams, adapter: AdapterRef | None
     ) -> Iterator[Chunk]:
+        self.check_params(params)
         prompt_ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
+        vocabulary = int(self.model.config.vocab_size)
+        if any(not 0 <= token < vocabulary for token in prompt_ids):
+            raise InvalidRequest(
+                f"a token id is not in this model's vocabulary (0-{vocabulary - 1})"
+            )
+        if not prompt_ids:  # generate from the start of a text, as the llama.cpp engine does
+            bos = self.tokenizer.bos_token_id
+            prompt_ids = [bos if bos is not None else (self.tokenizer.eos_token_id or 0)]
         with self._lock:
             self._activate(adapter)
             with self._bare_context(adapter):
@@ -170,7 +208,7 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def _generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Chunk]:
-        from selftune.engines.sampling import next_token
+        from selftune.engines.sampling import next_token, penalized
         from selftune.engines.stops import StopMatcher
 
         generator = None
@@ -181,24 +219,70 @@ class TransformersEngine:
         input_ids = torch.tensor([prompt_ids])
         past: Any = None
         finish = "length"
+        bias = self._bias(params)
+        pending: list[TokenLogprob] = []  # logprobs of tokens not yet handed out in a chunk
+
+        def recent() -> list[int]:  # what the repetition penalties look at
+            last_n = self.context_length if params.penalty_last_n < 0 else params.penalty_last_n
+            return [*prompt_ids, *generated][-last_n:] if last_n else []
+
         for _ in range(params.max_tokens):
             out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            token = next_token(out.logits[0, -1], params, generator)
-            if token in self.stop_token_ids:
+            logits = out.logits[0, -1].float()
+            if bias is not None:
+                logits = logits + bias
+            # Log-probabilities are the model's with the bias, before penalties (as llama.cpp's).
+            scores = penalized(logits, recent(), params) if params.penalizes else logits
+            token = next_token(scores, params, generator)
+            if token in self.stop_token_ids and not params.ignore_eos:
                 finish = "stop"
                 break
             generated.append(token)
+            if params.top_logprobs is not None:
+                pending.append(self._logprob(logits, token, params.top_logprobs))
             input_ids = torch.tensor([[token]])
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
             piece, stopped = matcher.feed(text)
             if piece:
-                yield Chunk(piece, completion_tokens=len(generated))
+                yield Chunk(piece, completion_tokens=len(generated), logprobs=tuple(pending))
+                pending.clear()
             if stopped:
                 finish = "stop"
                 break
         tail = matcher.flush()
-        yield Chunk(tail, finish_reason=finish, completion_tokens=len(generated))
+        yield Chunk(
+            tail, finish_reason=finish, completion_tokens=len(generated), logprobs=tuple(pending)
+        )
+
+    def _bias(self, params: GenerationParams) -> torch.Tensor | None:
+        """What the request adds to each logit: its logit bias, and with ``ignore_eos`` minus
+        infinity on the tokens that end a generation. None: nothing."""
+        if not params.logit_bias and not params.ignore_eos:
+            return None
+        bias = torch.zeros(self.vocab_size)
+        for token, value in params.logit_bias:
+            bias[token] += value
+        if params.ignore_eos:
+            bias[sorted(t for t in self.stop_token_ids if t < self.vocab_size)] = -torch.inf
+        return bias
+
+    def _logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        """``token``'s log-probability under (biased) ``logits``, and the ``top`` likeliest."""
+        log_probs = torch.log_softmax(logits.double(), dim=-1)
+        alternatives: tuple[tuple[int, bytes, float], ...] = ()
+        if top:
+            best = torch.topk(log_probs, top)
+            alternatives = tuple(
+                (int(t), self._piece(int(t)), float(lp))
+                for lp, t in zip(best.values, best.indices, strict=True)
+            )
+        return TokenLogprob(token, self._piece(token), float(log_probs[token]), alternatives)
+
+    def _piece(self, token: int) -> bytes:
+        """A token's text on its own (a token holding part of a character shows U+FFFD)."""
+        text: str = self.tokenizer.decode([token], skip_special_tokens=True)
+        return text.encode()
 
 
 @torch.inference_mode()
