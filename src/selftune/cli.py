@@ -79,8 +79,22 @@ def serve(
     import uvicorn
 
     from selftune.api.app import create_app
+    from selftune.api.guards import is_loopback
 
     settings = _settings()
+    serve_settings = settings.serve
+    if not (
+        is_loopback(serve_settings.host)
+        or serve_settings.auth_required
+        or serve_settings.allow_open_public
+    ):
+        _fail(
+            f"serve.host is {serve_settings.host!r}, beyond this machine, and anyone who reaches "
+            "it could use the API without a key: set serve.auth_required = true (and create "
+            "keys with 'selftune keys create'), or serve.allow_open_public = true to serve it "
+            "open anyway",
+            2,
+        )
     _logging()
     _database(settings).dispose()  # fail here, not in the worker, if the store is unusable
     with_worker = worker and settings.serve.start_worker
@@ -237,13 +251,12 @@ def promote(
     ] = "selftune promote",
 ) -> None:
     """Serve a version that passed its gate."""
-    from selftune.registry.versions import RegistryError
+    from selftune.registry.versions import RegistryError, version_ref
     from selftune.registry.versions import promote as do_promote
     from selftune.store.schema import Version
 
     def action(session: Any) -> None:
-        column = Version.id == int(version) if version.isdigit() else Version.name == version
-        version_id = session.scalar(select(Version.id).where(column))
+        version_id = session.scalar(select(Version.id).where(version_ref(version)))
         if version_id is None:
             raise RegistryError(f"no version {version!r}; see 'selftune status'")
         do_promote(session, version_id, actor="cli", reason=reason)
@@ -265,11 +278,11 @@ def rollback(
 
 def _version_id(settings: Settings, version: str) -> int:
     """The id of a version given by name or id; fails with a hint when there is none."""
+    from selftune.registry.versions import version_ref
     from selftune.store.schema import Version
 
     with _database(settings).read() as session:
-        column = Version.id == int(version) if version.isdigit() else Version.name == version
-        version_id = session.scalar(select(Version.id).where(column))
+        version_id = session.scalar(select(Version.id).where(version_ref(version)))
     if version_id is None:
         _fail(f"no version {version!r}; see 'selftune status' (or export 'base')")
     assert version_id is not None

@@ -108,6 +108,21 @@ class ServeSettings(_Section):
         description="Require an API key (Authorization: Bearer ...) on every API call. "
         "Create keys with 'selftune keys create'.",
     )
+    allow_open_public: bool = Field(
+        False,
+        description="Let 'selftune serve' bind beyond loopback (serve.host) without "
+        "serve.auth_required, open to anyone who can reach it.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description="Host header values the server answers (any port; serve.host too when it "
+        "is not a wildcard); others get a 400, which blocks DNS rebinding. '*' allows any.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (https://app.example.com) allowed to call the API "
+        "across origins (CORS); empty: none.",
+    )
     start_worker: bool = Field(
         True, description="'selftune serve' also starts a training worker process."
     )

@@ -28,8 +28,9 @@ def tiny_engine(tiny_model_dir: Path) -> TransformersEngine:
 
 def tiny_settings(tiny_model_dir: Path, **overrides: Any) -> Settings:
     """Settings for the tiny model; sections are dicts (``train={"steps": 4}``), merged with
-    these small serving defaults."""
+    these small serving defaults (with TestClient's host, ``testserver``, allowed)."""
     serve = {
+        "allowed_hosts": ["localhost", "127.0.0.1", "[::1]", "testserver"],
         "context_length": 256,
         "default_max_tokens": 8,
         "adapter_poll_seconds": 0.2,

@@ -12,9 +12,18 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from selftune import __version__
-from selftune.api import downloads, embeddings, llamacpp_routes, manage, openai_routes, vllm_routes
+from selftune.api import (
+    downloads,
+    embeddings,
+    llamacpp_routes,
+    manage,
+    ollama_routes,
+    openai_routes,
+    vllm_routes,
+)
 from selftune.api.deps import State
 from selftune.api.errors import install_error_handlers
+from selftune.api.guards import install_guards
 from selftune.api.responses import Health, HealthNotReady
 from selftune.api.state import AppState
 from selftune.config import Settings
@@ -56,12 +65,14 @@ def create_app(
     app = FastAPI(title="selftune", version=__version__, lifespan=lifespan)
     app.state.selftune = state
     install_error_handlers(app)
+    install_guards(app, settings.serve)
     app.include_router(openai_routes.router)
     app.include_router(llamacpp_routes.router)
     app.include_router(vllm_routes.router)
     app.include_router(embeddings.router)
     app.include_router(manage.router)
     app.include_router(downloads.router)
+    app.include_router(ollama_routes.router)
 
     @app.get(
         "/health",

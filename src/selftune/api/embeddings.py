@@ -28,7 +28,7 @@ from selftune.api.state import AppState, ready_engine
 from selftune.api.targets import model_names, resolve_target
 from selftune.engines.base import AdapterRef, Engine
 
-__all__ = ["Embedder", "normalize", "register_embedding_model", "router"]
+__all__ = ["Embedder", "embed_for", "normalize", "register_embedding_model", "router"]
 
 router = APIRouter(responses=ERRORS)
 
@@ -124,6 +124,16 @@ def _embed(
             )
     vectors = [normalize(v, kind) for v in embedder.embed(texts)]
     return vectors, sum(counts)
+
+
+async def embed_for(
+    state: AppState, model: str | None, texts: Sequence[str]
+) -> tuple[Embedder, list[list[float]], int]:
+    """L2-normalized vectors of ``texts`` by ``model``'s embedder, as the routes here resolve
+    it (for ollama's routes), and the prompt tokens they took."""
+    embedder = await _embedder(state, model)
+    vectors, tokens = await run_in_threadpool(_embed, embedder, texts, 2)
+    return embedder, vectors, tokens
 
 
 def _headers(embedder: Embedder) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,14 @@ from selftune.engines.base import Chunk, Engine, GenerationParams, Prompt, Token
 from selftune.engines.stops import StopMatcher
 from selftune.store.interactions import record_interaction
 
-__all__ = ["Asked", "Generation", "count_prompt_tokens", "room_for", "version_headers"]
+__all__ = [
+    "Asked",
+    "Generation",
+    "checked_prompt",
+    "count_prompt_tokens",
+    "room_for",
+    "version_headers",
+]
 
 # Prompts up to this long are tokenized on the event loop: llama.cpp takes tens of microseconds
 # for them, less than handing them to a thread and back.
@@ -50,6 +57,29 @@ async def count_prompt_tokens(engine: Engine, prompt: str) -> int:
     if len(prompt) <= _TOKENIZE_INLINE_CHARS:
         return engine.count_tokens(prompt)
     return await run_in_threadpool(engine.count_tokens, prompt)
+
+
+def checked_prompt(
+    render: Callable[[list[dict[str, str]]], str],
+    messages: list[dict[str, str]],
+    template_sent: bool,
+) -> str:
+    """The chat template's prompt for ``messages``; a 400 when it cannot render them, or renders
+    nothing to answer from (``template_sent``: the request brought its own template)."""
+    try:
+        prompt = render(messages)
+    except Exception as exc:
+        raise ApiError(
+            400, f"the chat template could not render these messages: {exc}", param="messages"
+        ) from exc
+    if not prompt.strip():
+        raise ApiError(
+            400,
+            "the chat template rendered these messages as an empty prompt: there is nothing to "
+            "answer from; check the template, or send messages with content",
+            param="chat_template" if template_sent else "messages",
+        )
+    return prompt
 
 
 def room_for(engine: Engine, prompt_tokens: int, requested: int | None, param: str) -> int:

@@ -35,6 +35,7 @@ from selftune.api.errors import ApiError, error_body
 from selftune.api.generation import (
     Asked,
     Generation,
+    checked_prompt,
     count_prompt_tokens,
     room_for,
     version_headers,
@@ -340,13 +341,9 @@ async def apply_template(
     def render(messages: list[dict[str, str]]) -> str:
         return engine.render_chat(messages, template)
 
-    try:  # earlier tool calls and their results written out, as chat completions does
-        prompt = render(prompt_messages(body.messages, None, lambda: renders_tool_turns(render)))
-    except Exception as exc:
-        raise ApiError(
-            400, f"the chat template could not render these messages: {exc}", param="messages"
-        ) from exc
-    return {"prompt": prompt}
+    # Earlier tool calls and their results written out, as chat completions does.
+    messages = prompt_messages(body.messages, None, lambda: renders_tool_turns(render))
+    return {"prompt": checked_prompt(render, messages, bool(body.chat_template))}
 
 
 # --- server properties, slots and metrics --------------------------------------------------

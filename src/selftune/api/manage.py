@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +26,13 @@ from selftune.api.responses import (
     Serving,
     VersionList,
 )
-from selftune.api.schemas import FeedbackRequest, PromoteRequest, RollbackRequest, TrainRequest
+from selftune.api.schemas import (
+    FeedbackRequest,
+    PromoteRequest,
+    RequestModel,
+    RollbackRequest,
+    TrainRequest,
+)
 from selftune.api.state import AppState
 from selftune.atomic import ArtifactError
 from selftune.data.curation import active_examples, example_from_feedback
@@ -34,7 +40,7 @@ from selftune.export.check import find_checked_export
 from selftune.export.gguf_model import OutputType
 from selftune.registry import versions as registry
 from selftune.store import jobs
-from selftune.store.schema import Feedback, Interaction, Job, Version
+from selftune.store.schema import MAX_ID, Feedback, Interaction, Job, Version
 from selftune.store.users import ensure_user
 
 __all__ = ["move_alias", "resolve_version_id", "router"]
@@ -101,8 +107,10 @@ async def train(
 
 
 def _job_or_404(state: AppState, caller: Caller, job_id: int) -> Job:
-    with state.db.read() as session:
-        job = session.get(Job, job_id)
+    job = None
+    if 0 < job_id <= MAX_ID:  # an id beyond the store's integers names no job
+        with state.db.read() as session:
+            job = session.get(Job, job_id)
     if job is None or (caller.authenticated and job.user_id != caller.user_id):
         raise ApiError(404, f"no job {job_id}", code="job_not_found")
     return job
@@ -164,10 +172,7 @@ async def list_versions(state: State, _caller: CurrentCaller) -> dict[str, Any]:
 
 def resolve_version_id(state: AppState, ref: str) -> int:
     with state.db.read() as session:
-        query = select(Version.id).where(
-            Version.id == int(ref) if ref.isdigit() else Version.name == ref
-        )
-        version_id = session.scalar(query)
+        version_id = session.scalar(select(Version.id).where(registry.version_ref(ref)))
     if version_id is None:
         raise ApiError(404, f"no version {ref!r} (see GET /api/versions)", code="version_not_found")
     return version_id
@@ -217,7 +222,7 @@ async def rollback(
     )
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     # The GGUF weight type of the merged model; q4_k_m is llama.cpp's quantizer.
     format: OutputType = "f16"

@@ -29,6 +29,7 @@ from selftune.api.errors import ApiError, error_body
 from selftune.api.generation import (
     Asked,
     Generation,
+    checked_prompt,
     count_prompt_tokens,
     room_for,
     version_headers,
@@ -281,12 +282,7 @@ async def chat_completions(
 
     # The messages as the model sees them (tool calls and results written out): recorded so.
     messages = prompt_messages(body.messages, tools, lambda: renders_tool_turns(render))
-    try:
-        prompt = render(messages)
-    except Exception as exc:
-        raise ApiError(
-            400, f"the chat template could not render these messages: {exc}", param="messages"
-        ) from exc
+    prompt = checked_prompt(render, messages, bool(body.chat_template))
     asked = Asked(
         f"chatcmpl-{uuid.uuid4().hex}", caller.user(body.user), "chat", messages, body.chat_template
     )

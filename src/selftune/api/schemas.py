@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from selftune.store.schema import MAX_ID
+
 __all__ = [
     "ApplyTemplateRequest",
     "ChatMessage",
@@ -19,6 +21,7 @@ __all__ = [
     "LoadLoraRequest",
     "LoraScale",
     "PromoteRequest",
+    "RequestModel",
     "RollbackRequest",
     "TokenizeRequest",
     "TrainRequest",
@@ -26,21 +29,31 @@ __all__ = [
 ]
 
 TokenId = Annotated[int, Field(ge=0)]
+# Seeds fit 64 bits, signed or not (torch's range; llama.cpp keeps the low 32 bits).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
-class LoraScale(BaseModel):
+class RequestModel(BaseModel):
+    """The base of every request body: JSON's non-standard ``Infinity`` and ``NaN`` (which
+    Python's parser reads) and numbers too large for a float are refused with a 400 that names
+    the field, never passed on to the sampler."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class LoraScale(RequestModel):
     """llama.cpp's ``lora`` entry: a version id (see ``GET /lora-adapters``) and its scale.
 
     Other fields are ignored: clients POST back the objects ``GET /lora-adapters`` gave them.
     """
 
     model_config = ConfigDict(extra="ignore")
-    id: int
+    id: int = Field(ge=0, le=MAX_ID)
     scale: float
 
 
 # --- structured output, tools, sampler options (api/options.py and api/tools.py use them) --
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(RequestModel):
     """OpenAI's ``response_format.json_schema``."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -52,13 +65,13 @@ class JsonSchemaFormat(BaseModel):
     strict: bool | None = Field(None, description="answers always follow the schema anyway")
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class FunctionDefinition(BaseModel):
+class FunctionDefinition(RequestModel):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -68,30 +81,30 @@ class FunctionDefinition(BaseModel):
     strict: bool | None = Field(None, description="calls always follow the schema anyway")
 
 
-class Tool(BaseModel):
+class Tool(RequestModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["function"] = Field(description="only function tools are supported")
     function: FunctionDefinition
 
 
-class FunctionName(BaseModel):
+class FunctionName(RequestModel):
     model_config = ConfigDict(extra="ignore")
     name: str
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(RequestModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["function"]
     function: FunctionName
 
 
-class CalledFunction(BaseModel):
+class CalledFunction(RequestModel):
     model_config = ConfigDict(extra="ignore")
     name: str
     arguments: str = Field(description="the arguments, as a JSON text")
 
 
-class ToolCall(BaseModel):
+class ToolCall(RequestModel):
     """A call an assistant message made, as the client sends the conversation back."""
 
     model_config = ConfigDict(extra="ignore")
@@ -105,7 +118,7 @@ class ToolCall(BaseModel):
 LogitBias = dict[str, float | bool] | list[tuple[int | str, float | bool]]
 
 
-class _SamplerOptions(BaseModel):
+class _SamplerOptions(RequestModel):
     """Options llama.cpp's server takes on every generation route. selftune has some of them;
     of the others a request may send only the value that changes nothing (api/options.py
     answers any other with a 400 that names it)."""
@@ -137,7 +150,7 @@ class _SamplerOptions(BaseModel):
     n_cmpl: int = Field(1, description="1 only")
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"] = Field(
         description="developer (OpenAI's newer name for system instructions) is read as system"
@@ -168,14 +181,14 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
-class _Sampling(BaseModel):
+class _Sampling(RequestModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = Field(None, description="leave it out for the served model")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
@@ -242,7 +255,7 @@ class CompletionRequest(_Sampling, _SamplerOptions):
         return self.prompt[0]
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     interaction_id: str = Field(min_length=1)
     rating: Literal[1, -1]
@@ -251,19 +264,19 @@ class FeedbackRequest(BaseModel):
     user: str | None = Field(None, max_length=128)
 
 
-class TrainRequest(BaseModel):
+class TrainRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = "requested through the API"
 
 
-class PromoteRequest(BaseModel):
+class PromoteRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = "promoted through the API"
 
 
-class RollbackRequest(BaseModel):
+class RollbackRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
-    version_id: int | None = None
+    version_id: int | None = Field(default=None, ge=0, le=MAX_ID)
     reason: str = "rolled back through the API"
 
 
@@ -277,7 +290,7 @@ class LlamaCompletionRequest(_SamplerOptions):
     temperature: float | None = None  # below 0 is greedy, as in llama.cpp
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] = Field(default_factory=list)
-    seed: int = -1  # -1: a random seed
+    seed: int = Field(-1, ge=SEED_MIN, le=SEED_MAX)  # -1: a random seed
     stream: bool = False
     lora: list[LoraScale] | None = None
     model: str | None = None  # selftune: the served name, a version name, or "base"
@@ -304,7 +317,7 @@ class LlamaCompletionRequest(_SamplerOptions):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     model_config = ConfigDict(extra="ignore")
     content: str
     add_special: bool = False
@@ -312,12 +325,12 @@ class TokenizeRequest(BaseModel):
     with_pieces: bool = False
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(RequestModel):
     model_config = ConfigDict(extra="ignore")
     tokens: list[TokenId]
 
 
-class ApplyTemplateRequest(BaseModel):
+class ApplyTemplateRequest(RequestModel):
     """llama.cpp's ``POST /apply-template``: the prompt a chat request would be answered from."""
 
     model_config = ConfigDict(extra="ignore")
@@ -349,7 +362,7 @@ def _embedding_inputs(value: Any) -> list[EmbeddingInput]:
     )
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestModel):
     """OpenAI's ``POST /v1/embeddings``."""
 
     model_config = ConfigDict(extra="ignore")
@@ -364,7 +377,7 @@ class EmbeddingRequest(BaseModel):
         return _embedding_inputs(value)
 
 
-class LlamaEmbeddingRequest(BaseModel):
+class LlamaEmbeddingRequest(RequestModel):
     """llama.cpp's ``POST /embedding``: ``content`` (or ``input``) and a normalization."""
 
     model_config = ConfigDict(extra="ignore")
@@ -385,7 +398,7 @@ class LlamaEmbeddingRequest(BaseModel):
         return inputs
 
 
-class LoadLoraRequest(BaseModel):
+class LoadLoraRequest(RequestModel):
     """vLLM's ``POST /v1/load_lora_adapter``."""
 
     model_config = ConfigDict(extra="ignore")
@@ -393,7 +406,7 @@ class LoadLoraRequest(BaseModel):
     lora_path: str = Field(min_length=1)
 
 
-class UnloadLoraRequest(BaseModel):
+class UnloadLoraRequest(RequestModel):
     """vLLM's ``POST /v1/unload_lora_adapter``."""
 
     model_config = ConfigDict(extra="ignore")

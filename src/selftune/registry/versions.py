@@ -15,10 +15,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.orm import Session
 
-from selftune.store.schema import AliasChange, Event, Version, VersionExample
+from selftune.store.schema import MAX_ID, AliasChange, Event, Version, VersionExample
 
 __all__ = [
     "SERVING",
@@ -32,12 +32,24 @@ __all__ = [
     "rollback",
     "rollback_to_base",
     "serving_target",
+    "version_ref",
     "version_summary",
 ]
 
 SERVING = "serving"
+
 # PostgreSQL advisory lock key of the alias history: any fixed 64-bit number no other lock uses.
 _ALIAS_LOCK_KEY = 0x5E1F_7E11_A11A5
+
+
+def version_ref(ref: str) -> ColumnElement[bool]:
+    """The condition that selects the version ``ref`` names: by id (ASCII digits: "²" is a
+    digit to ``str.isdigit``, not to ``int``) or else by name. An id beyond the store's
+    integer range selects nothing."""
+    if ref.isascii() and ref.isdigit():
+        number = int(ref)
+        return Version.id == number if number <= MAX_ID else false()
+    return Version.name == ref
 
 
 class RegistryError(ValueError):

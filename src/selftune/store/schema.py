@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "MAX_ID",
     "AliasChange",
     "ApiKey",
     "Base",
@@ -41,6 +42,11 @@ __all__ = [
     "table_of",
     "utcnow",
 ]
+
+
+# The largest id an Integer column holds everywhere (PostgreSQL's int4; SQLite's is wider): an
+# id a client sends beyond it names nothing, and must not reach the database.
+MAX_ID = 2**31 - 1
 
 
 def utcnow() -> dt.datetime:

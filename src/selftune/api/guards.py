@@ -1,0 +1,150 @@
+"""What the server checks of every request before any route sees it: that it came for this
+server (its ``Host``), that a body is JSON (its ``Content-Type``), and which browser origins may
+call it (CORS, closed unless ``serve.cors_origins`` names some).
+
+A request refused here reaches no route, so nothing of it is recorded. The ``Host`` check
+blocks DNS rebinding: a web page whose name was re-pointed at 127.0.0.1 sends its own name as
+the host. The ``Content-Type`` check keeps a page from posting to the API with a "simple"
+request (``text/plain`` or a form), which browsers send without asking the server first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from selftune.api.errors import error_body
+from selftune.config import ServeSettings
+
+__all__ = ["allowed_hosts", "install_guards", "is_loopback"]
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server to this machine."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost: it may resolve anywhere
+
+
+def _host_name(host: str) -> str:
+    """``host`` as a Host header names it, without a port: IPv6 addresses in brackets."""
+    host = host.strip().lower()
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def allowed_hosts(serve: ServeSettings) -> frozenset[str]:
+    """The Host header values (without their port) the server answers; ``*`` in it: any."""
+    hosts = {_host_name(h) for h in serve.allowed_hosts}
+    if serve.host.strip().lower() not in _WILDCARDS:
+        hosts.add(_host_name(serve.host))
+    return frozenset(hosts)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _without_port(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.split(":", 1)[0]
+
+
+async def _refuse(send: Send, status: int, message: str, code: str, param: str | None) -> None:
+    body = json.dumps(error_body(message, "invalid_request_error", code, param)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class HostGuard:
+    """Answers only requests whose ``Host`` header names this server (400 for others)."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or "*" in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        host = _header(scope, b"host")
+        if host is not None and _without_port(host) in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        await _refuse(
+            send,
+            400,
+            f"this server does not answer for the host {host!r}; add it to serve.allowed_hosts "
+            "if clients reach the server by that name",
+            "host_not_allowed",
+            None,
+        )
+
+
+class JsonBodyGuard:
+    """Requires ``Content-Type: application/json`` on a request with a body (415 without)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        length = _header(scope, b"content-length")
+        has_body = _header(scope, b"transfer-encoding") is not None or (
+            length is not None and length.strip() not in ("", "0")
+        )
+        content_type = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        if not has_body or content_type == "application/json":
+            await self.app(scope, receive, send)
+            return
+        sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        await _refuse(
+            send,
+            415,
+            f"the request body must be JSON, sent with 'Content-Type: application/json' "
+            f"(this request has {sent})",
+            "unsupported_media_type",
+            None,
+        )
+
+
+def install_guards(app: FastAPI, serve: ServeSettings) -> None:
+    """Add the checks, outermost first: Host, then CORS, then the body's content type (so a
+    refused body still carries CORS headers a browser needs to read the error)."""
+    app.add_middleware(JsonBodyGuard)
+    if serve.cors_origins:
+        cors: dict[str, Any] = {
+            "allow_origins": serve.cors_origins,
+            "allow_methods": ["*"],
+            "allow_headers": ["*"],
+            "expose_headers": ["X-Checksum-Sha256", "X-Selftune-Export-Check"],
+        }
+        app.add_middleware(CORSMiddleware, **cors)
+    app.add_middleware(HostGuard, hosts=allowed_hosts(serve))
