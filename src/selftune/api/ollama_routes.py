@@ -47,6 +47,7 @@ from selftune.api.errors import ApiError
 from selftune.api.generation import (
     Asked,
     Generation,
+    checked_prompt,
     count_prompt_tokens,
     room_for,
     version_headers,
@@ -401,10 +402,7 @@ async def chat(
 
     # The messages as the model sees them (tool calls and results written out): recorded so.
     turns = prompt_messages(messages, tools, lambda: renders_tool_turns(render))
-    try:
-        prompt = render(turns)
-    except Exception as exc:
-        raise ApiError(400, f"the chat template could not render these messages: {exc}") from exc
+    prompt = checked_prompt(render, turns, template_sent=False)
     asked = Asked(f"chatcmpl-{uuid.uuid4().hex}", caller.user(None), "chat", turns)
     return await _answer(state, engine, target, asked, prompt, body, shape, tools)
 
