@@ -243,3 +243,20 @@ def test_keys_work_as_on_every_route(
         with app.state.selftune.db.read() as session:
             row = session.get(Interaction, answer.json()["interaction_id"])
             assert row is not None and row.user_id == "alice"
+
+
+# The names ollama's API uses under /api/ (its docs/api.md): selftune's own routes never take one.
+OLLAMA_NAMES = {
+    "chat", "generate", "embed", "embeddings", "tags", "show", "version", "ps",
+    "pull", "push", "create", "copy", "delete", "blobs",
+}  # fmt: skip
+
+
+def test_selftunes_own_api_routes_never_take_a_name_ollama_uses(openai_server: LiveServer) -> None:
+    from selftune.api import ollama_routes
+
+    ollamas = {route.path for route in ollama_routes.router.routes}  # type: ignore[attr-defined]
+    for path in openai_server.app.openapi()["paths"]:
+        parts = path.split("/")
+        if len(parts) > 2 and parts[1] == "api" and parts[2] in OLLAMA_NAMES:
+            assert path in ollamas, f"{path} is selftune's own but takes ollama's name {parts[2]!r}"
