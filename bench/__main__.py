@@ -9,7 +9,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("bench.learning_latency", "bench.training_throughput", "bench.serving")
+BENCHMARKS = (
+    "bench.learning_latency",
+    "bench.training_throughput",
+    "bench.serving",
+    "bench.proxy_latency",
+)
 
 status = 0
 for index, module in enumerate(BENCHMARKS):

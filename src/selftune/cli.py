@@ -37,9 +37,9 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _settings() -> Settings:
+def _settings(**overrides: Any) -> Settings:
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except SettingsError as exc:
         _fail(str(exc), 2)
         raise AssertionError from exc  # unreachable
@@ -76,12 +76,31 @@ def serve(
     worker: Annotated[bool, typer.Option(help="Also start a training worker process.")] = True,
 ) -> None:
     """Serve the model over HTTP (OpenAI-compatible) on the configured host and port."""
+    _serve(_settings(), worker)
+
+
+@app.command()
+def proxy(
+    upstream: Annotated[
+        str,
+        typer.Option(
+            help="The OpenAI-compatible server's base URL, with its /v1 "
+            "(http://127.0.0.1:11434/v1): proxy.upstream_url."
+        ),
+    ],
+    worker: Annotated[bool, typer.Option(help="Also start a training worker process.")] = True,
+) -> None:
+    """Serve in front of another OpenAI-compatible server: forward chat and completions to it,
+    record its answers and learn from them (settings: proxy.*; docs/proxy.md)."""
+    _serve(_settings(proxy={"upstream_url": upstream}), worker)
+
+
+def _serve(settings: Settings, worker: bool) -> None:
     import uvicorn
 
     from selftune.api.app import create_app
     from selftune.api.guards import is_loopback
 
-    settings = _settings()
     serve_settings = settings.serve
     if not (
         is_loopback(serve_settings.host)
@@ -104,6 +123,8 @@ def serve(
     console.print(
         f"serving {settings.serve.model_name!r} on http://{settings.serve.host}:{settings.serve.port}"
     )
+    if settings.proxy.upstream_url:
+        console.print(f"forwarding chat and completions to {settings.proxy.upstream_url}")
     uvicorn.run(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
 
 
@@ -378,6 +399,51 @@ def _report_check(check: dict[str, Any], fmt: str) -> None:
             f"[yellow]warning:[/yellow] this {fmt} export lost what the version was taught (its "
             f"held-out recall fell more than {check['tolerance']} below the version's); {advice}"
         )
+
+
+@app.command()
+def timestep(
+    config: Annotated[
+        Path | None, typer.Option(help="Settings file to read instead of ./selftune.toml.")
+    ] = None,
+    connector: Annotated[
+        str | None, typer.Option(help="Run this connector now, due or not (e.g. youtube).")
+    ] = None,
+) -> None:
+    """Run the connectors that are due (youtube, ...) once, here, each recorded as a job:
+    for cron or a systemd timer. A running worker also runs them on their intervals."""
+    import os
+    import socket
+
+    from selftune.connectors.schedule import run_due
+
+    if config is not None:
+        os.environ["SELFTUNE_CONFIG"] = str(config)
+    settings = _settings()
+    _logging()
+    db = _database(settings)
+
+    def engine() -> Any:
+        from selftune.engines.factory import build_engine
+
+        return build_engine(settings, own_thread=False)
+
+    worker_id = f"timestep:{socket.gethostname()}:{os.getpid()}"
+    try:
+        outcomes = run_due(settings, db, engine, worker_id=worker_id, only=connector)
+    finally:
+        db.dispose()
+    if not outcomes:
+        typer.echo("no connector is due")
+    for outcome in outcomes:
+        if "error" in outcome:
+            console.print(
+                f"[red]{outcome['connector']} (job {outcome['job_id']}):[/red] {outcome['error']}"
+            )
+        else:
+            typer.echo(f"{outcome['connector']} (job {outcome['job_id']}): {outcome['result']}")
+    if any("error" in outcome for outcome in outcomes):
+        raise typer.Exit(1)
 
 
 @keys_app.command("create")

@@ -30,10 +30,12 @@ __all__ = [
     "DeprecatedSetting",
     "GateSettings",
     "JobsSettings",
+    "ProxySettings",
     "ServeSettings",
     "Settings",
     "SettingsError",
     "TrainSettings",
+    "YouTubeSettings",
     "iter_settings",
     "load_settings",
 ]
@@ -308,6 +310,121 @@ class JobsSettings(_Section):
     )
 
 
+class ProxySettings(_Section):
+    """Serving in front of another OpenAI-compatible server and learning from its answers
+    (docs/proxy.md)."""
+
+    upstream_url: str = Field(
+        "",
+        description="Base URL of the OpenAI-compatible server to forward chat and completion "
+        "requests to, with its /v1 (http://127.0.0.1:11434/v1); empty: no proxy, the local "
+        "model answers.",
+    )
+    upstream_api_key: str = Field(
+        "",
+        description="Key sent to the upstream (Authorization: Bearer) when the client sends "
+        "none, or sends a selftune key (serve.auth_required); never recorded.",
+    )
+    timeout_seconds: float = Field(
+        300.0, gt=0, description="Most seconds to wait for the upstream's answer."
+    )
+    keep: Literal["all", "sample", "rated"] = Field(
+        "all",
+        description="Which upstream chat answers become training examples: 'all', 'sample' (a "
+        "random proxy.sample_share of them), or 'rated' (only those rated +1 through "
+        "POST /api/feedback).",
+    )
+    sample_share: float = Field(
+        0.1, ge=0, le=1, description="Share of upstream answers kept with keep = 'sample'."
+    )
+    local_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of requests the local model answers itself once its served "
+        "version's gate recall reaches proxy.local_min_recall; the upstream answers if it fails.",
+    )
+    local_min_recall: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="The served version's held-out recall (its gate's new_recall_candidate) "
+        "needed before any request is answered locally.",
+    )
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; give the upstream's base URL with its /v1, "
+                "e.g. http://127.0.0.1:11434/v1"
+            )
+        return value.rstrip("/")
+
+
+class YouTubeSettings(_Section):
+    """The YouTube comment responder: a connector run on its own interval
+    (docs/connectors.md)."""
+
+    enabled: bool = Field(
+        False, description="Run the YouTube comment responder every youtube.interval_minutes."
+    )
+    interval_minutes: float = Field(
+        60.0, gt=0, description="Minutes between runs; failed runs back off (doubling, to 24 h)."
+    )
+    channel_id: str = Field(
+        "", description="The channel (UC...) whose videos' comments it answers."
+    )
+    api_key: str = Field(
+        "", description="YouTube Data API key: reads comments; posting needs credentials_file."
+    )
+    credentials_file: str = Field(
+        "",
+        description="OAuth authorized-user JSON (token with the youtube.force-ssl scope) for "
+        "reading and posting replies; used instead of api_key when set.",
+    )
+    api_endpoint: str = Field(
+        "https://youtube.googleapis.com",
+        description="Root URL of the YouTube Data API (another one for tests or a gateway).",
+    )
+    window_days: float = Field(
+        14.0, gt=0, description="Answer comments on videos published in the last this many days."
+    )
+    replies_per_video: int = Field(
+        5, ge=1, description="Most new comments answered per video per run, the latest first."
+    )
+    max_comment_pages: int = Field(
+        3, ge=1, description="Most pages (100 threads each) of comments read per video per run."
+    )
+    post: bool = Field(
+        False,
+        description="Post replies at once; false queues them for approval "
+        "(POST /api/connectors/replies/{id}/approve), posted at the next run.",
+    )
+    allowed_link_domains: list[str] = Field(
+        default_factory=list,
+        description="Links in a reply are kept only to these domains (and their subdomains); "
+        "others are removed.",
+    )
+    max_reply_tokens: int = Field(120, ge=1, description="Longest reply, in tokens.")
+    instructions: str = Field(
+        "You answer comments on the channel's videos: briefly, kindly and helpfully.",
+        description="The system message of the prompt the replies are generated from.",
+    )
+
+    @model_validator(mode="after")
+    def _enabled_needs_a_channel(self) -> YouTubeSettings:
+        if self.enabled and not self.channel_id:
+            raise ValueError("set youtube.channel_id (UC...) to enable the responder")
+        if self.enabled and not (self.api_key or self.credentials_file):
+            raise ValueError(
+                "set youtube.api_key (reading only) or youtube.credentials_file (OAuth, needed "
+                "to post) to enable the responder"
+            )
+        return self
+
+
 # The flat names of earlier releases, by (section, name) now.
 LEGACY_NAMES: dict[str, tuple[str, str]] = {
     **{name: ("serve", name) for name in ServeSettings.model_fields},
@@ -428,6 +545,14 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(
         default_factory=lambda: JobsSettings.model_validate({}),
         description="[jobs]: the worker and its job queue.",
+    )
+    proxy: ProxySettings = Field(
+        default_factory=lambda: ProxySettings.model_validate({}),
+        description="[proxy]: forwarding to an upstream server and learning from it.",
+    )
+    youtube: YouTubeSettings = Field(
+        default_factory=lambda: YouTubeSettings.model_validate({}),
+        description="[youtube]: the YouTube comment responder.",
     )
 
     @model_validator(mode="before")

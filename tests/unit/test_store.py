@@ -40,6 +40,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
         "alias_history",
         "events",
         "workers",
+        "connector_replies",
     }
     assert _tables(db) == expected | {"alembic_version"}
 
@@ -47,7 +48,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0003"]
+    assert versions == ["0004"]
 
 
 def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
@@ -92,6 +93,22 @@ def test_keys_made_before_admin_keys_existed_are_users_keys(tmp_path: Path) -> N
     _migrate_to(db, "0002", down=True)  # and the step back keeps the keys
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT key_hash FROM api_keys")).scalars().all() == ["h"]
+
+
+def test_connector_replies_arrive_on_the_previous_schema_and_go_back(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    _migrate_to(db, "0003")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, created_at) VALUES ('old', '2026-01-01')"))
+    assert "connector_replies" not in _tables(db)
+    db.migrate()
+    assert "connector_replies" in _tables(db)
+    with db.read() as session:
+        assert session.get(User, "old") is not None
+    _migrate_to(db, "0003", down=True)
+    assert "connector_replies" not in _tables(db)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM users")).scalars().all() == ["old"]
 
 
 def test_migrating_twice_is_a_no_op(db: Database) -> None:

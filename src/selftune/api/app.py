@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse
 
 from selftune import __version__
 from selftune.api import (
+    connectors,
     downloads,
     embeddings,
     llamacpp_routes,
     manage,
     ollama_routes,
     openai_routes,
+    proxy,
     vllm_routes,
 )
 from selftune.api.deps import State
@@ -60,17 +62,21 @@ def create_app(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await proxy.close_proxy(_app)
             db.dispose()
 
     app = FastAPI(title="selftune", version=__version__, lifespan=lifespan)
     app.state.selftune = state
     install_error_handlers(app)
     install_guards(app, settings.serve)
+    if settings.proxy.upstream_url:  # the proxy's routes first: they take chat and completions
+        proxy.install_proxy(app, settings.proxy)
     app.include_router(openai_routes.router)
     app.include_router(llamacpp_routes.router)
     app.include_router(vllm_routes.router)
     app.include_router(embeddings.router)
     app.include_router(manage.router)
+    app.include_router(connectors.router)
     app.include_router(downloads.router)
     app.include_router(ollama_routes.router)
 

@@ -1,5 +1,9 @@
 """Turn feedback into training examples.
 
+Behind the proxy (api/proxy.py) an upstream server's chat answers are examples too
+(distillation), as ``proxy.keep`` says: every one, a random share, or only those rated +1 (which
+the rating makes, as any rated answer). The newest feedback still decides: a -1 withdraws one.
+
 A correction is the answer the user wanted: the example is the conversation with the correction
 in place of the served answer. A positive rating keeps the served answer. A negative rating
 without a correction withdraws any example made from that interaction. The newest feedback on
@@ -8,14 +12,17 @@ an interaction decides, so an interaction yields at most one active example.
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from selftune.store.schema import Feedback, Interaction, TrainingExample
 
-__all__ = ["active_examples", "example_from_feedback"]
+__all__ = ["UPSTREAM", "active_examples", "example_from_feedback", "upstream_example"]
+
+UPSTREAM = "upstream"  # the source of examples made from an upstream server's answers
 
 
 def example_from_feedback(
@@ -50,6 +57,23 @@ def example_from_feedback(
     session.add(example)
     session.flush()
     return example
+
+
+def upstream_example(
+    kind: str,
+    messages: list[dict[str, Any]],
+    answer: str,
+    keep: Literal["all", "sample", "rated"],
+    sample_share: float,
+    rng: random.Random | None = None,
+) -> dict[str, Any] | None:
+    """The example (``source`` and ``messages``) to record with an upstream answer, or None
+    when ``keep`` does not keep it now ("rated": a +1 rating makes it later)."""
+    if kind != "chat" or not answer:
+        return None
+    if keep == "rated" or (keep == "sample" and (rng or random).random() >= sample_share):
+        return None
+    return {"source": UPSTREAM, "messages": [*messages, {"role": "assistant", "content": answer}]}
 
 
 def active_examples(session: Session) -> list[TrainingExample]:

@@ -42,6 +42,7 @@ __all__ = [
     "recover_stale",
     "report",
     "retry",
+    "start",
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -94,6 +95,29 @@ def enqueue_once(db: Database, kind: str, user_id: str, params: dict[str, Any]) 
         session.flush()
         session.add(Event(kind="job_queued", payload={"job_id": job.id, "kind": kind}))
         return job.id, True
+
+
+def start(db: Database, kind: str, user_id: str, params: dict[str, Any], *, worker_id: str) -> int:
+    """Record a job that ``worker_id`` runs at once, without queueing it (``selftune
+    timestep`` runs its connectors in its own process). Report and finish it as a claimed one."""
+    with db.write() as session:
+        ensure_user(session, user_id)
+        now = utcnow()
+        job = Job(
+            kind=kind,
+            status="running",
+            user_id=user_id,
+            params=params,
+            stage="starting",
+            worker_id=worker_id,
+            attempts=1,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        session.add(job)
+        session.flush()
+        session.add(Event(kind="job_started", payload={"job_id": job.id, "kind": kind}))
+        return job.id
 
 
 def claim(db: Database, worker_id: str) -> Job | None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -28,6 +29,7 @@ __all__ = [
     "AliasChange",
     "ApiKey",
     "Base",
+    "ConnectorReply",
     "Conversation",
     "Event",
     "Feedback",
@@ -125,7 +127,7 @@ class TrainingExample(Base):
     __tablename__ = "training_examples"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
-    source: Mapped[str] = mapped_column(String(32))  # "correction" | "rating"
+    source: Mapped[str] = mapped_column(String(32))  # "correction" | "rating" | "upstream"
     interaction_id: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"), index=True)
     feedback_id: Mapped[int | None] = mapped_column(ForeignKey("feedback.id"))
     messages: Mapped[list[Any]] = mapped_column(JSON)  # ends with the assistant turn to learn
@@ -202,6 +204,27 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(16))  # "starting" | "ready" | "busy" | "stopped"
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConnectorReply(Base):
+    """A reply a connector (``youtube``) wrote to something posted elsewhere: ``pending``
+    approval, ``approved`` (posted at the connector's next run), ``posted`` or ``rejected``."""
+
+    __tablename__ = "connector_replies"
+    __table_args__ = (UniqueConstraint("connector", "item_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    connector: Mapped[str] = mapped_column(String(32))
+    item_id: Mapped[str] = mapped_column(String(128))  # the comment answered; never twice
+    parent_id: Mapped[str] = mapped_column(String(128))  # where the reply goes (the thread)
+    video_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)  # the commenter
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"))
+    chain: Mapped[list[Any]] = mapped_column(JSON)  # [{"author", "text"}], oldest first
+    reply: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    posted_id: Mapped[str | None] = mapped_column(String(128))  # the posted comment's id
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Event(Base):

@@ -70,3 +70,19 @@ def export(run: JobRun) -> dict[str, Any]:
     except (LookupError, *EXPORT_ERRORS) as exc:  # type: ignore[misc]
         raise JobFailed(str(exc)) from exc
     return export_summary(result, check)
+
+
+@handles("timestep")
+def timestep(run: JobRun) -> dict[str, Any]:
+    """Run one connector (``params["connector"]``) once: ``selftune.connectors.schedule``."""
+    from selftune.connectors import ConnectorUnavailable
+    from selftune.connectors.schedule import run_connector
+
+    name = str(run.params.get("connector"))
+    engine = run.worker.context().engine
+    try:
+        return run_connector(
+            run.worker.settings, run.worker.db, engine, name, run.report, run.job_id
+        )
+    except ConnectorUnavailable as exc:
+        raise JobFailed(f"connector {name}: {exc}") from exc

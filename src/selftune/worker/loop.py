@@ -45,6 +45,8 @@ __all__ = ["Worker", "WorkerSettingsError", "check_worker_settings", "run_worker
 log = logging.getLogger(__name__)
 
 
+TIMESTEP_CHECK_SECONDS = 30.0  # how often an idle worker looks for due connectors
+
 WorkerSettingsError = TrainingDeviceError  # the settings ask for what this machine cannot do
 
 
@@ -126,6 +128,7 @@ class Worker:
         self._context: TrainingContext | None = None
         self._swept = False
         self.presence = _Presence(self.db, self.worker_id)
+        self._next_timestep_check = 0.0  # time.monotonic() of the next look
 
     def context(self) -> TrainingContext:
         if self._context is None:
@@ -194,6 +197,8 @@ class Worker:
         returns whether there was anything to do."""
         if self.run_once():
             return True
+        if self._queue_due_connectors():
+            return True
         context = self.context()
         if context.compile_pending:
             self.presence.state = "compiling"
@@ -201,6 +206,17 @@ class Worker:
                 return True
         self.presence.state = "ready"
         return False
+
+    def _queue_due_connectors(self) -> bool:
+        """Queue a timestep job for each connector that is due (at most every
+        ``TIMESTEP_CHECK_SECONDS``: a read of the jobs table); whether any was queued."""
+        from selftune.connectors.schedule import queue_due
+
+        now = time.monotonic()
+        if now < self._next_timestep_check:
+            return False
+        self._next_timestep_check = now + TIMESTEP_CHECK_SECONDS
+        return bool(queue_due(self.settings, self.db))
 
     def _finish(self, job_id: int, status: str, **outcome: Any) -> None:
         if jobs.finish(self.db, job_id, status, worker_id=self.worker_id, **outcome):
