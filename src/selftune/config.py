@@ -394,6 +394,18 @@ class YouTubeSettings(_Section):
     replies_per_video: int = Field(
         5, ge=1, description="Most new comments answered per video per run, the latest first."
     )
+    pick: Literal["latest", "sample"] = Field(
+        "latest",
+        description="Which new comments are answered: 'latest' (up to replies_per_video per "
+        "video), or 'sample', a random sample sized by storage_budget.",
+    )
+    storage_budget: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="With pick = 'sample': the replies of the last window_days may add at most "
+        "this share of what everything else added to the store meanwhile (its interactions).",
+    )
     max_comment_pages: int = Field(
         3, ge=1, description="Most pages (100 threads each) of comments read per video per run."
     )

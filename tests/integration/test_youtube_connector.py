@@ -21,6 +21,7 @@ from selftune.connectors.schedule import due, run_due
 from selftune.connectors.youtube import adjust_links
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.store.db import Database
+from selftune.store.interactions import record_interaction
 from selftune.store.schema import ConnectorReply, Event, Interaction, Job
 from tests.integration.conftest import serve_on_loopback, tiny_settings
 
@@ -291,4 +292,29 @@ def test_a_spent_quota_fails_the_run_and_it_is_tried_again_later(
     youtube.quota_spent = False
     [retried] = _run(settings, db, tiny_engine, only="youtube")
     assert retried["result"]["answered"] == 2
+    db.dispose()
+
+
+def test_a_sample_answers_as_many_as_the_storage_budget_allows(
+    settings_env: Path,
+    tiny_model_dir: Path,
+    tiny_engine: TransformersEngine,
+    fake: tuple[FakeYouTube, str],
+) -> None:
+    """Two comments wait; the store grew by 10 other interactions over the window, so a budget
+    of 0.1 allows one reply, and a later run with no new growth allows none."""
+    _, url = fake
+    settings = _settings(tiny_model_dir, url, pick="sample", storage_budget=0.1)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    for i in range(10):
+        record_interaction(
+            db, id=f"chat-{i}", user_id="alice", kind="chat", model="m", version_id=None,
+            messages=[{"role": "user", "content": "hi"}], response="hello", finish_reason="stop",
+            prompt_tokens=1, completion_tokens=1, latency_ms=1.0, chat_template=None,
+        )  # fmt: skip
+    [first] = _run(settings, db, tiny_engine)
+    assert first["result"]["answered"] == 1
+    [second] = _run(settings, db, tiny_engine, only="youtube")
+    assert second["result"]["answered"] == 0
     db.dispose()

@@ -25,12 +25,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
+import random
 import re
 import time
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from selftune.config import Settings
 from selftune.connectors import ConnectorRun, ConnectorUnavailable
@@ -164,6 +166,7 @@ def _published(value: str) -> dt.datetime:
 
 class YouTubeResponder:
     name = NAME
+    _random = random.Random()  # which comments a sample answers
 
     def enabled(self, settings: Settings) -> bool:
         return settings.youtube.enabled
@@ -188,6 +191,7 @@ class YouTubeResponder:
             "empty": 0,
             "videos_done": done,
         }
+        budget = self._budget(settings, db) if settings.youtube.pick == "sample" else None
         for i, (video_id, title) in enumerate(videos):
             run.report(0.1 + 0.9 * i / max(1, len(videos)), f"video {video_id}")
             try:
@@ -195,6 +199,10 @@ class YouTubeResponder:
             except _VideoClosed as exc:
                 log.info("skipping %s", exc)
                 continue
+            if budget is not None:  # a random sample, as many as the budget has room for
+                size = min(len(threads), settings.youtube.replies_per_video, budget)
+                threads = self._random.sample(threads, size)
+                budget -= size
             for thread in threads:
                 reply_id, status = self._answer(run, video_id, title, thread)
                 if reply_id is None:  # nothing usable: tried again at the next run
@@ -264,10 +272,27 @@ class YouTubeResponder:
             summary["skipped_answered"] += len(seen)
             found += [c for c in waiting if c[-1]["id"] not in seen]
             token = page.get("nextPageToken")
-            if len(found) >= yt.replies_per_video or not token:
+            if (yt.pick == "latest" and len(found) >= yt.replies_per_video) or not token:
                 break
         found.sort(key=lambda c: c[-1]["published"], reverse=True)
-        return found[: yt.replies_per_video]
+        return found[: yt.replies_per_video] if yt.pick == "latest" else found
+
+    def _budget(self, settings: Settings, db: Database) -> int:
+        """Replies the storage budget still allows: a share of the interactions everything
+        else recorded over the window, less the replies made over it already."""
+        cutoff = utcnow() - dt.timedelta(days=settings.youtube.window_days)
+        with db.read() as session:
+            grown = session.scalar(
+                select(func.count(Interaction.id)).where(
+                    Interaction.created_at >= cutoff, Interaction.kind != NAME
+                )
+            )
+            made = session.scalar(
+                select(func.count(ConnectorReply.id)).where(
+                    ConnectorReply.connector == NAME, ConnectorReply.created_at >= cutoff
+                )
+            )
+        return max(0, math.floor(settings.youtube.storage_budget * (grown or 0)) - (made or 0))
 
     def _mark_done(self, db: Database, videos: list[str]) -> int:
         if not videos:
