@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from selftune.api.app import create_app
 from selftune.config import Settings, load_settings
 from selftune.engines.transformers_engine import TransformersEngine
-from tests.integration.lora_versions import save_random_lora
+from tests.integration.lora_versions import add_version, save_random_lora
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +59,18 @@ def adapter_engine(tiny_model_dir: Path) -> TransformersEngine:
 @pytest.fixture(scope="module")
 def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "peft", seed=1)
+
+
+@pytest.fixture
+def versioned_client(
+    settings_env: Path, tiny_model_dir: Path, adapter_engine: TransformersEngine, lora: Path
+) -> Iterator[TestClient]:
+    """The tiny model served with one stored version, v1 (a random LoRA), not promoted."""
+    settings = tiny_settings(tiny_model_dir)
+    app = create_app(settings, engine=adapter_engine)
+    add_version(settings, app.state.selftune.db, lora, "v1")
+    with TestClient(app) as client:
+        yield client
 
 
 @dataclasses.dataclass(frozen=True)

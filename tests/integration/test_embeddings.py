@@ -5,33 +5,17 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from selftune.api import embeddings
-from selftune.api.app import create_app
 from selftune.api.embeddings import Embedder
 from selftune.api.state import AppState
-from selftune.engines.transformers_engine import TransformersEngine
-from tests.integration.conftest import tiny_settings
-from tests.integration.lora_versions import add_version
 
 HIDDEN = 64  # the tiny model's hidden size
-
-
-@pytest.fixture
-def embed_client(
-    settings_env: Path, tiny_model_dir: Path, adapter_engine: TransformersEngine, lora: Path
-) -> Iterator[TestClient]:
-    settings = tiny_settings(tiny_model_dir)
-    app = create_app(settings, engine=adapter_engine)
-    add_version(settings, app.state.selftune.db, lora, "v1")
-    with TestClient(app) as client:
-        yield client
 
 
 def _embed(client: TestClient, **body: Any) -> dict[str, Any]:
@@ -45,8 +29,8 @@ def _norm(vector: Sequence[float]) -> float:
     return math.sqrt(sum(x * x for x in vector))
 
 
-def test_openai_embeddings_shape_and_normalization(embed_client: TestClient) -> None:
-    client = embed_client
+def test_openai_embeddings_shape_and_normalization(versioned_client: TestClient) -> None:
+    client = versioned_client
     one = _embed(client, input="Hello world", model="selftune")
     assert one["object"] == "list" and one["model"] == "selftune"
     [item] = one["data"]
@@ -71,8 +55,8 @@ def test_openai_embeddings_shape_and_normalization(embed_client: TestClient) -> 
     assert decoded == pytest.approx(item["embedding"], abs=1e-6)
 
 
-def test_embeddings_of_a_version(embed_client: TestClient) -> None:
-    client = embed_client
+def test_embeddings_of_a_version(versioned_client: TestClient) -> None:
+    client = versioned_client
     base = _embed(client, input="Hello world", model="base")["data"][0]["embedding"]
     response = client.post("/v1/embeddings", json={"input": "Hello world", "model": "v1"})
     assert response.headers["X-Selftune-Version"] == "v1"
@@ -83,8 +67,8 @@ def test_embeddings_of_a_version(embed_client: TestClient) -> None:
     assert served.headers["X-Selftune-Version"] == "base"
 
 
-def test_llamacpp_embedding(embed_client: TestClient) -> None:
-    client = embed_client
+def test_llamacpp_embedding(versioned_client: TestClient) -> None:
+    client = versioned_client
     openai = _embed(client, input="Hello world")["data"][0]["embedding"]
     response = client.post("/embedding", json={"content": "Hello world"})
     assert response.status_code == 200, response.text
@@ -100,8 +84,8 @@ def test_llamacpp_embedding(embed_client: TestClient) -> None:
     assert [i["index"] for i in two] == [0, 1]
 
 
-def test_embedding_errors(embed_client: TestClient) -> None:
-    client = embed_client
+def test_embedding_errors(versioned_client: TestClient) -> None:
+    client = versioned_client
 
     def error(path: str, body: Any, status: int) -> str:
         response = client.post(path, json=body)
@@ -119,7 +103,7 @@ def test_embedding_errors(embed_client: TestClient) -> None:
 
 
 def test_a_registered_embedding_model_is_offered_by_name(
-    embed_client: TestClient, monkeypatch: pytest.MonkeyPatch
+    versioned_client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fake(_state: AppState) -> Embedder:
         return Embedder(
@@ -131,11 +115,11 @@ def test_a_registered_embedding_model_is_offered_by_name(
         )
 
     monkeypatch.setitem(embeddings._MODELS, "fake-embedder", fake)
-    body = _embed(embed_client, input=["abc", "de"], model="fake-embedder")
+    body = _embed(versioned_client, input=["abc", "de"], model="fake-embedder")
     assert body["model"] == "fake-embedder"
     assert body["data"][0]["embedding"] == pytest.approx([0.6, 0.8])
     assert body["usage"]["prompt_tokens"] == 5
-    missing = embed_client.post("/v1/embeddings", json={"input": "x", "model": "nope"})
+    missing = versioned_client.post("/v1/embeddings", json={"input": "x", "model": "nope"})
     assert "fake-embedder" in missing.json()["error"]["message"]
-    ids = embed_client.post("/v1/embeddings", json={"input": [1, 2], "model": "fake-embedder"})
+    ids = versioned_client.post("/v1/embeddings", json={"input": [1, 2], "model": "fake-embedder"})
     assert ids.status_code == 400

@@ -8,17 +8,12 @@ whose ``extra="forbid"`` catches a field that one has and the other has not.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from selftune.api import responses
-from selftune.api.app import create_app
-from selftune.engines.transformers_engine import TransformersEngine
-from tests.integration.conftest import tiny_settings
-from tests.integration.lora_versions import add_version
 
 # FastAPI's 200 for a handler that declares nothing: any JSON at all.
 UNDOCUMENTED = {"application/json": {"schema": {}}}
@@ -36,18 +31,6 @@ OLLAMA_ROUTES = {
     "POST /api/generate",
     "POST /api/show",
 }
-
-
-@pytest.fixture
-def app_client(
-    settings_env: Path, tiny_model_dir: Path, adapter_engine: TransformersEngine, lora: Path
-) -> Iterator[TestClient]:
-    """A stored version v1, so that /v1/models lists a version's card too."""
-    settings = tiny_settings(tiny_model_dir)
-    app = create_app(settings, engine=adapter_engine)
-    add_version(settings, app.state.selftune.db, lora, "v1")
-    with TestClient(app) as client:
-        yield client
 
 
 def _operations(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -130,16 +113,16 @@ REQUESTS: list[tuple[str, str, Any]] = [
 
 @pytest.mark.parametrize(("method", "path", "body"), REQUESTS)
 def test_json_bodies_are_what_the_schema_says(
-    app_client: TestClient, method: str, path: str, body: Any
+    versioned_client: TestClient, method: str, path: str, body: Any
 ) -> None:
-    response = app_client.request(method, path, json=body)
+    response = versioned_client.request(method, path, json=body)
     assert response.status_code == 200, response.text
-    content = _documented(app_client, method, path, 200)
+    content = _documented(versioned_client, method, path, 200)
     assert response.headers["content-type"] == "application/json"
     _check_body(content["application/json"]["schema"], response.json())
 
 
-def test_streams_and_text_are_served_as_documented(app_client: TestClient) -> None:
+def test_streams_and_text_are_served_as_documented(versioned_client: TestClient) -> None:
     for path, body in [
         ("/v1/chat/completions", {**CHAT, "max_tokens": 3, "stream": True}),
         (
@@ -148,32 +131,32 @@ def test_streams_and_text_are_served_as_documented(app_client: TestClient) -> No
         ),
         ("/completion", {"prompt": "Once", "n_predict": 3, "stream": True}),
     ]:
-        response = app_client.post(path, json=body)
+        response = versioned_client.post(path, json=body)
         assert response.status_code == 200, response.text
         media_type = response.headers["content-type"].split(";")[0]
-        assert media_type in _documented(app_client, "POST", path, 200), path
+        assert media_type in _documented(versioned_client, "POST", path, 200), path
         assert media_type == "text/event-stream"
-    metrics = app_client.get("/metrics")
-    assert metrics.headers["content-type"] in _documented(app_client, "GET", "/metrics", 200)
+    metrics = versioned_client.get("/metrics")
+    assert metrics.headers["content-type"] in _documented(versioned_client, "GET", "/metrics", 200)
 
 
 def test_the_last_event_of_a_llamacpp_stream_is_the_documented_object(
-    app_client: TestClient,
+    versioned_client: TestClient,
 ) -> None:
-    response = app_client.post(
+    response = versioned_client.post(
         "/completion", json={"prompt": "Once", "n_predict": 3, "stream": True}
     )
     events = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
     responses.LlamaCompletion.model_validate_json(events[-1])
 
 
-def test_errors_are_the_documented_error_body(app_client: TestClient) -> None:
+def test_errors_are_the_documented_error_body(versioned_client: TestClient) -> None:
     for method, path, body in [
         ("POST", "/v1/chat/completions", {"model": "selftune", "messages": []}),  # 400
         ("POST", "/v1/chat/completions", {**CHAT, "model": "v9"}),  # 404
         ("GET", "/api/jobs/12345", None),  # 404
         ("POST", "/api/rollback", {}),  # 409: nothing to roll back
     ]:
-        response = app_client.request(method, path, json=body)
+        response = versioned_client.request(method, path, json=body)
         assert 400 <= response.status_code < 500, response.text
         responses.ErrorBody.model_validate(response.json())
