@@ -129,9 +129,11 @@ def _wait_healthy(
             raise RuntimeError(f"selftune serve exited with {process.returncode}")
         with contextlib.suppress(httpx.TransportError):
             health = client.get("/health")
-            # Ready when the model is loaded and a worker is in one of the states.
-            if health.status_code == 200 and any(
-                w["state"] in worker_states for w in health.json()["workers"]
+            # Ready when the model is loaded and a worker is in one of the states (any worker,
+            # or none, when no states are given: a server started without one).
+            if health.status_code == 200 and (
+                not worker_states
+                or any(w["state"] in worker_states for w in health.json()["workers"])
             ):
                 return
         if time.monotonic() > deadline:
@@ -149,7 +151,8 @@ def running_server(
 ) -> Iterator[Server]:
     """``selftune serve`` with its worker, on a free loopback port, stopped on exit. It is
     yielded once the worker is in one of ``worker_states``: by default, warmed up, the
-    training step compiled; ``("compiling", "ready", "busy")``: taking jobs."""
+    training step compiled; ``("compiling", "ready", "busy")``: taking jobs; ``()``: as soon as
+    the model is loaded (for a server started with ``SELFTUNE_SERVE__START_WORKER=false``)."""
     port = free_port()
     environment = {
         **os.environ,

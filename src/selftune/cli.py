@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="List, create, revoke and rotate API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
@@ -190,7 +190,10 @@ def train(
     if view["status"] != "succeeded":
         _fail(f"job {job_id} {view['status']}: {view['error']}")
     result = view["result"]
+    # The job ran (exit 0) whether or not its version is served; a refused one says so.
     typer.echo(f"version {result['version']}: {_verdict(result)}")
+    if not result["promoted"] and view.get("next_step"):
+        typer.echo(f"next: {view['next_step']}")
 
 
 def _verdict(result: dict[str, Any]) -> str:
@@ -200,7 +203,7 @@ def _verdict(result: dict[str, Any]) -> str:
         return f"promoted ({reason})"
     if result.get("not_promoted"):  # absent from results stored by earlier releases
         return f"passed its gate but not promoted: {result['not_promoted']}"
-    return f"kept back by the gate ({reason})"
+    return f"learned, not served: the gate refused it ({reason})"
 
 
 @app.command()
@@ -212,6 +215,7 @@ def status(
 ) -> None:
     """Show what is served, the versions, and recent jobs."""
     from selftune.registry.versions import serving_target
+    from selftune.store.jobs import train_outcome
     from selftune.store.schema import Interaction, Job, TrainingExample, Version
 
     settings = _settings()
@@ -237,9 +241,12 @@ def status(
             parent = session.get(Version, v.parent_id).name if v.parent_id else "base"  # type: ignore[union-attr]
             table.add_row(v.name, parent, *_gate_columns(v.gate))
         Console().print(table)
-        jobs_table = Table("job", "status", "stage", "error", title="recent jobs")
+        jobs_table = Table(
+            "job", "kind", "status", "stage", "outcome", "error", title="recent jobs"
+        )
         for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(10)):
-            jobs_table.add_row(str(j.id), j.status, j.stage, j.error or "")
+            outcome, _ = train_outcome(j.kind, j.status, j.result)
+            jobs_table.add_row(str(j.id), j.kind, j.status, j.stage, outcome or "", j.error or "")
         Console().print(jobs_table)
 
 
@@ -446,6 +453,28 @@ def timestep(
         raise typer.Exit(1)
 
 
+@keys_app.command("list")
+def keys_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+) -> None:
+    """List keys by prefix: owner, rights, dates, status. Never the keys or their hashes."""
+    from selftune.api.keys import list_keys
+
+    table = Table("prefix", "user", "admin", "name", "created", "expires", "last used", "status")
+    for key in list_keys(_database(_settings()), user):
+        table.add_row(
+            key["prefix"],
+            key["user"],
+            "yes" if key["admin"] else "",
+            key["name"] or "",
+            key["created_at"],
+            key["expires_at"] or "never",
+            key["last_used_at"] or "never",
+            key["status"] + (f" {key['revoked_at']}" if key["revoked_at"] else ""),
+        )
+    Console().print(table)
+
+
 @keys_app.command("create")
 def keys_create(
     user: Annotated[str, typer.Option(help="The key's owner.")],
@@ -453,23 +482,85 @@ def keys_create(
         bool,
         typer.Option(
             help="The key may also change what every user is served: promote, roll back, "
-            "load and unload adapters."
+            "load and unload adapters, manage keys."
         ),
     ] = False,
+    name: Annotated[str | None, typer.Option(help="A label: where the key is used.")] = None,
+    expires_in: Annotated[
+        float | None, typer.Option(help="Days until the key expires (default: never).")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="When the key expires, ISO 8601 (naive: UTC).")
+    ] = None,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
-    from selftune.api.auth import create_key
+    import datetime as dt
 
-    typer.echo(create_key(_database(_settings()), user, admin=admin))
+    from selftune.api.auth import create_key
+    from selftune.api.errors import ApiError
+    from selftune.api.keys import expiry
+
+    try:
+        at = dt.datetime.fromisoformat(expires) if expires else None
+        expires_at = expiry(expires_in, at)
+    except ValueError:
+        _fail(f"--expires {expires!r} is not an ISO 8601 time (2026-12-31 or 2026-12-31T18:00)")
+        return
+    except ApiError as exc:
+        _fail(exc.message)
+        return
+    key = create_key(_database(_settings()), user, admin=admin, name=name, expires_at=expires_at)
+    typer.echo(key)
 
 
 @keys_app.command("revoke")
-def keys_revoke(user: Annotated[str, typer.Option(help="Revoke every key of this user.")]) -> None:
-    """Revoke all keys of a user."""
+def keys_revoke(
+    user: Annotated[str | None, typer.Option(help="Revoke every key of this user.")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Revoke the one key with this prefix ('keys list').")
+    ] = None,
+) -> None:
+    """Revoke all keys of a user, or one key by its prefix."""
     from selftune.api.auth import revoke_keys
+    from selftune.api.errors import ApiError
+    from selftune.api.keys import revoke_key
 
-    n = revoke_keys(_database(_settings()), user)
-    typer.echo(f"revoked {n} keys")
+    if (user is None) == (prefix is None):
+        _fail("give --user NAME (all their keys) or --prefix PREFIX (one key)", 2)
+    db = _database(_settings())
+    if user is not None:
+        typer.echo(f"revoked {revoke_keys(db, user)} keys")
+        return
+    assert prefix is not None
+    try:
+        key = revoke_key(db, prefix)
+    except ApiError as exc:
+        _fail(exc.message)
+        return
+    typer.echo(f"revoked {key['prefix']} of {key['user']}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    prefix: Annotated[str, typer.Option(help="The key to replace, by its prefix ('keys list').")],
+    grace_minutes: Annotated[
+        float, typer.Option(min=0, help="How long the old key keeps working.")
+    ] = 60,
+) -> None:
+    """Replace a key: a new one for the same owner and rights is printed once, and the old one
+    expires after the grace period, time to move its clients over."""
+    import datetime as dt
+
+    from selftune.api.errors import ApiError
+    from selftune.api.keys import rotate_key
+
+    try:
+        key, old = rotate_key(_database(_settings()), prefix, dt.timedelta(minutes=grace_minutes))
+    except ApiError as exc:
+        _fail(exc.message)
+        return
+    console.print(f"{old['prefix']} of {old['user']} now expires at {old['expires_at']}")
+    typer.echo(key)
 
 
 def main() -> None:

@@ -110,6 +110,12 @@ class ServeSettings(_Section):
         description="Require an API key (Authorization: Bearer ...) on every API call. "
         "Create keys with 'selftune keys create'.",
     )
+    auth_failures_per_minute: int = Field(
+        10,
+        ge=0,
+        description="Invalid API keys one client address may send in a minute (with "
+        "serve.auth_required) before its requests get 429 until the minute is over; 0: no limit.",
+    )
     allow_open_public: bool = Field(
         False,
         description="Let 'selftune serve' bind beyond loopback (serve.host) without "
@@ -130,6 +136,24 @@ class ServeSettings(_Section):
     )
     adapter_poll_seconds: float = Field(
         0.25, gt=0, description="How often the server checks for a newly promoted version."
+    )
+    max_queued_requests: int = Field(
+        16,
+        ge=0,
+        description="Generation requests that may wait for the model while it answers "
+        "another; past them a request gets 429 at once, with Retry-After.",
+    )
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes; a larger one gets 413 before it "
+        "is read whole (sent with Content-Length or in chunks).",
+    )
+    rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        description="API calls one API key (or, without a valid key, one client address) may "
+        "make in a minute, in a burst or spread out; past it, 429 with Retry-After. 0: no limit.",
     )
 
     @field_validator("chat_template")
@@ -174,7 +198,26 @@ class TrainSettings(_Section):
     warmup_steps: int = Field(
         2, ge=0, description="Steps of linear learning-rate warm-up; constant after."
     )
-    steps: int = Field(25, ge=1, le=100_000, description="Most optimizer steps per training job.")
+    steps: int = Field(
+        25,
+        ge=1,
+        le=100_000,
+        description="Optimizer steps of a job with little material; more material takes more "
+        "(train.min_epochs), early stopping may take fewer.",
+    )
+    min_epochs: int = Field(
+        10,
+        ge=1,
+        description="A job passes over its new examples at least this many times, taking more "
+        "steps than train.steps where it has more material (20 facts are not learned in the "
+        "steps one fact needs).",
+    )
+    max_steps: int = Field(
+        400,
+        ge=1,
+        le=100_000,
+        description="The most optimizer steps a job takes, however much material it has.",
+    )
     batch_size: int = Field(7, ge=1, description="Sequences per optimizer step.")
     max_seq_len: int = Field(256, ge=16, description="Training sequences are cut to this length.")
     stop_loss: float = Field(
@@ -206,6 +249,28 @@ class TrainSettings(_Section):
         ge=1,
         description="Replay holds the model to the base's distributions on the first this many "
         "tokens of each base answer, where answers say what they know; longer costs time.",
+    )
+    augment: bool = Field(
+        True,
+        description="Also teach each corrected answer to open requests about the question's "
+        "subject and to the question reworded (data.augment), so that it holds beyond one "
+        "wording.",
+    )
+    second_attempt: bool = Field(
+        True,
+        description="When the gate refuses a candidate only for what it forgot (retention, "
+        "regression loss, forgetting), train once more with the replay held 4x harder; the "
+        "gate is not loosened and both versions are kept.",
+    )
+    neighbour_subjects: int = Field(
+        4,
+        ge=0,
+        description="Neighbour prompts made from each taught question: its shape about other "
+        "subjects, held to the base's answers so a fact does not leak into similar questions "
+        "(data.neighbours); 0: none.",
+    )
+    neighbours_per_step: int = Field(
+        2, ge=0, description="Neighbour prompts added to each step's replay sequences."
     )
     replay_top_k: int = Field(
         64,
@@ -280,6 +345,13 @@ class GateSettings(_Section):
         ge=0,
         description="The candidate may be at most this much worse (relative, 0.10 = 10%) than "
         "the served version on the regression set's loss.",
+    )
+    forgetting_tolerance: float = Field(
+        0.5,
+        ge=0,
+        description="Forgetting: a candidate's loss on the base's own answers to the replay "
+        "prompts and to the job's neighbour prompts may be at most this much (relative) above "
+        "the base's.",
     )
     min_answer_retention: float = Field(
         1.0,

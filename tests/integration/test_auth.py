@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from selftune.api import auth
 from selftune.api.app import create_app
 from selftune.api.auth import create_key, hash_key, revoke_keys
 from selftune.engines.transformers_engine import TransformersEngine
-from selftune.store.schema import ApiKey, Interaction
+from selftune.store.schema import ApiKey, Interaction, as_utc
 from tests.integration.conftest import tiny_settings
 
 CHAT = {"model": "selftune", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -206,3 +207,163 @@ def test_a_request_without_a_key_reads_nothing_from_the_store(
     assert hops == []
     keyed = client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer x"})
     assert keyed.status_code == 200 and hops == ["Bearer x"]
+
+
+# --- key lifetimes and management ------------------------------------------------------------
+def _db(client: TestClient) -> Any:
+    return client.app.state.selftune.db  # type: ignore[attr-defined]
+
+
+def _prefix(headers: dict[str, str]) -> str:
+    return headers["Authorization"].split()[1][: auth.PREFIX_LENGTH]
+
+
+def test_an_expired_key_is_refused_and_says_how_to_get_another(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, _, _ = secured
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    expired = {"Authorization": f"Bearer {create_key(_db(client), 'carol', expires_at=past)}"}
+    refused = client.get("/v1/models", headers=expired)
+    assert refused.status_code == 401
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_api_key"
+    assert "expired" in error["message"] and "selftune keys create" in error["message"]
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    valid = {"Authorization": f"Bearer {create_key(_db(client), 'carol', expires_at=later)}"}
+    assert client.get("/v1/models", headers=valid).status_code == 200
+
+
+def test_an_open_server_takes_an_expired_key_as_none(client: TestClient) -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    expired = {"Authorization": f"Bearer {create_key(_db(client), 'alice', expires_at=past)}"}
+    body = client.post("/v1/chat/completions", json={**CHAT, "user": "bob"}, headers=expired)
+    assert _recorded_user(client, body.json()["id"]) == "bob"
+
+
+def test_last_used_is_written_at_most_once_a_minute(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, _ = secured
+
+    def last_used() -> dt.datetime | None:
+        with _db(client).read() as session:
+            return session.scalar(select(ApiKey.last_used_at).where(ApiKey.user_id == "alice"))
+
+    assert last_used() is None
+    client.get("/v1/models", headers=alice)
+    first = last_used()
+    assert first is not None
+    client.get("/v1/models", headers=alice)
+    assert last_used() == first  # within the minute: not written again
+    with _db(client).write() as session:  # a minute later
+        key = session.scalars(select(ApiKey).where(ApiKey.user_id == "alice")).one()
+        key.last_used_at = first - dt.timedelta(minutes=2)
+    client.get("/v1/models", headers=alice)
+    assert as_utc(last_used()) > as_utc(first) - dt.timedelta(seconds=1)  # type: ignore[arg-type]
+
+
+def test_keys_are_listed_by_prefix_and_never_shown_again(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, _ = secured
+    admin = {"Authorization": f"Bearer {create_key(_db(client), 'ops', admin=True)}"}
+    everyone = client.get("/api/keys", headers=admin).json()["data"]
+    assert {k["user"] for k in everyone} == {"alice", "bob", "ops"}
+    assert all(k["status"] == "active" and len(k["prefix"]) == 12 for k in everyone)
+    listed = client.get("/api/keys", headers=alice)
+    assert [k["prefix"] for k in listed.json()["data"]] == [_prefix(alice)]
+    key = alice["Authorization"].split()[1]
+    assert key not in listed.text and hash_key(key) not in listed.text
+    assert client.get("/api/keys?user=bob", headers=alice).json()["data"] == []
+    assert len(client.get("/api/keys?user=bob", headers=admin).json()["data"]) == 1
+
+
+def test_admins_create_rotate_and_revoke_keys(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, alice, bob = secured
+    admin = {"Authorization": f"Bearer {create_key(_db(client), 'ops', admin=True)}"}
+    made = client.post(
+        "/api/keys", json={"user": "dana", "name": "laptop", "expires_in_days": 30}, headers=admin
+    )
+    assert made.status_code == 201, made.text
+    dana = {"Authorization": f"Bearer {made.json()['key']}"}
+    assert made.json()["name"] == "laptop" and made.json()["expires_at"]
+    assert client.get("/v1/models", headers=dana).status_code == 200
+    refused = client.post("/api/keys", json={"user": "alice", "admin": True}, headers=alice)
+    assert refused.status_code == 403
+
+    # Rotation: the new key has the old one's owner, name and lifetime; the old one has grace.
+    rotated = client.post(f"/api/keys/{_prefix(dana)}/rotate", json={}, headers=admin)
+    assert rotated.status_code == 201, rotated.text
+    new = {"Authorization": f"Bearer {rotated.json()['key']}"}
+    assert rotated.json()["user"] == "dana" and rotated.json()["name"] == "laptop"
+    assert client.get("/v1/models", headers=new).status_code == 200
+    assert client.get("/v1/models", headers=dana).status_code == 200  # within its grace
+    again = client.post(
+        f"/api/keys/{_prefix(new)}/rotate", json={"grace_minutes": 0}, headers=admin
+    )
+    assert client.get("/v1/models", headers=new).status_code == 401  # no grace: expired
+    newest = {"Authorization": f"Bearer {again.json()['key']}"}
+    assert client.get("/v1/models", headers=newest).status_code == 200
+
+    # Revoking: any key with an admin's key, one's own with a user's, no one else's.
+    assert client.delete(f"/api/keys/{_prefix(bob)}", headers=alice).status_code == 404
+    assert client.delete(f"/api/keys/{_prefix(alice)}", headers=alice).json()["status"] == (
+        "revoked"
+    )
+    assert client.get("/v1/models", headers=alice).status_code == 401
+    assert client.delete(f"/api/keys/{_prefix(bob)}", headers=admin).status_code == 200
+    assert client.get("/v1/models", headers=bob).status_code == 401
+
+
+def test_a_prefix_that_names_several_keys_is_refused(
+    secured: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    client, _, _ = secured
+    admin = {"Authorization": f"Bearer {create_key(_db(client), 'ops', admin=True)}"}
+    with _db(client).write() as session:  # two keys from when prefixes had 8 characters
+        for n in (1, 2):
+            session.add(ApiKey(user_id="ops", key_hash=f"{n}" * 64, prefix="st-SAME_"))
+    clash = client.delete("/api/keys/st-SAME_", headers=admin)
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "ambiguous_key_prefix"
+    assert client.delete("/api/keys/st-SAM", headers=admin).status_code == 400  # too short
+    # "_" is a wildcard in SQL's LIKE; here it is only a character.
+    assert client.delete("/api/keys/st-SAM__", headers=admin).status_code == 404
+
+
+# --- failed attempts --------------------------------------------------------------------------
+def test_failed_attempts_are_limited_per_address(
+    settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
+) -> None:
+    settings = tiny_settings(
+        tiny_model_dir, serve={"auth_required": True, "auth_failures_per_minute": 3}
+    )
+    app = create_app(settings, engine=tiny_engine)
+    alice = {"Authorization": f"Bearer {create_key(app.state.selftune.db, 'alice')}"}
+    wrong = {"Authorization": "Bearer st-guess"}
+    with TestClient(app, client=("203.0.113.7", 5000)) as guesser:
+        for _ in range(3):
+            assert guesser.get("/v1/models", headers=wrong).status_code == 401
+        assert guesser.get("/v1/models").status_code == 401  # no key: not a guess
+        blocked = guesser.get("/v1/models", headers=wrong)
+        assert blocked.status_code == 429
+        assert blocked.json()["error"]["code"] == "too_many_invalid_keys"
+        assert 1 <= int(blocked.headers["Retry-After"]) <= 60
+        # Even a right key waits: else guessing would go on at full speed.
+        assert guesser.get("/v1/models", headers=alice).status_code == 429
+        with TestClient(app, client=("198.51.100.2", 5000)) as other:
+            assert other.get("/v1/models", headers=alice).status_code == 200
+
+
+def test_failed_attempts_leave_the_window_after_a_minute() -> None:
+    now = [1000.0]
+    attempts = auth.FailedAttempts(2, clock=lambda: now[0])
+    attempts.record("a")
+    now[0] += 30
+    attempts.record("a")
+    assert attempts.retry_after("a") == 30 and attempts.retry_after("b") is None
+    now[0] += 30
+    assert attempts.retry_after("a") is None  # the first failure is a minute old
+    assert auth.FailedAttempts(0).retry_after("a") is None  # 0: no limit

@@ -44,6 +44,31 @@ def test_status_tells_passed_failed_and_unevaluated_versions(settings_env: Path)
     assert "failed" not in rows["v3"] and "not evaluated" in rows["v3"]
 
 
+def test_status_tells_a_refused_candidate_from_a_served_one(settings_env: Path) -> None:
+    from selftune.config import load_settings
+    from selftune.store import jobs
+    from selftune.store.db import Database
+
+    db = Database(load_settings().resolved_database_url)
+    db.migrate()
+    gates = {
+        "v1": {"passed": True, "reason": "better on new material, no regression"},
+        "v2": {"passed": False, "reason": "new material: recall none", "decided_by": ["x"]},
+    }
+    for name, gate in gates.items():
+        job_id = jobs.enqueue(db, "train", "cli")
+        jobs.claim(db, "w")
+        result = {"version": name, "promoted": gate["passed"], "not_promoted": None, "gate": gate}
+        jobs.finish(db, job_id, "succeeded", result=result, worker_id="w")
+    db.dispose()
+
+    result = runner.invoke(app, ["status"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if "│ train" in line}
+    assert "served" in rows["1"] and "not served" not in rows["1"]
+    assert "learned, not served: new material: recall none" in rows["2"]
+
+
 def test_train_without_material_fails_clearly(settings_env: Path) -> None:
     result = runner.invoke(app, ["train", "--no-wait"])
     assert result.exit_code == 1
@@ -59,7 +84,7 @@ def test_train_says_what_became_of_the_version() -> None:
     )
     failed = {"reason": "regression: 50% of known answers kept, needs 100%"}
     assert _verdict({"promoted": False, "not_promoted": None, "gate": failed}) == (
-        f"kept back by the gate ({failed['reason']})"
+        f"learned, not served: the gate refused it ({failed['reason']})"
     )
 
 
@@ -121,6 +146,33 @@ def test_keys_create_admin_makes_an_admin_key(settings_env: Path) -> None:
     db.dispose()
     assert admin_of[hash_key(keys["erin"])] is True
     assert admin_of[hash_key(keys["frank"])] is False
+
+
+def test_keys_are_listed_rotated_and_revoked_by_prefix(settings_env: Path) -> None:
+    wide = CliRunner(env={"COLUMNS": "200"})
+    made = runner.invoke(app, ["keys", "create", "--user", "gail", "--expires-in", "30"])
+    assert made.exit_code == 0, made.output
+    key = made.output.strip()
+    prefix = key[:12]
+    listed = wide.invoke(app, ["keys", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert prefix in listed.output and key not in listed.output and "gail" in listed.output
+
+    rotated = runner.invoke(app, ["keys", "rotate", "--prefix", prefix, "--grace-minutes", "5"])
+    assert rotated.exit_code == 0, rotated.output
+    new_key = rotated.output.strip().splitlines()[-1]
+    assert new_key.startswith("st-") and new_key != key
+    assert "now expires at" in rotated.output
+
+    revoked = runner.invoke(app, ["keys", "revoke", "--prefix", new_key[:12]])
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    assert "revoked" in wide.invoke(app, ["keys", "list", "--user", "gail"]).output
+    unknown = runner.invoke(app, ["keys", "revoke", "--prefix", "st-nosuchkey"])
+    assert unknown.exit_code == 1 and "no API key" in unknown.output
+    neither = runner.invoke(app, ["keys", "revoke"])
+    assert neither.exit_code == 2
+    past = runner.invoke(app, ["keys", "create", "--user", "gail", "--expires", "2001-01-01"])
+    assert past.exit_code == 1 and "in the past" in past.output
 
 
 def test_status_settings_lists_every_setting_with_its_section(settings_env: Path) -> None:

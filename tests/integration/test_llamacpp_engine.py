@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from selftune.data.tokenize import tokenize_chat
-from selftune.engines.base import AdapterRef, EngineError, GenerationParams
+from selftune.engines.base import STREAM_END, AdapterRef, EngineError, GenerationParams
 from selftune.engines.llamacpp_engine import LlamaCppEngine
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.export.gguf_adapter import export_gguf_adapter
@@ -323,3 +323,17 @@ def test_gpu_layers_change_nothing_on_a_cpu_build(
     assert engine.gpu_layers == -1
     assert cpu_only.greedy_batch(prompts, 16, None) == engine.greedy_batch(prompts, 16, None)
     cpu_only.close()
+
+
+def test_a_generation_stopped_while_it_waits_never_starts(engine: LlamaCppEngine) -> None:
+    """A request whose client left while it waited for the compute thread costs it nothing,
+    not even its prompt: the server frees the client's place, the engine skips the work."""
+    busy = threading.Event()
+    engine.on_compute_thread(lambda: None)  # the engine is idle
+    engine._compute.submit(busy.wait, 30)  # someone else's answer holds the compute thread
+    emitted: list[object] = []
+    cancel = engine.push_stream(QUESTIONS[0], GREEDY, None, emitted.append)
+    cancel()
+    busy.set()
+    engine.on_compute_thread(lambda: None)  # after the queued work
+    assert emitted == [STREAM_END]

@@ -48,7 +48,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0004"]
+    assert versions == ["0005"]
 
 
 def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
@@ -109,6 +109,33 @@ def test_connector_replies_arrive_on_the_previous_schema_and_go_back(tmp_path: P
     assert "connector_replies" not in _tables(db)
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT id FROM users")).scalars().all() == ["old"]
+
+
+def test_keys_made_before_lifetimes_never_expire_and_survive_the_step_back(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    _migrate_to(db, "0004")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, created_at) VALUES ('old', '2026-01-01')"))
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (user_id, key_hash, prefix, created_at) "
+                "VALUES ('old', 'h', 'st-abcde', '2026-01-01')"
+            )
+        )
+    db.migrate()
+    with db.read() as session:
+        key = session.scalars(select(ApiKey)).one()
+        assert (key.prefix, key.name, key.expires_at, key.last_used_at) == (
+            "st-abcde",
+            None,
+            None,
+            None,
+        )
+    _migrate_to(db, "0004", down=True)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT key_hash FROM api_keys")).scalars().all() == ["h"]
 
 
 def test_migrating_twice_is_a_no_op(db: Database) -> None:

@@ -25,6 +25,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = (
@@ -34,6 +35,7 @@ class ApiError(Exception):
             code,
             param,
         )
+        self.headers = headers  # sent with the error: Retry-After on a 429
 
 
 def error_body(
@@ -56,7 +58,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status
+            error_body(exc.message, exc.type, exc.code, exc.param),
+            status_code=exc.status,
+            headers=exc.headers,
         )
 
     @app.exception_handler(InvalidRequest)
@@ -77,7 +81,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), kind, None), status_code=exc.status_code)
+        code = getattr(exc, "code", None)  # set by the ones selftune raises (a 413's)
+        return JSONResponse(
+            error_body(str(exc.detail), kind, code),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

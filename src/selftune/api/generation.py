@@ -3,16 +3,23 @@
 The OpenAI routes and llama.cpp's ``/completion`` shape their responses differently but generate
 through :class:`Generation`, so each of them is counted in ``/metrics`` and recorded the same
 way: one interaction, committed before the client gets the end of the answer.
+
+Each answer takes a place in the engine's bounded queue first (api/overload.py), a 429 when it
+is full, and gives it back when it ends or its client leaves: a streamed answer is stopped by
+Starlette when the client disconnects, a whole one by :func:`whole_answer`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.errors import ApiError
@@ -30,6 +37,7 @@ __all__ = [
     "count_prompt_tokens",
     "room_for",
     "version_headers",
+    "whole_answer",
 ]
 
 # Prompts up to this long are tokenized on the event loop: llama.cpp takes tens of microseconds
@@ -111,16 +119,33 @@ class Generation:
         self._started = time.perf_counter()
         self._first_text: float | None = None
         self._ended: float | None = None
+        self._entered: float | None = None  # when it took its place in the queue; None: left
 
-    async def run(
+    def run(
         self, engine: Engine, prompt: Prompt, params: GenerationParams, *, match_stops: bool = False
     ) -> AsyncGenerator[Chunk, None]:
-        """Yield the answer's chunks; the last one has ``finish_reason`` set.
+        """Take a place in the engine's queue, or raise its 429 now (before a stream's headers
+        go out), and return the answer's chunks; the last one has ``finish_reason`` set.
 
         With ``match_stops`` the stop sequences are matched here instead of in the engine, so
         :attr:`stop_word` tells a stop sequence from the end-of-sequence token (llama.cpp's
         ``stop_type``); the engine is told to stop as soon as one is found.
         """
+        self._entered = self.state.admission.enter()
+        chunks = self._run(engine, prompt, params, match_stops)
+        # A stream whose client left before Starlette started it never runs its ``finally``:
+        # its place is given back when the stream is dropped.
+        weakref.finalize(chunks, self._leave)
+        return chunks
+
+    def _leave(self) -> None:
+        if self._entered is not None:
+            entered, self._entered = self._entered, None
+            self.state.admission.leave(entered, served=self._first_text is not None)
+
+    async def _run(
+        self, engine: Engine, prompt: Prompt, params: GenerationParams, match_stops: bool
+    ) -> AsyncGenerator[Chunk, None]:
         matcher = StopMatcher(params.stop) if match_stops else None
         engine_params = dataclasses.replace(params, stop=()) if matcher else params
         metrics = self.state.metrics
@@ -154,6 +179,7 @@ class Generation:
             self._done()  # an engine that ended without a finish reason: cut at the length
         finally:
             metrics.left(produced=self._first_text is not None)
+            self._leave()
 
     def _done(self) -> None:
         self._ended = time.perf_counter()
@@ -201,3 +227,40 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> str:
     """The stop sequence found earliest in ``text`` (the one StopMatcher cut at)."""
     hits = [(text.find(stop), stop) for stop in stops if stop and stop in text]
     return min(hits)[1] if hits else ""
+
+
+async def whole_answer(chunks: AsyncGenerator[Chunk, None], request: Request) -> None:
+    """Run an answer that is sent whole (not streamed) to its end, watching its client.
+
+    Starlette notices a disconnect only while it streams; without this, a client that gave up
+    (a timeout, a closed tab) would keep its place in the queue and the engine answering
+    nobody. If the client leaves first, the answer is stopped and a 499 raised (nginx's
+    "client closed request"; nobody reads it).
+    """
+    answer = asyncio.ensure_future(_drain(chunks))
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()  # the engine stops after its current token, the place is freed
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer
+    if answer.cancelled():
+        raise ApiError(
+            499, "the client closed the connection before the answer was ready", code="client_gone"
+        )
+    answer.result()  # the engine's error, if it failed
+
+
+async def _drain(chunks: AsyncGenerator[Chunk, None]) -> None:
+    async with contextlib.aclosing(chunks):
+        async for _ in chunks:
+            pass
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body is read: nothing else can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,6 +1,7 @@
 """What the server checks of every request before any route sees it: that it came for this
-server (its ``Host``), that a body is JSON (its ``Content-Type``), and which browser origins may
-call it (CORS, closed unless ``serve.cors_origins`` names some).
+server (its ``Host``), that a body is JSON (its ``Content-Type``) and not too large
+(``serve.max_request_bytes``), and which browser origins may call it (CORS, closed unless
+``serve.cors_origins`` names some).
 
 A request refused here reaches no route, so nothing of it is recorded. The ``Host`` check
 blocks DNS rebinding: a web page whose name was re-pointed at 127.0.0.1 sends its own name as
@@ -15,13 +16,14 @@ import json
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from selftune.api.errors import error_body
 from selftune.config import ServeSettings
 
-__all__ = ["allowed_hosts", "install_guards", "is_loopback"]
+__all__ = ["RequestTooLarge", "allowed_hosts", "install_guards", "is_loopback"]
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
@@ -135,9 +137,62 @@ class JsonBodyGuard:
         )
 
 
+class RequestTooLarge(HTTPException):
+    """413 for a body past ``serve.max_request_bytes``. It is raised where the route reads the
+    body, so the route's own error shape answers it (OpenAI's, or ollama's ``{"error"}``)."""
+
+    code = "request_too_large"  # the OpenAI-style body's code (api/errors.py)
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        size = f"{declared} bytes" if declared is not None else f"over {limit} bytes"
+        super().__init__(
+            413,
+            f"the request body is {size}; this server takes at most {limit} "
+            "(serve.max_request_bytes): send less, or raise that setting",
+        )
+
+
+class BodySizeGuard:
+    """Refuses (413) a body larger than ``limit`` before it is read whole: on the route's first
+    read when its ``Content-Length`` says so, else as soon as its chunks add up past it.
+
+    A body whose ``Content-Length`` is within the limit passes untouched: the HTTP server
+    delivers no more than that length, so there is nothing to count.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        length = _header(scope, b"content-length")
+        declared = int(length) if length is not None and length.strip().isdigit() else None
+        if declared is not None and declared <= limit:
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            if declared is not None:  # over the limit: refused before a byte is read
+                raise RequestTooLarge(limit, declared)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestTooLarge(limit, None)
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def install_guards(app: FastAPI, serve: ServeSettings) -> None:
-    """Add the checks, outermost first: Host, then CORS, then the body's content type (so a
-    refused body still carries CORS headers a browser needs to read the error)."""
+    """Add the checks, outermost first: Host, then CORS, then the body's content type and size
+    (so a refused body still carries CORS headers a browser needs to read the error)."""
+    app.add_middleware(BodySizeGuard, limit=serve.max_request_bytes)
     app.add_middleware(JsonBodyGuard)
     if serve.cors_origins:
         cors: dict[str, Any] = {

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +39,7 @@ from selftune.api.generation import (
     count_prompt_tokens,
     room_for,
     version_headers,
+    whole_answer,
 )
 from selftune.api.logprobs import llama_probabilities
 from selftune.api.manage import move_alias
@@ -105,7 +106,11 @@ _COMPLETION_STREAM = event_stream(
 @router.post("/completion", response_model=LlamaCompletion, responses=_COMPLETION_STREAM)
 @router.post("/completions", response_model=LlamaCompletion, responses=_COMPLETION_STREAM)
 async def completion(
-    body: LlamaCompletionRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+    body: LlamaCompletionRequest,
+    request: Request,
+    state: State,
+    caller: CurrentCaller,
+    engine: ReadyEngine,
 ) -> Response:
     target = await target_of(state, engine.name, body.model, body.lora)
     refuse_unsupported(body, "llama", greedy=_temperature(state, body) <= 0)
@@ -121,9 +126,7 @@ async def completion(
     if body.stream:
         events = _sse(chunks, generation, settings, prompt_text, body)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    async with contextlib.aclosing(chunks):
-        async for _ in chunks:
-            pass
+    await whole_answer(chunks, request)
     await run_in_threadpool(generation.record)
     final = _final(generation, settings, prompt_text, content=generation.text)
     final["tokens"] = _tokens(generation.logprobs, body)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from selftune.api.generation import (
     count_prompt_tokens,
     room_for,
     version_headers,
+    whole_answer,
 )
 from selftune.api.ollama_options import OllamaOptions, format_structure, read_options
 from selftune.api.ollama_schemas import (
@@ -87,8 +88,8 @@ INTERACTION_HEADER = "X-Selftune-Interaction-Id"
 _STARTED = dt.datetime.now(dt.UTC)  # modified_at of names with no version behind them
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class _OllamaRoute(APIRoute):
@@ -102,13 +103,13 @@ class _OllamaRoute(APIRoute):
             try:
                 return await handler(request)
             except ApiError as exc:
-                return _error(exc.status, exc.message)
+                return _error(exc.status, exc.message, exc.headers)
             except InvalidRequest as exc:
                 return _error(400, str(exc))
             except RequestValidationError as exc:
                 return _error(400, _validation_message(exc))
             except StarletteHTTPException as exc:
-                return _error(exc.status_code, str(exc.detail))
+                return _error(exc.status_code, str(exc.detail), exc.headers)
             except Exception as exc:
                 return _error(500, f"internal error: {type(exc).__name__}")
 
@@ -268,6 +269,7 @@ def _params(
 
 
 async def _answer(
+    request: Request,
     state: AppState,
     engine: Engine,
     target: Target,
@@ -289,9 +291,7 @@ async def _answer(
     if body.stream:
         lines = _stream(chunks, generation, shape, tools, started_ns)
         return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
-    async with contextlib.aclosing(chunks):
-        async for _ in chunks:
-            pass
+    await whole_answer(chunks, request)
     call = tools.find_call(generation.text) if tools else None
     if call is not None:
         generation.finish = "tool_calls"
@@ -387,7 +387,11 @@ _CHAT_STREAM = _ndjson(
 
 @router.post("/api/chat", response_model=OllamaChatChunk, responses=_CHAT_STREAM)
 async def chat(
-    body: OllamaChatRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+    body: OllamaChatRequest,
+    request: Request,
+    state: State,
+    caller: CurrentCaller,
+    engine: ReadyEngine,
 ) -> Response:
     target = await _target(state, engine, body.model)
     shape = _Shape(True, body.model)
@@ -404,7 +408,7 @@ async def chat(
     turns = prompt_messages(messages, tools, lambda: renders_tool_turns(render))
     prompt = checked_prompt(render, turns, template_sent=False)
     asked = Asked(f"chatcmpl-{uuid.uuid4().hex}", caller.user(None), "chat", turns)
-    return await _answer(state, engine, target, asked, prompt, body, shape, tools)
+    return await _answer(request, state, engine, target, asked, prompt, body, shape, tools)
 
 
 @router.post(
@@ -418,7 +422,11 @@ async def chat(
     ),
 )
 async def generate(
-    body: OllamaGenerateRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+    body: OllamaGenerateRequest,
+    request: Request,
+    state: State,
+    caller: CurrentCaller,
+    engine: ReadyEngine,
 ) -> Response:
     target = await _target(state, engine, body.model)
     shape = _Shape(False, body.model)
@@ -444,7 +452,7 @@ async def generate(
         except Exception as exc:
             raise ApiError(400, f"the chat template could not render the prompt: {exc}") from exc
         asked = Asked(interaction_id, caller.user(None), "chat", turns)
-    return await _answer(state, engine, target, asked, prompt, body, shape)
+    return await _answer(request, state, engine, target, asked, prompt, body, shape)
 
 
 # --- embeddings ------------------------------------------------------------------------------

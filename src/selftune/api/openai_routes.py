@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -33,6 +33,7 @@ from selftune.api.generation import (
     count_prompt_tokens,
     room_for,
     version_headers,
+    whole_answer,
 )
 from selftune.api.logprobs import TextOffsets, chat_logprobs, completion_logprobs
 from selftune.api.options import (
@@ -103,6 +104,7 @@ def _top_logprobs(body: Any) -> int | None:
 
 
 async def _answer(
+    request: Request,
     state: AppState,
     engine: Engine,
     target: Target,
@@ -132,9 +134,7 @@ async def _answer(
             stream = _text_sse(chunks, envelope, generation, include_usage, with_logprobs)
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
-    async with contextlib.aclosing(chunks):
-        async for _ in chunks:
-            pass
+    await whole_answer(chunks, request)
     if asked.kind == "chat":
         call = tools.find_call(generation.text) if tools else None
         if call is not None:
@@ -270,7 +270,7 @@ _CHAT_STREAM = event_stream(
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_CHAT_STREAM)
 @router.post("/chat/completions", response_model=ChatCompletion, responses=_CHAT_STREAM)
 async def chat_completions(
-    body: ChatRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+    body: ChatRequest, request: Request, state: State, caller: CurrentCaller, engine: ReadyEngine
 ) -> Response:
     target = await target_of(state, engine.name, body.model, body.lora)
     refuse_unsupported(body, "chat", greedy=_temperature(state, body) <= 0)
@@ -287,7 +287,7 @@ async def chat_completions(
         f"chatcmpl-{uuid.uuid4().hex}", caller.user(body.user), "chat", messages, body.chat_template
     )
     requested = body.max_completion_tokens or body.max_tokens
-    return await _answer(state, engine, target, asked, prompt, body, requested, tools)
+    return await _answer(request, state, engine, target, asked, prompt, body, requested, tools)
 
 
 @router.post(
@@ -300,7 +300,11 @@ async def chat_completions(
     ),
 )
 async def completions(
-    body: CompletionRequest, state: State, caller: CurrentCaller, engine: ReadyEngine
+    body: CompletionRequest,
+    request: Request,
+    state: State,
+    caller: CurrentCaller,
+    engine: ReadyEngine,
 ) -> Response:
     target = await target_of(state, engine.name, body.model, body.lora)
     refuse_unsupported(body, "completion", greedy=_temperature(state, body) <= 0)
@@ -311,7 +315,7 @@ async def completions(
     asked = Asked(
         f"cmpl-{uuid.uuid4().hex}", caller.user(body.user), "completion", [{"prompt": prompt}]
     )
-    return await _answer(state, engine, target, asked, prompt, body, body.max_tokens)
+    return await _answer(request, state, engine, target, asked, prompt, body, body.max_tokens)
 
 
 # llama-server lists its models at /models too.

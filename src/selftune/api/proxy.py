@@ -144,14 +144,14 @@ async def _handle(request: Request, state: AppState, caller: Caller, kind: str) 
         raise ApiError(400, "the request body must be a JSON object")
     share = upstream.settings.local_share
     if share > 0 and upstream.rng.random() < share and await upstream.local_is_good(state):
-        local = await _answer_locally(state, caller, kind, body)
+        local = await _answer_locally(request, state, caller, kind, body)
         if local is not None:
             return local
     try:
         return await _forward(upstream, request, state, caller, kind, raw, body)
     except httpx.TransportError as exc:
         if await upstream.local_is_good(state):
-            local = await _answer_locally(state, caller, kind, body)
+            local = await _answer_locally(request, state, caller, kind, body)
             if local is not None:
                 return local
         raise ApiError(
@@ -164,18 +164,18 @@ async def _handle(request: Request, state: AppState, caller: Caller, kind: str) 
 
 
 async def _answer_locally(
-    state: AppState, caller: Caller, kind: str, body: dict[str, Any]
+    request: Request, state: AppState, caller: Caller, kind: str, body: dict[str, Any]
 ) -> Response | None:
     """The local model's answer through the ordinary route, under the served name; None when
-    it cannot answer (still loading, a request it refuses, a failure)."""
+    it cannot answer (still loading, its queue full, a request it refuses, a failure)."""
     local = {**body, "model": state.settings.serve.model_name}
     try:
         engine = ready_engine(state)
         if kind == "chat":
             chat = ChatRequest.model_validate(local)
-            return await openai_routes.chat_completions(chat, state, caller, engine)
+            return await openai_routes.chat_completions(chat, request, state, caller, engine)
         completion = CompletionRequest.model_validate(local)
-        return await openai_routes.completions(completion, state, caller, engine)
+        return await openai_routes.completions(completion, request, state, caller, engine)
     except Exception as exc:
         log.info("the local model did not answer (%s); the upstream answers", exc)
         return None

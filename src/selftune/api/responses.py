@@ -463,6 +463,12 @@ class JobView(_Body):
     created_at: str = Field(description="ISO 8601")
     started_at: str | None
     finished_at: str | None
+    outcome: str | None = Field(
+        description="a finished training job's: 'served', 'learned, not served: <the gate's "
+        "reason>' (its gate refused the candidate), or 'not served: <why>' (it passed, but what "
+        "was served changed meanwhile); null for other jobs and unfinished ones"
+    )
+    next_step: str | None = Field(description="what to do about the outcome, in a sentence")
 
 
 class JobList(_Body):

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.auth import FailedAttempts
 from selftune.api.errors import ApiError
 from selftune.api.metrics import ServerMetrics
+from selftune.api.overload import Admission, RateLimit
 from selftune.config import Settings
 from selftune.engines.base import (
     STREAM_END,
@@ -53,6 +55,9 @@ class AppState:
         self.load_error: str | None = None
         self.serving = ServingTarget(None, "base", None, None)
         self.metrics = ServerMetrics()
+        self.admission = Admission(settings.serve.max_queued_requests)
+        self.rate_limit = RateLimit(settings.serve.rate_limit_per_minute)
+        self.failed_keys = FailedAttempts(settings.serve.auth_failures_per_minute)
         # Adapters loaded at runtime, by the name clients send as ``model``. Their AdapterRef
         # carries a negative version_id: they are not stored versions.
         self.runtime_adapters: dict[str, AdapterRef] = {}

@@ -274,6 +274,9 @@ class LlamaCppEngine:
         cancelled = threading.Event()
 
         def produce() -> None:
+            if cancelled.is_set():  # its client left while it waited: not even the prompt
+                emit(STREAM_END)
+                return
             try:
                 self._use(self._ctx, adapter)
                 with contextlib.closing(self._generate(ids, params)) as generation:

@@ -76,11 +76,16 @@ class ApiKey(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     # SHA-256 of the key; the key itself is shown once at creation and never stored.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(16))
+    # The key's first characters, to name it in listings and commands (never enough to use it).
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
     # An admin key may change what every user is served (promote, roll back, load adapters).
     admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    name: Mapped[str | None] = mapped_column(String(64))  # a label: "laptop", "ci"
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Written at most once a minute per key (api/auth.py), not on every request.
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Conversation(Base):
