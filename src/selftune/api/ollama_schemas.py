@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from selftune.api.schemas import refuse_unpaired_surrogates
 
 __all__ = [
     "OllamaChatChunk",
@@ -33,6 +35,11 @@ __all__ = [
 # --- requests ------------------------------------------------------------------------------
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, value: Any) -> Any:
+        return refuse_unpaired_surrogates(value)  # as the other routes' bodies
 
 
 class OllamaCalledFunction(_Request):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from selftune.store.schema import MAX_ID
 
@@ -26,6 +26,7 @@ __all__ = [
     "TokenizeRequest",
     "TrainRequest",
     "UnloadLoraRequest",
+    "refuse_unpaired_surrogates",
 ]
 
 TokenId = Annotated[int, Field(ge=0)]
@@ -33,12 +34,54 @@ TokenId = Annotated[int, Field(ge=0)]
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
+def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` (parsed JSON) a string holds an unpaired surrogate, or None."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "the body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _unpaired_surrogate(key) is not None:
+                return f"{path or 'the body'}: a key"
+            if (found := _unpaired_surrogate(item, where)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := _unpaired_surrogate(item, f"{path}.{index}" if path else str(index)):
+                return found
+    return None
+
+
+def refuse_unpaired_surrogates(value: Any) -> Any:
+    """A ``model_validator(mode="before")``: JSON's ``\\ud800`` escapes (an unpaired UTF-16
+    surrogate) parse into a Python string that is not Unicode text and that no tokenizer,
+    database or encoder takes: such a body is refused with a 400 that names the field."""
+    where = _unpaired_surrogate(value)
+    if where is not None:
+        raise ValueError(
+            f"the text at '{where}' is not valid Unicode (an unpaired surrogate such as \\ud800)"
+        )
+    return value
+
+
 class RequestModel(BaseModel):
     """The base of every request body: JSON's non-standard ``Infinity`` and ``NaN`` (which
     Python's parser reads) and numbers too large for a float are refused with a 400 that names
-    the field, never passed on to the sampler."""
+    the field, never passed on to the sampler; so are strings that are not Unicode text
+    (:func:`refuse_unpaired_surrogates`)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, value: Any) -> Any:
+        return refuse_unpaired_surrogates(value)
 
 
 class LoraScale(RequestModel):
@@ -181,6 +224,17 @@ class ChatMessage(RequestModel):
         return "".join(parts)
 
 
+def _checked_messages(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Text parts only, and content in every message but an assistant's with tool_calls."""
+    for message in messages:
+        message.text()  # rejects non-text parts early
+        if message.content is None and not (message.role == "assistant" and message.tool_calls):
+            raise ValueError(
+                "a message needs content (null only in an assistant message with tool_calls)"
+            )
+    return messages
+
+
 class _Sampling(RequestModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = Field(None, description="leave it out for the served model")
@@ -230,13 +284,7 @@ class ChatRequest(_Sampling, _SamplerOptions):
     @field_validator("messages")
     @classmethod
     def _last_is_not_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        for message in messages:
-            message.text()  # rejects non-text parts early
-            if message.content is None and not (message.role == "assistant" and message.tool_calls):
-                raise ValueError(
-                    "a message needs content (null only in an assistant message with tool_calls)"
-                )
-        return messages
+        return _checked_messages(messages)
 
 
 class CompletionRequest(_Sampling, _SamplerOptions):
@@ -340,6 +388,11 @@ class ApplyTemplateRequest(RequestModel):
     chat_template: str | None = Field(
         None, description="selftune extension: a preset name or Jinja template for this request"
     )
+
+    @field_validator("messages")
+    @classmethod
+    def _text_messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        return _checked_messages(messages)  # as chat completions checks them
 
 
 EmbeddingInput = str | list[TokenId]
