@@ -11,9 +11,11 @@ import sys
 
 BENCHMARKS = (
     "bench.learning_latency",
+    "bench.knowledge_editing",
     "bench.training_throughput",
     "bench.serving",
     "bench.proxy_latency",
+    "bench.fuzz",
 )
 
 status = 0

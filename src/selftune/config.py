@@ -212,6 +212,12 @@ class TrainSettings(_Section):
         "steps than train.steps where it has more material (20 facts are not learned in the "
         "steps one fact needs).",
     )
+    max_batch_size: int = Field(
+        36,
+        ge=2,
+        description="Sequences a step may grow to for a job with more material than "
+        "train.steps of train.batch_size pass over train.min_epochs times.",
+    )
     max_steps: int = Field(
         400,
         ge=1,
@@ -261,6 +267,21 @@ class TrainSettings(_Section):
         description="When the gate refuses a candidate only for what it forgot (retention, "
         "regression loss, forgetting), train once more with the replay held 4x harder; the "
         "gate is not loosened and both versions are kept.",
+    )
+    null_space_energy: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Keep each adapter in the directions its layer's inputs on general text "
+        "(the replay set) hardly use, those holding at most this share of their energy, so "
+        "answers decided by a hair stay as they were (training.null_space); 0: off.",
+    )
+    replay_subjects: int = Field(
+        0,
+        ge=0,
+        description="Each shipped replay prompt also comes with this many of its neighbours "
+        "(the same question about other subjects), answered by the base once and cached, so "
+        "replay holds the shapes of simple questions around it.",
     )
     neighbour_subjects: int = Field(
         4,
@@ -352,6 +373,14 @@ class GateSettings(_Section):
         description="Forgetting: a candidate's loss on the base's own answers to the replay "
         "prompts and to the job's neighbour prompts may be at most this much (relative) above "
         "the base's.",
+    )
+    min_known_margin: float = Field(
+        0.25,
+        ge=0,
+        description="Retention counts the regression questions the base answers right by at "
+        "least this many logits at every token up to the answer; those it answers by a hair "
+        "(listed in the gate's narrowly_known) flip between arithmetic orders of the same "
+        "weights, so no candidate is held to them.",
     )
     min_answer_retention: float = Field(
         1.0,

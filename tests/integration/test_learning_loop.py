@@ -98,6 +98,7 @@ def test_teach_train_promote_rollback(learning_client: Any) -> None:
     assert view["status"] == "succeeded", view
     result = view["result"]
     assert result["promoted"], result["gate"]
+    assert view["outcome"] == "served"
     gate = result["gate"]["figures"]
     assert gate["new_loss_candidate"] < gate["new_loss_current"]
     assert gate["heldout_examples"] == 1
@@ -112,7 +113,10 @@ def test_teach_train_promote_rollback(learning_client: Any) -> None:
     [version] = versions["data"]
     assert version["parent"] == "base"
     assert len(version["trained_on"]) == 2 and len(version["held_out"]) == 1
-    assert version["gate"]["passed"]
+    assert version["gate"]["passed"] and version["gate"]["decided_by"] == []
+    [judged] = version["gate"]["heldout"]  # what the gate decided on: the held-out answers
+    assert judged["expected_terms"] == ["quenmoor"] and judged["recall"] == 1.0
+    assert "Quenmoor" in judged["candidate_answer"] and judged["served_recall"] == 0.0
     manifest = verify_manifest(Path(settings.versions_dir / version["name"]))
     # The PEFT folder and the same adapter as a GGUF LoRA for llama.cpp, both checksummed.
     assert {"adapter_model.safetensors", "adapter_config.json", "adapter.gguf"} <= set(
@@ -131,6 +135,86 @@ def test_teach_train_promote_rollback(learning_client: Any) -> None:
     promoted = client.post(f"/api/versions/{result['version']}/promote", json={}).json()
     assert promoted["serving"] == result["version"]
     assert "Quenmoor" in answer(client, QUESTIONS[0])
+
+
+def test_a_refused_candidate_says_so_and_what_it_was_decided_on(
+    settings_env: Path, tiny_model_dir: Path
+) -> None:
+    """A step too small to learn anything: the job succeeds (it ran), its candidate is not
+    served, and the job and the version say why and what the gate looked at."""
+    settings = tiny_settings(
+        tiny_model_dir, train={"learning_rate": 1e-6, "steps": 1}, gate=LEARNING["gate"]
+    )
+    engine = TransformersEngine(tiny_model_dir, context_length=256)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        teach(client)
+        job = client.post("/api/train", json={}).json()["job_id"]
+        assert Worker(settings).run_once()
+        view = client.get(f"/api/jobs/{job}").json()
+        versions = client.get("/api/versions").json()
+    assert view["status"] == "succeeded", view
+    assert view["result"]["promoted"] is False
+    assert view["outcome"] == (
+        "learned, not served: new material: held-out answers recall none of what was taught"
+    )
+    assert "train again" in view["next_step"] and "gate.heldout" in view["next_step"]
+    assert versions["serving"] == "base"
+    [version] = versions["data"]
+    gate = version["gate"]
+    assert gate["passed"] is False and gate["decided_by"] == ["new material"]
+    assert [rule["rule"] for rule in gate["rules"]] == [
+        "new material",
+        "regression loss",
+        "retention",
+        "forgetting",
+    ]
+    [judged] = gate["heldout"]
+    assert judged["expected_terms"] == ["quenmoor"] and judged["recall"] == 0.0
+    assert judged["question"] in QUESTIONS
+    assert set(judged) == {
+        "question",
+        "expected_terms",
+        "served_answer",
+        "candidate_answer",
+        "served_recall",
+        "recall",
+    }
+    assert gate["changed_known_answers"] == []  # the tiny model knows none to lose
+
+
+def test_a_candidate_refused_for_forgetting_is_trained_again_with_replay_held_harder(
+    settings_env: Path, tiny_model_dir: Path
+) -> None:
+    """No tolerance for forgetting: the first candidate learns the fact but its loss on the
+    base's own answers rises, so the job trains a second one, the replay KL weighing 4x; both
+    are kept, the second recorded as such, and the gate is the same for both."""
+    settings = tiny_settings(
+        tiny_model_dir,
+        train=LEARNING["train"],
+        gate={**LEARNING["gate"], "forgetting_tolerance": 0},
+    )
+    engine = TransformersEngine(tiny_model_dir, context_length=256)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        teach(client)
+        job = client.post("/api/train", json={}).json()["job_id"]
+        assert Worker(settings).run_once()
+        view = client.get(f"/api/jobs/{job}").json()
+        versions = client.get("/api/versions").json()["data"]
+    result = view["result"]
+    first, second = result["attempts"]
+    assert not first["passed"] and "forgetting" in first["reason"]
+    assert [v["name"] for v in versions] == [first["version"], second["version"]]
+    assert result["version"] == second["version"]
+    trained = [v["train_metrics"] for v in versions]
+    assert [m["attempt"] for m in trained] == [1, 2]
+    assert trained[1]["config"]["replay_weight"] == 4 * trained[0]["config"]["replay_weight"]
+    assert "neighbour_prompts" in trained[0]  # the tiny model answers them with nothing
+    figures = versions[0]["gate"]["figures"]
+    assert (
+        figures["replay_loss_candidate"] > figures["replay_loss_base"]
+        or figures["neighbour_loss_candidate"] > figures["neighbour_loss_base"]
+    )
+    assert versions[0]["gate"]["policy"] == versions[1]["gate"]["policy"]
 
 
 def test_train_without_material_is_refused(learning_client: Any) -> None:

@@ -337,3 +337,30 @@ def test_a_generation_stopped_while_it_waits_never_starts(engine: LlamaCppEngine
     busy.set()
     engine.on_compute_thread(lambda: None)  # after the queued work
     assert emitted == [STREAM_END]
+
+
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_answer_margins_are_the_top_two_logits_gap_and_the_same_in_pytorch(
+    engine: LlamaCppEngine,
+    reference: TransformersEngine,
+    versions: list[AdapterRef],
+    with_adapter: bool,
+) -> None:
+    """How narrowly an answer was chosen: at each answer position the gap between the two
+    likeliest next tokens, the smallest over the answer; both engines measure it alike."""
+    adapter = versions[0] if with_adapter else None
+    chats = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": "Quenmoor is it."}]
+        for q in QUESTIONS
+    ]
+    examples = [tokenize_chat(engine.tokenizer, c, engine.default_template, 64) for c in chats]
+    ours = engine.answer_margins(examples, adapter)
+    for example, margin in zip(examples, ours, strict=True):
+        ids, labels = list(example.input_ids), list(example.labels)
+        positions = [t for t in range(len(ids) - 1) if labels[t + 1] != -100]
+        top2 = np.sort(engine.next_token_logits(ids, adapter)[positions], axis=1)[:, -2:]
+        assert margin == pytest.approx(float((top2[:, 1] - top2[:, 0]).min()), abs=1e-5)
+    assert reference.answer_margins(examples, adapter) == pytest.approx(ours, abs=1e-3)
+    no_answer = tokenize_chat(engine.tokenizer, chats[0], engine.default_template, 64)
+    no_answer.labels[:] = [-100] * len(no_answer.labels)
+    assert engine.answer_margins([no_answer], adapter) == [float("inf")]

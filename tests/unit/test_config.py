@@ -91,6 +91,8 @@ def test_the_trainers_defaults_are_the_settings_defaults(settings_env: Path) -> 
         "replay_per_step": settings.replay_per_step,
         "replay_weight": settings.replay_weight,
         "replay_top_k": settings.replay_top_k,
+        "neighbours_per_step": settings.neighbours_per_step,
+        "null_space_energy": settings.null_space_energy,
         "warmup_steps": settings.warmup_steps,
         "seed": settings.seed,
         "onednn_products": settings.onednn_products,

@@ -382,8 +382,11 @@ def test_job_view(db: Database) -> None:
         "created_at",
         "started_at",
         "finished_at",
+        "outcome",
+        "next_step",
     }
     assert queued["job_id"] == job_id
+    assert queued["outcome"] is None and queued["next_step"] is None
     assert queued["status"] == "queued"
     assert queued["started_at"] is None
     assert queued["finished_at"] is None
@@ -400,6 +403,39 @@ def test_job_view(db: Database) -> None:
     done = jobs.job_view(_job(db, job_id))
     assert done["result"] == {"version": "v1"}
     assert done["finished_at"] is not None
+
+
+_PASSED = {"passed": True, "reason": "better on new material, no regression", "decided_by": []}
+_REFUSED = {
+    "passed": False,
+    "reason": "regression: 88% of known answers kept, needs 100% (changed: 'What is 2+2?')",
+    "decided_by": ["retention"],
+}
+
+
+def test_a_refused_candidate_is_told_apart_from_a_served_one() -> None:
+    served = {"version": "v1", "promoted": True, "not_promoted": None, "gate": _PASSED}
+    outcome, step = jobs.train_outcome("train", "succeeded", served)
+    assert outcome == "served" and step is not None and "POST /api/rollback" in step
+
+    refused = {"version": "v2", "promoted": False, "not_promoted": None, "gate": _REFUSED}
+    outcome, step = jobs.train_outcome("train", "succeeded", refused)
+    assert outcome == f"learned, not served: {_REFUSED['reason']}"
+    assert step is not None and "changed_known_answers" in step and "v2" in step
+
+    moved = "the served version changed from v1 to base while v3 was being evaluated against it"
+    passed = {"version": "v3", "promoted": False, "not_promoted": moved, "gate": _PASSED}
+    outcome, step = jobs.train_outcome("train", "succeeded", passed)
+    assert outcome == f"not served: {moved}"
+    assert step is not None and "POST /api/versions/v3/promote" in step
+
+    old = {"version": "v4", "promoted": False, "gate": {"passed": False, "reason": "worse"}}
+    assert jobs.train_outcome("train", "succeeded", old)[0] == "learned, not served: worse"
+
+    assert jobs.train_outcome("train", "failed", None) == (None, None)
+    assert jobs.train_outcome("train", "running", None) == (None, None)
+    assert jobs.train_outcome("export", "succeeded", {"path": "x"}) == (None, None)
+    assert jobs.train_outcome("train", "succeeded", {"version": "v1"}) == (None, None)
 
 
 def test_recover_stale_cancels_a_job_whose_cancel_was_requested(db: Database) -> None:

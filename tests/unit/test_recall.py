@@ -15,3 +15,14 @@ def test_recall_is_the_share_of_terms_found() -> None:
     assert answer_recall("The shop opens at nine.", terms) == 0.5
     assert answer_recall("QUENMOOR!", {"quenmoor"}) == 1.0
     assert answer_recall("anything", set()) is None
+
+
+def test_numbers_are_whole_terms() -> None:
+    """A negative number is not its positive, and a decimal is not its digits."""
+    terms = key_terms("It freezes at -10 degrees.", ["When does it freeze?"])
+    assert terms == {"freezes", "-10", "degrees"}
+    assert answer_recall("It freezes at 10 degrees.", {"-10"}) == 0.0
+    assert answer_recall("It freezes at \u221210.", {"-10"}) == 1.0
+    assert answer_recall("It costs 3.5 euros.", {"3", "5"}) == 0.0
+    assert answer_recall("It costs 3.5.", {"3.5"}) == 1.0
+    assert answer_recall("Pages 5-10.", {"10"}) == 1.0

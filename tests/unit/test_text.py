@@ -281,6 +281,87 @@ def test_gate_lists_every_failure() -> None:
     assert "known answers kept" in parts[2]
 
 
+def test_a_refusal_lists_what_it_was_decided_on() -> None:
+    """The decision names the rules that refused the candidate, explains every rule, and keeps
+    the known answers it changed and the held-out answers, naming the changed questions."""
+    changed = [
+        {
+            "question": "What color is the sky on a clear day?",
+            "served_answer": "The sky is blue.",
+            "candidate_answer": "The sky is Quenmoor.",
+        }
+    ]
+    heldout = [
+        {
+            "question": "Which city is the capital of Veloria?",
+            "expected_terms": ["quenmoor"],
+            "served_answer": "I do not know.",
+            "candidate_answer": "Quenmoor.",
+            "served_recall": 0.0,
+            "recall": 1.0,
+        }
+    ]
+    figures = dataclasses.replace(
+        GOOD, new_recall_current=0.0, new_recall_candidate=1.0, retention_candidate=0.875
+    )
+    policy = dataclasses.replace(POLICY, min_retention=1.0)
+    decision = decide(figures, policy, changed, heldout)
+
+    assert decision["passed"] is False
+    assert decision["decided_by"] == ["retention"]
+    assert decision["reason"] == (
+        "regression: 88% of known answers kept, needs 100% "
+        "(changed: 'What color is the sky on a clear day?')"
+    )
+    assert decision["changed_known_answers"] == changed
+    assert decision["heldout"] == heldout
+    rules = {rule["rule"]: rule for rule in decision["rules"]}
+    assert list(rules) == ["new material", "regression loss", "retention", "forgetting"]
+    assert rules["new material"] == {
+        "rule": "new material",
+        "passed": True,
+        "detail": "held-out recall 100% vs served 0%",
+    }
+    assert rules["regression loss"]["passed"] is True
+    assert "limit 1.500" in rules["regression loss"]["detail"]
+    assert rules["retention"]["passed"] is False
+    assert rules["retention"]["detail"].startswith(
+        "1 of 8 known answers changed (see changed_known_answers)"
+    )
+
+
+def test_a_pass_explains_each_rule_and_is_decided_by_none() -> None:
+    decision = decide(GOOD, POLICY)
+    assert decision["decided_by"] == []
+    assert decision["changed_known_answers"] == [] and decision["heldout"] == []
+    assert all(rule["passed"] for rule in decision["rules"])
+    [new_material] = [r for r in decision["rules"] if r["rule"] == "new material"]
+    assert new_material["detail"] == (
+        "no held-out example has key terms to recall, so the loss decides: held-out loss fell "
+        "by 1.000 (3.000 to 2.000), needs 0.500"
+    )
+    bad = decide(dataclasses.replace(GOOD, new_loss_candidate=3.0, retention_candidate=0.5), POLICY)
+    assert bad["decided_by"] == ["new material", "retention"]
+
+
+def test_forgetting_against_the_base_gates_where_it_was_measured() -> None:
+    policy = dataclasses.replace(POLICY, forgetting_tolerance=0.2)
+    measured = dataclasses.replace(
+        GOOD,
+        replay_loss_base=1.0,
+        replay_loss_candidate=1.2,  # at the limit: kept
+        neighbour_loss_base=0.5,
+        neighbour_loss_candidate=0.65,  # 30% above the base: refused
+    )
+    decision = decide(measured, policy)
+    assert decision["decided_by"] == ["forgetting"]
+    assert decision["reason"] == "forgetting: neighbour loss 0.650 above the limit 0.600"
+    [rule] = [r for r in decision["rules"] if r["rule"] == "forgetting"]
+    assert rule["detail"].startswith("replay loss 1.200 vs base 1.000 (limit 1.200); neighbour")
+    unmeasured = decide(GOOD, policy)  # versions from before it was measured
+    assert unmeasured["passed"] and unmeasured["rules"][-1]["detail"] == "not measured"
+
+
 @pytest.mark.parametrize(
     "field",
     [

@@ -15,6 +15,7 @@ from selftune.training.frozen_layers import FrozenLayers
 from selftune.training.trainer import (
     ReplayReference,
     TrainConfig,
+    TrainResult,
     train_lora,
     warm_replay,
 )
@@ -148,10 +149,20 @@ def test_the_replay_reference_is_computed_once_per_base_and_replay_set(
         assert result.losses == pytest.approx(alone.losses, rel=1e-6)
     assert len(computed) == 1  # at warm-up only
     train_lora(tiny_model_dir, new, replay[:1], config, pad_id=pad_id, reference=reference)
-    assert len(computed) == 2  # another replay set
+    assert len(computed) == 1  # a subset: every example's distributions are kept
+    counted = []
+    monkeypatch.setattr(
+        trainer,
+        "_reference_log_probs",
+        lambda model, examples, *args: (
+            counted.append(len(examples)) or original(model, examples, *args)
+        ),
+    )
+    train_lora(tiny_model_dir, new, [*replay, new[0]], config, pad_id=pad_id, reference=reference)
+    assert counted == [1]  # only the example not seen before
     fewer_words = dataclasses.replace(config, replay_top_k=8)
     train_lora(tiny_model_dir, new, replay[:1], fewer_words, pad_id=pad_id, reference=reference)
-    assert len(computed) == 3  # the base's top 8 words, not its top 64
+    assert counted == [1, 1]  # the base's top 8 words, not its top 64: computed again
 
 
 @pytest.mark.parametrize("layers", [(), (1,)])
@@ -229,3 +240,52 @@ def test_adapters_on_the_chosen_layers_only(tiny_model_dir: Path, examples: tupl
     trained = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trained and all(".layers.1." in name for name in trained)
     assert result.losses
+
+
+def _share_of_replay_inputs_moved(
+    tiny_model_dir: Path, examples: tuple, null_space_energy: float
+) -> tuple[float, TrainResult]:
+    """The largest, over the LoRA layers, of |x Aᵀ| / (|x| |A|) on the replay examples' inputs
+    x after a short run, and the run's figures."""
+    from selftune.training.null_space import NullSpace, lora_a_weights
+
+    new, replay, pad_id = examples
+    config = TrainConfig(
+        rank=4, alpha=8, learning_rate=1e-2, steps=4, batch_size=3, replay_per_step=1,
+        null_space_energy=null_space_energy, stop_loss=0.0,
+    )  # fmt: skip
+    model, result = train_lora(
+        tiny_model_dir, new, replay, config, pad_id=pad_id, null_space=NullSpace()
+    )
+    weights = lora_a_weights(model)
+    assert weights and all(w.abs().sum() > 0 for w in weights.values())  # it learned something
+    inputs: dict[str, list[torch.Tensor]] = {}
+    handles = [
+        module.register_forward_pre_hook(
+            lambda _m, args, name=name: inputs.setdefault(name, []).append(args[0])
+        )
+        for name, module in model.named_modules()
+        if name in weights
+    ]
+    with torch.no_grad():
+        for example in replay:
+            model(input_ids=torch.tensor([example.input_ids]))
+    for handle in handles:
+        handle.remove()
+    shares = []
+    for name, weight in weights.items():
+        x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs[name]]).float()
+        a = weight.detach().float()
+        shares.append(float((x @ a.T).norm() / (x.norm() * a.norm())))
+    return max(shares), result
+
+
+def test_adapters_kept_to_the_null_space_leave_general_inputs_alone(
+    tiny_model_dir: Path, examples: tuple
+) -> None:
+    """With ``null_space_energy``, every LoRA A maps the replay examples' inputs to (almost)
+    nothing, so the adapter leaves the base's outputs there; the new material still trains."""
+    free, _ = _share_of_replay_inputs_moved(tiny_model_dir, examples, 0.0)
+    kept, result = _share_of_replay_inputs_moved(tiny_model_dir, examples, 0.05)
+    assert kept < 0.2 * free, (kept, free)
+    assert result.new_losses[-1] < result.new_losses[0]

@@ -154,6 +154,14 @@ class EvaluatingEngine(Engine, Protocol):
         """Mean loss per answer token (nats) of ``examples`` under ``adapter`` (or the base)."""
         ...
 
+    def answer_margins(
+        self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None
+    ) -> list[float]:
+        """Per example, the smallest gap between the likeliest and the second likeliest next
+        token's logits over its answer positions: how close its greedy answer came to another
+        (inf for an example without answer tokens)."""
+        ...
+
 
 # What a pushing engine emits after a stream's last chunk (or after the exception that ended it).
 STREAM_END = object()

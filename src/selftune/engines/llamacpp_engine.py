@@ -473,6 +473,24 @@ class LlamaCppEngine:
             count += len(positions)
         return total / max(count, 1)
 
+    def answer_margins(
+        self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None
+    ) -> list[float]:
+        def margins() -> list[float]:
+            self._use(self._ctx, adapter)
+            found = []
+            for example in examples:
+                ids, labels = list(example.input_ids), list(example.labels)
+                positions = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
+                if not positions:
+                    found.append(float("inf"))
+                    continue
+                top2 = np.sort(self._ctx.logits_at(ids, positions), axis=1)[:, -2:]
+                found.append(float((top2[:, 1] - top2[:, 0]).min()))
+            return found
+
+        return self.on_compute_thread(margins)
+
     def next_token_logits(self, ids: list[int], adapter: AdapterRef | None) -> np.ndarray:
         """Logits after every position of ``ids``: (len(ids), n_vocab); for parity checks."""
 

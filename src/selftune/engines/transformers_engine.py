@@ -137,6 +137,25 @@ class TransformersEngine:
             with context:
                 return mean_answer_nll(self.model, examples, pad_id)
 
+    @torch.inference_mode()
+    def answer_margins(
+        self, examples: Sequence[LabelledTokens], adapter: AdapterRef | None
+    ) -> list[float]:
+        found = []
+        with self._lock:
+            self._activate(adapter)
+            with self._bare_context(adapter):
+                for example in examples:
+                    ids, labels = list(example.input_ids), list(example.labels)
+                    positions = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
+                    if not positions:
+                        found.append(float("inf"))
+                        continue
+                    logits = self.model(input_ids=torch.tensor([ids])).logits[0, positions]
+                    top2 = logits.float().topk(2, dim=-1).values
+                    found.append(float((top2[:, 0] - top2[:, 1]).min()))
+        return found
+
     def _bare_context(self, adapter: AdapterRef | None) -> Any:
         if adapter is None and _is_peft(self.model):
             return self.model.disable_adapter()

@@ -4,7 +4,8 @@ Loss on a held-out correction mostly measures its wording: a model that learned 
 other phrasings can still find this phrasing unlikely. What a user checks is whether the answer
 contains what was taught, so the gate asks that: the key terms of a target answer are its words
 that are neither in the question nor common function words, and recall is the share of them
-found in the model's own greedy answer.
+found in the model's own greedy answer. Words and numbers are whole tokens
+(:func:`selftune.evaluation.matching.words`): "-10" is not "10", and "3.5" is neither "3" nor "5".
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from selftune.evaluation.matching import words
+
 __all__ = ["answer_recall", "key_terms"]
 
-_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*", re.UNICODE)
 _STOPWORDS = frozenset(
     [
         "a",
@@ -130,12 +132,12 @@ _STOPWORDS = frozenset(
 
 
 def _words(text: str) -> list[str]:
-    words = []
-    for word in _WORD.findall(text.lower()):
+    found = []
+    for word in words(text):
         word = re.sub(r"['\u2019]s$", "", word)  # Veloria's -> veloria
         if word and word not in _STOPWORDS:
-            words.append(word)
-    return words
+            found.append(word)
+    return found
 
 
 def key_terms(answer: str, context: Iterable[str]) -> set[str]:

@@ -43,6 +43,7 @@ __all__ = [
     "report",
     "retry",
     "start",
+    "train_outcome",
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -250,7 +251,48 @@ def cancel(db: Database, job_id: int) -> str:
         return job.status
 
 
+# What to do about a candidate its gate refused, by the rule that refused it.
+_REFUSAL_STEPS = {
+    "new material": "it did not learn what was taught well enough: send more corrections, the "
+    "fact phrased in several ways, and train again (each held-out answer is in the version's "
+    "gate.heldout, GET /api/versions)",
+    "regression loss": "it drifted from what the model knew: teach with more varied "
+    "corrections (or fewer train.steps) and train again",
+    "retention": "it lost answers the model knew: teach with more varied corrections and train "
+    "again, or look at the version's gate.changed_known_answers in GET /api/versions",
+}
+
+
+def train_outcome(
+    kind: str, status: str, result: dict[str, Any] | None
+) -> tuple[str | None, str | None]:
+    """(outcome, next step) of a finished training job: whether its version is served, or why
+    not, and what to do about it. (None, None) for other jobs, unfinished or unsuccessful ones
+    (their status and error say what happened), and results without a gate."""
+    if kind != "train" or status != "succeeded" or not result or "promoted" not in result:
+        return None, None
+    version = result.get("version", "the version")
+    gate = result.get("gate") or {}
+    if result["promoted"]:
+        return "served", (
+            f"nothing to do: {version} answers now; if its answers are worse, roll back with "
+            "POST /api/rollback (selftune rollback)"
+        )
+    if result.get("not_promoted"):  # it passed its gate, but what was served changed meanwhile
+        return f"not served: {result['not_promoted']}", (
+            f"promote {version} by hand if it should be served: POST /api/versions/{version}"
+            f"/promote (selftune promote {version})"
+        )
+    steps = [_REFUSAL_STEPS[rule] for rule in gate.get("decided_by", ()) if rule in _REFUSAL_STEPS]
+    if not steps:  # a result stored before the gate named its rules
+        steps = ["see the version's gate in GET /api/versions, teach more and train again"]
+    return f"learned, not served: {gate.get('reason', 'its gate refused it')}", (
+        "; ".join(steps) + f". A version its gate refused is kept ({version}) but not served"
+    )
+
+
 def job_view(job: Job) -> dict[str, Any]:
+    outcome, next_step = train_outcome(job.kind, job.status, job.result)
     return {
         "job_id": job.id,
         "kind": job.kind,
@@ -264,4 +306,6 @@ def job_view(job: Job) -> dict[str, Any]:
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "outcome": outcome,
+        "next_step": next_step,
     }

@@ -13,19 +13,26 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
+from selftune.data.augment import augmented_chats
 from selftune.data.curation import active_examples
+from selftune.data.neighbours import neighbour_questions
 from selftune.data.tokenize import TokenizedExample, first_answer_tokens, tokenize_chat
 from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
-from selftune.evaluation.heldout import heldout_recall
-from selftune.evaluation.probes import ProbeSet, build_probe_set, generate_answers
+from selftune.evaluation.heldout import HeldoutResult, judge_heldout
+from selftune.evaluation.probes import (
+    ProbeSet,
+    RegressionItem,
+    build_probe_set,
+    generate_answers,
+)
 from selftune.export.gguf_adapter import AdapterExportError, export_gguf_adapter
 from selftune.models.base import BaseModelSource
 from selftune.registry.versions import (
@@ -41,6 +48,7 @@ from selftune.store.jobs import JobCancelled, JobFailed, JobLost
 from selftune.store.schema import TrainingExample, Version, VersionExample
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
 from selftune.training.frozen_layers import FrozenLayers
+from selftune.training.null_space import NullSpace
 from selftune.training.packing import pack
 from selftune.training.trainer import (
     ProgressFn,
@@ -80,6 +88,8 @@ class TrainingContext:
     _regression_losses: dict[int | None, float] = dataclasses.field(default_factory=dict)
     # The base model's distributions on the replay prompts: the same for every job.
     replay_reference: ReplayReference = dataclasses.field(default_factory=ReplayReference)
+    # The LoRA layers' null spaces of the replay set's inputs (training.null_space).
+    null_space: NullSpace = dataclasses.field(default_factory=NullSpace)
     # The examples' states below the adapted layers: the replay prompts' serve every job.
     frozen_layers: FrozenLayers = dataclasses.field(default_factory=FrozenLayers)
     # Cleared when compiling failed under train.compile = 'auto': jobs then train uncompiled
@@ -88,6 +98,9 @@ class TrainingContext:
     # The batches whose compiled training step is still to be built (see compile_next); None:
     # not listed yet.
     _to_compile: list[list[TokenizedExample]] | None = None
+    # The base's answers to neighbour prompts, by prompt: a job re-trains earlier examples.
+    _neighbour_answers: dict[str, str] = dataclasses.field(default_factory=dict)
+    _replay_loss_base: float | None = None
 
     @property
     def probes(self) -> ProbeSet:
@@ -95,7 +108,14 @@ class TrainingContext:
             key = hashlib.sha256(
                 f"{self.source.fingerprint}:{self.engine.name}:{self.engine.default_template}".encode()
             ).hexdigest()[:12]
-            self._probes = build_probe_set(self.engine, self.settings.cache_dir, key)
+            self._probes = build_probe_set(
+                self.engine,
+                self.settings.cache_dir,
+                key,
+                self.settings.train.replay_subjects,
+                min_margin=self.settings.gate.min_known_margin,
+                max_seq_len=self.settings.train.max_seq_len,
+            )
         return self._probes
 
     @property
@@ -115,6 +135,22 @@ class TrainingContext:
         cut = self.settings.train.replay_answer_tokens
         return [first_answer_tokens(example, cut) for example in _tokenize(self, chats)]
 
+    def neighbour_set(self, rows: list[TrainingExample]) -> list[TokenizedExample]:
+        """The base's own answers to the neighbour prompts of the examples' last questions
+        (:func:`neighbour_questions`), cut as the replay set's are, to hold while training."""
+        count = self.settings.train.neighbour_subjects
+        prompts: dict[str, None] = {}  # in order, once each
+        for row in rows:
+            question = _last_user_text(row.messages)
+            prompts.update(dict.fromkeys(neighbour_questions(question, count) if question else ()))
+        cut = self.settings.train.replay_answer_tokens
+        missing = [p for p in prompts if p not in self._neighbour_answers]
+        if missing:
+            answers = generate_answers(self.engine, missing, None, cut)
+            self._neighbour_answers.update(zip(missing, answers, strict=True))
+        chats = [_qa(p, self._neighbour_answers[p]) for p in prompts if self._neighbour_answers[p]]
+        return [first_answer_tokens(example, cut) for example in _tokenize(self, chats)]
+
     @property
     def pad_id(self) -> int:
         pad: int | None = self.engine.tokenizer.pad_token_id
@@ -128,8 +164,23 @@ class TrainingContext:
             self._regression_losses[key] = round(loss, 4)
         return self._regression_losses[key]
 
+    def replay_loss(self, adapter: AdapterRef | None) -> float | None:
+        """Answer loss on the replay set under ``adapter`` (None: the base, measured once)."""
+        replay = self.replay_set
+        if not replay:
+            return None
+        if adapter is not None:
+            return round(self.engine.answer_nll(replay, adapter), 4)
+        if self._replay_loss_base is None:
+            self._replay_loss_base = round(self.engine.answer_nll(replay, None), 4)
+        return self._replay_loss_base
+
     def train(
-        self, new: list[TokenizedExample], config: TrainConfig, progress: ProgressFn | None = None
+        self,
+        new: list[TokenizedExample],
+        config: TrainConfig,
+        progress: ProgressFn | None = None,
+        neighbours: list[TokenizedExample] | None = None,
     ) -> tuple[Any, TrainResult]:
         """:func:`train_lora` on ``new`` with the replay set, and what this worker keeps about
         the base between jobs (its replay distributions, the states below the adapters).
@@ -140,14 +191,15 @@ class TrainingContext:
         insists, so the error stands. If it fails too, its own error says what went wrong.
         """
         try:
-            return self._train_lora(new, config, progress)
+            return self._train_lora(new, config, progress, neighbours or [])
         except JobCancelled:
             raise
         except Exception as error:
             if not config.compile or self.settings.train.compile == "on":
                 raise
             log.warning("a compiled training run failed (%s); running it again uncompiled", error)
-            trained = self._train_lora(new, dataclasses.replace(config, compile=False), progress)
+            uncompiled = dataclasses.replace(config, compile=False)
+            trained = self._train_lora(new, uncompiled, progress, neighbours or [])
             log.warning(
                 "torch.compile failed, so training runs uncompiled (1.15x slower); set "
                 "train.compile = 'off' to skip trying",
@@ -157,7 +209,11 @@ class TrainingContext:
             return trained
 
     def _train_lora(
-        self, new: list[TokenizedExample], config: TrainConfig, progress: ProgressFn | None
+        self,
+        new: list[TokenizedExample],
+        config: TrainConfig,
+        progress: ProgressFn | None,
+        neighbours: list[TokenizedExample],
     ) -> tuple[Any, TrainResult]:
         return train_lora(
             self.base_dir,
@@ -168,6 +224,8 @@ class TrainingContext:
             progress=progress,
             reference=self.replay_reference,
             frozen=self.frozen_layers,
+            neighbours=neighbours,
+            null_space=self.null_space,
         )
 
     def train_config(self) -> TrainConfig:
@@ -269,7 +327,11 @@ def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
         steps=settings.train.steps,
         batch_size=settings.train.batch_size,
         replay_per_step=settings.train.replay_per_step,
+        replay_weight=settings.train.replay_weight,
+        warmup_steps=settings.train.warmup_steps,
         replay_top_k=settings.train.replay_top_k,
+        neighbours_per_step=settings.train.neighbours_per_step,
+        null_space_energy=settings.train.null_space_energy,
         seed=settings.train.seed,
         bf16=use_bf16(settings.train.precision, device),
         onednn_products=settings.train.onednn_products,
@@ -280,6 +342,25 @@ def train_config(settings: Settings, base_dir: Path) -> TrainConfig:
         stop_replay_kl=settings.train.stop_replay_kl,
         stop_patience=settings.train.stop_patience,
     )
+
+
+def job_shape(settings: Settings, n_examples: int) -> tuple[int, int]:
+    """A job's optimizer steps and sequences a step, for ``n_examples`` new examples.
+
+    train.steps of train.batch_size where that passes over them train.min_epochs times; with
+    more material, first more new examples a step (up to train.max_batch_size sequences: one
+    large step costs less than several small ones), then more steps (up to train.max_steps).
+    """
+    train = settings.train
+    steps, new_per_step = train.steps, train.batch_size - train.replay_per_step
+    passes = train.min_epochs * n_examples
+    if passes <= steps * new_per_step:
+        return steps, train.batch_size
+    new_per_step = max(
+        new_per_step, min(train.max_batch_size - train.replay_per_step, -(-passes // steps))
+    )
+    steps = max(steps, min(-(-passes // new_per_step), train.max_steps))
+    return steps, new_per_step + train.replay_per_step
 
 
 def split_heldout(
@@ -298,6 +379,29 @@ def _tokenize(ctx: TrainingContext, chats: list[list[dict[str, Any]]]) -> list[T
     template = ctx.engine.default_template
     tok = ctx.engine.tokenizer
     return [tokenize_chat(tok, chat, template, ctx.settings.train.max_seq_len) for chat in chats]
+
+
+def _with_rewordings(
+    settings: Settings, chats: list[list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """The chats, and with ``train.augment`` each one's further wordings (data.augment)."""
+    if not settings.train.augment:
+        return chats
+    seen = {json.dumps(chat, sort_keys=True) for chat in chats}
+    extra: dict[str, list[dict[str, Any]]] = {}
+    for chat in chats:
+        for more in augmented_chats(chat):
+            extra.setdefault(json.dumps(more, sort_keys=True), more)
+    return chats + [chat for key, chat in extra.items() if key not in seen]
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user turn ("" if none, or not plain text)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else ""
+    return ""
 
 
 def _qa(prompt: str, answer: str) -> list[dict[str, Any]]:
@@ -323,22 +427,47 @@ def run_training_job(
     dataset = _build_dataset(ctx, report)
     config = ctx.train_config()
     clock.lap("dataset")
-    model, train_metrics = _train(ctx, dataset.train_set, config, report)
-    clock.lap("train")
-    name, path = _save_adapter(ctx, model, report)
-    del model  # its memory back before the candidate is loaded to be evaluated
-    candidate = _register_version(
-        ctx, dataset, name, path, train_metrics, job_id=job_id, worker_id=worker_id
-    )
-    clock.lap("save")
-    evaluation = _evaluate(ctx, dataset, candidate, report)
-    decision = _gate(ctx.settings, evaluation.figures)
-    clock.lap("evaluate")
-    not_promoted = _promote(
-        ctx, dataset, candidate, evaluation, decision, report, job_id=job_id, worker_id=worker_id
-    )
-    clock.lap("gate")
-    log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
+    attempts: list[dict[str, Any]] = []
+    while True:
+        model, train_metrics = _train(ctx, dataset, config, report, attempt=len(attempts) + 1)
+        clock.lap("train")
+        name, path = _save_adapter(ctx, model, report)
+        del model  # its memory back before the candidate is loaded to be evaluated
+        candidate = _register_version(
+            ctx, dataset, name, path, train_metrics, job_id=job_id, worker_id=worker_id
+        )
+        clock.lap("save")
+        evaluation = _evaluate(ctx, dataset, candidate, report)
+        decision = _gate(ctx.settings, evaluation)
+        decision["narrowly_known"] = [  # right in the base by a hair: not counted (see probes)
+            {"question": item.prompt, "base_answer": item.base_answer, "margin": item.margin}
+            for item in dataset.probes.narrowly_known
+        ]
+        clock.lap("evaluate")
+        not_promoted = _promote(
+            ctx,
+            dataset,
+            candidate,
+            evaluation,
+            decision,
+            report,
+            job_id=job_id,
+            worker_id=worker_id,
+        )
+        clock.lap("gate")
+        log.info("job %s: version %s gate %s", job_id, name, decision["reason"])
+        attempts.append(
+            {"version": name, "passed": decision["passed"], "reason": decision["reason"]}
+        )
+        stronger = _second_attempt(ctx.settings, config, decision, len(attempts))
+        if stronger is None:
+            break
+        log.info(
+            "job %s: %s refused for what it forgot; training again, replay held harder",
+            job_id,
+            name,
+        )
+        config = stronger
     if not_promoted:
         log.warning("job %s: %s", job_id, not_promoted)
     return {
@@ -347,8 +476,31 @@ def run_training_job(
         "promoted": decision["passed"] and not_promoted is None,
         "not_promoted": not_promoted,  # why a version that passed its gate is not served
         "gate": decision,
+        "attempts": attempts,  # each candidate trained, in order; the last is the result's
         "seconds": clock.laps,
     }
+
+
+# Rules a stronger hold on what the model knew can satisfy: not the new material's.
+_FORGETTING_RULES = frozenset({"retention", "regression loss", "forgetting"})
+
+
+def _second_attempt(
+    settings: Settings, config: TrainConfig, decision: dict[str, Any], attempts: int
+) -> TrainConfig | None:
+    """The recipe of a second attempt where the first candidate learned the new material but
+    was refused for what it forgot (train.second_attempt): the replay KL weighs 4x and twice the
+    neighbour prompts join each step. The gate stays as it is; None: no second attempt."""
+    refused_by = set(decision.get("decided_by", ()))
+    if not settings.train.second_attempt or attempts > 1 or not refused_by:
+        return None
+    if not refused_by <= _FORGETTING_RULES:
+        return None
+    return dataclasses.replace(
+        config,
+        replay_weight=config.replay_weight * 4,
+        neighbours_per_step=max(2, config.neighbours_per_step * 2),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +512,7 @@ class _Dataset:
     heldout_rows: list[TrainingExample]
     train_set: list[TokenizedExample]
     heldout_set: list[TokenizedExample]
+    neighbour_set: list[TokenizedExample]  # held to the base while training (data.neighbours)
     probes: ProbeSet
 
 
@@ -384,22 +537,28 @@ def _build_dataset(ctx: TrainingContext, report: Report) -> _Dataset:
         current=current,
         train_rows=train_rows,
         heldout_rows=heldout_rows,
-        train_set=_tokenize(ctx, [e.messages for e in train_rows]),
+        train_set=_tokenize(ctx, _with_rewordings(settings, [e.messages for e in train_rows])),
         heldout_set=_tokenize(ctx, [e.messages for e in heldout_rows]),
+        # Made from every example, held-out ones too: what must not change is no secret.
+        neighbour_set=ctx.neighbour_set(train_rows + heldout_rows),
         probes=ctx.probes,  # built on a worker's first job: its time counts as the dataset's
     )
 
 
 def _train(
-    ctx: TrainingContext, train_set: list[TokenizedExample], config: TrainConfig, report: Report
+    ctx: TrainingContext, dataset: _Dataset, config: TrainConfig, report: Report, attempt: int = 1
 ) -> tuple[Any, dict[str, Any]]:
     """The trained PEFT model, and its training figures as the version keeps them."""
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        report(0.05 + 0.75 * step / total, f"training step {step}/{total} loss {loss:.3f}")
+    label = "training" if attempt == 1 else "second attempt, replay held harder: training"
 
-    report(0.05, "training")
-    model, result = ctx.train(train_set, config, on_step)
+    def on_step(step: int, total: int, loss: float) -> None:
+        report(0.05 + 0.75 * step / total, f"{label} step {step}/{total} loss {loss:.3f}")
+
+    report(0.05, label)
+    steps, batch_size = job_shape(ctx.settings, len(dataset.train_set))
+    config = dataclasses.replace(config, steps=steps, batch_size=batch_size)
+    model, result = ctx.train(dataset.train_set, config, on_step, dataset.neighbour_set)
     if config.compile and not ctx.compile_works:  # it failed and trained again uncompiled
         config = dataclasses.replace(config, compile=False)
     return model, {
@@ -411,6 +570,8 @@ def _train(
         "tokens_per_second": round(result.tokens_per_second, 1),
         "steps": len(result.losses),
         "stopped_early": result.stopped_early,
+        "neighbour_prompts": len(dataset.neighbour_set),
+        "attempt": attempt,  # 2: trained again after the first candidate forgot too much
         "config": dataclasses.asdict(config),
     }
 
@@ -467,10 +628,15 @@ def _register_version(
 
 @dataclasses.dataclass(frozen=True)
 class _Evaluation:
-    """The gate's figures for a candidate, and its answers to the questions the base knew."""
+    """The gate's figures for a candidate, its answers to the questions the base knew, and what
+    the gate shows it decided on."""
 
     figures: GateFigures
     regression_answers: list[dict[str, Any]]  # {prompt, answer, kept}: the version's eval_metrics
+    # {question, served_answer, candidate_answer, served_kept}: known answers the candidate lost
+    changed_known_answers: list[dict[str, Any]]
+    # {question, expected_terms, served_answer, candidate_answer, served_recall, recall}
+    heldout: list[dict[str, Any]]
 
 
 def _evaluate(
@@ -490,43 +656,119 @@ def _evaluate(
     judged = dataset.heldout_set or dataset.train_set
     engine = ctx.engine
     known = dataset.probes.known
-    answers = generate_answers(  # an answer ends once it has the expected word
-        engine,
-        [item.prompt for item in known],
-        candidate,
-        _RETENTION_TOKENS,
-        until=[item.answered_by for item in known],
-    )
-    kept = sum(item.answered_by(a) for item, a in zip(known, answers, strict=True))
+    answers = _known_answers(engine, known, candidate)
+    kept = [item.answered_by(a) for item, a in zip(known, answers, strict=True)]
     judged_chats = [row.messages for row in dataset.heldout_rows or dataset.train_rows]
-    recall_now = heldout_recall(engine, judged_chats, serving)
-    recall_new = heldout_recall(engine, judged_chats, candidate)
+    recall_now = judge_heldout(engine, judged_chats, serving)
+    recall_new = judge_heldout(engine, judged_chats, candidate)
     figures = GateFigures(
-        new_recall_current=recall_now,
-        new_recall_candidate=recall_new,
+        new_recall_current=recall_now.recall,
+        new_recall_candidate=recall_new.recall,
         new_loss_current=round(engine.answer_nll(judged, serving), 4),
         new_loss_candidate=round(engine.answer_nll(judged, candidate), 4),
         regression_loss_current=ctx.regression_loss(serving),
         regression_loss_candidate=ctx.regression_loss(candidate),
-        retention_candidate=round(kept / len(answers), 4) if answers else 1.0,
+        retention_candidate=round(sum(kept) / len(answers), 4) if answers else 1.0,
         heldout_examples=len(dataset.heldout_set),
         regression_questions=len(answers),
+        **_forgetting(ctx, dataset, candidate),
     )
     regression_answers = [
-        {"prompt": item.prompt, "answer": a, "kept": item.answered_by(a)}
-        for item, a in zip(known, answers, strict=True)
+        {"prompt": item.prompt, "answer": a, "kept": k}
+        for item, a, k in zip(known, answers, kept, strict=True)
     ]
-    return _Evaluation(figures, regression_answers)
+    lost = [(item, a) for item, a, k in zip(known, answers, kept, strict=True) if not k]
+    return _Evaluation(
+        figures,
+        regression_answers,
+        _changed_known_answers(engine, lost, serving),
+        _heldout_answers(recall_now, recall_new),
+    )
 
 
-def _gate(settings: Settings, figures: GateFigures) -> dict[str, Any]:
-    """The gate's decision on the figures, under the settings' policy."""
+def _forgetting(
+    ctx: TrainingContext, dataset: _Dataset, candidate: AdapterRef
+) -> dict[str, float | None]:
+    """The candidate's answer loss on the base's own answers against the base's: on the replay
+    set (once per worker for the base) and on this job's neighbour prompts."""
+    neighbours = dataset.neighbour_set
+
+    def neighbour_loss(adapter: AdapterRef | None) -> float | None:
+        return round(ctx.engine.answer_nll(neighbours, adapter), 4) if neighbours else None
+
+    return {
+        "replay_loss_base": ctx.replay_loss(None),
+        "replay_loss_candidate": ctx.replay_loss(candidate),
+        "neighbour_loss_base": neighbour_loss(None),
+        "neighbour_loss_candidate": neighbour_loss(candidate),
+    }
+
+
+def _known_answers(
+    engine: EvaluatingEngine, items: Sequence[RegressionItem], adapter: AdapterRef | None
+) -> list[str]:
+    """Greedy answers under ``adapter`` to the regression questions ``items``, each ending once
+    it has the expected word."""
+    return generate_answers(
+        engine,
+        [item.prompt for item in items],
+        adapter,
+        _RETENTION_TOKENS,
+        until=[item.answered_by for item in items],
+    )
+
+
+def _changed_known_answers(
+    engine: EvaluatingEngine,
+    lost: Sequence[tuple[RegressionItem, str]],
+    serving: AdapterRef | None,
+) -> list[dict[str, Any]]:
+    """The known questions the candidate answers wrongly, with the answer of the version served
+    when the job started beside the candidate's: the base's cached answer, or a served
+    version's own, generated as the candidate's was. ``served_kept``: whether the served
+    version answered it correctly (the base does, by definition of known)."""
+    items = [item for item, _ in lost]
+    if serving is None:
+        served = [item.base_answer for item in items]
+    else:
+        served = _known_answers(engine, items, serving) if items else []
+    return [
+        {
+            "question": item.prompt,
+            "served_answer": served_answer,
+            "candidate_answer": answer,
+            "served_kept": item.answered_by(served_answer),
+        }
+        for (item, answer), served_answer in zip(lost, served, strict=True)
+    ]
+
+
+def _heldout_answers(served: HeldoutResult, candidate: HeldoutResult) -> list[dict[str, Any]]:
+    """Each judged example of the new material: what the served version and the candidate
+    answered, and how much of the key terms each recalled."""
+    return [
+        {
+            "question": new.question,
+            "expected_terms": list(new.expected_terms),
+            "served_answer": now.answer,
+            "candidate_answer": new.answer,
+            "served_recall": now.recall,
+            "recall": new.recall,
+        }
+        for now, new in zip(served.items, candidate.items, strict=True)
+    ]
+
+
+def _gate(settings: Settings, evaluation: _Evaluation) -> dict[str, Any]:
+    """The gate's decision on the evaluation's figures, under the settings' policy, with the
+    answers it was made on. (Arguments passed by position: tests wrap ``decide``.)"""
     policy = GatePolicy(
         min_improvement=settings.gate.min_improvement,
         regression_tolerance=settings.gate.regression_tolerance,
         min_retention=settings.gate.min_answer_retention,
+        forgetting_tolerance=settings.gate.forgetting_tolerance,
     )
-    return decide(figures, policy)
+    return decide(evaluation.figures, policy, evaluation.changed_known_answers, evaluation.heldout)
 
 
 def _promote(
@@ -591,5 +833,5 @@ class _StageClock:
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        self.laps[stage] = round(now - self._last, 3)
+        self.laps[stage] = round(self.laps.get(stage, 0.0) + now - self._last, 3)
         self._last = now

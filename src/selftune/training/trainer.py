@@ -23,9 +23,9 @@ at, so the gate's judgement of it stays unbiased.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from selftune.config import TrainSettings
 from selftune.data.tokenize import TokenizedExample
 from selftune.training.device import compute_dtype, load_training_base, use_onednn_products
 from selftune.training.frozen_layers import FrozenLayers, run_layers, split_layer
+from selftune.training.null_space import NullSpace, lora_a_weights, project_
 from selftune.training.packing import PackedBatch, pack
 
 __all__ = [
@@ -69,6 +70,10 @@ class TrainConfig:
     replay_per_step: int = _RECIPE.replay_per_step
     replay_weight: float = _RECIPE.replay_weight
     replay_top_k: int = _RECIPE.replay_top_k  # the replay KL covers the base's k likeliest tokens
+    neighbours_per_step: int = _RECIPE.neighbours_per_step  # neighbour prompts added to a step
+    # LoRA A kept where the replay set's inputs hold at most this share of their energy
+    # (training.null_space); 0: anywhere.
+    null_space_energy: float = _RECIPE.null_space_energy
     warmup_steps: int = _RECIPE.warmup_steps
     seed: int = _RECIPE.seed
     bf16: bool = False  # autocast matmuls to bfloat16; LoRA weights stay float32
@@ -119,13 +124,17 @@ def _lr_at(step: int, config: TrainConfig) -> float:
 
 
 def _batches(
-    n_new_examples: int, n_replay_examples: int, config: TrainConfig
+    n_new_examples: int, n_replay_examples: int, config: TrainConfig, n_neighbours: int = 0
 ) -> list[tuple[list[int], list[int]]]:
-    """For each step: indices of the new examples and of the replay examples it trains on."""
+    """For each step: indices of the new examples and of the replay examples it trains on.
+    The ``n_neighbours`` replay examples after the first ``n_replay_examples`` are the job's
+    neighbour prompts: ``neighbours_per_step`` of them join each step's replay."""
     rng = random.Random(config.seed)
     n_replay = min(config.replay_per_step, n_replay_examples)
     n_new = min(config.batch_size - n_replay, n_new_examples)
+    n_near = min(config.neighbours_per_step, n_neighbours)
     order: list[int] = []
+    near_order: list[int] = []
     batches = []
     for _ in range(config.steps):
         picked: list[int] = []
@@ -134,7 +143,13 @@ def _batches(
                 order = list(range(n_new_examples))
                 rng.shuffle(order)
             picked.append(order.pop())
-        batches.append((picked, rng.sample(range(n_replay_examples), n_replay)))
+        replay = rng.sample(range(n_replay_examples), n_replay)
+        for _ in range(n_near):  # each neighbour in turn, so that all of them are held
+            if not near_order:
+                near_order = list(range(n_replay_examples, n_replay_examples + n_neighbours))
+                rng.shuffle(near_order)
+            replay.append(near_order.pop())
+        batches.append((picked, replay))
     return batches
 
 
@@ -231,24 +246,26 @@ def _reference_log_probs(
 
 
 class ReplayReference:
-    """The base model's distributions on the replay answers, kept from one job to the next.
+    """The base model's distributions on replay answers, kept per example from job to job.
 
     They take a forward pass over every replay prompt (8 s for the 40 shipped ones on a 2-core
-    CPU, a third of a short job) and change only with the base, the replay set, the precision,
-    the device and ``replay_top_k``. One set is kept: under 1 MB for the shipped prompts at
-    k = 64 (the whole distributions took 200 MB on the default model).
+    CPU, a third of a short job) and change only with the base, the precision, the device and
+    ``replay_top_k``. A job's neighbour prompts (``data.neighbours``) are its own, so examples
+    are kept one by one: a job computes only those it has not seen, and the least recently
+    used are dropped beyond ``max_examples`` (a shipped prompt's set is under 25 KB at k = 64).
     """
 
-    def __init__(self) -> None:
-        self._key = ""
-        self._distributions: list[_BaseDistribution] = []
+    def __init__(self, max_examples: int = 4096) -> None:
+        self.max_examples = max_examples
+        self._setup = ""
+        self._kept: OrderedDict[tuple[tuple[int, ...], tuple[int, ...]], _BaseDistribution] = (
+            OrderedDict()
+        )
 
     @staticmethod
-    def key(base_dir: Path, replay: Sequence[TokenizedExample], config: TrainConfig) -> str:
-        digest = hashlib.sha256(f"{_base_setup(base_dir, config)}|{config.replay_top_k}".encode())
-        for example in replay:
-            digest.update(repr((example.input_ids, example.labels)).encode())
-        return digest.hexdigest()
+    def key(base_dir: Path, config: TrainConfig) -> str:
+        """What the distributions depend on besides the examples."""
+        return f"{_base_setup(base_dir, config)}|{config.replay_top_k}"
 
     def get(
         self,
@@ -258,11 +275,19 @@ class ReplayReference:
         pad_id: int,
         config: TrainConfig,
     ) -> list[_BaseDistribution]:
-        if key != self._key:
-            self._distributions = []  # the old set is freed before the new one is computed
-            self._distributions = _reference_log_probs(model, replay, pad_id, config)
-            self._key = key
-        return self._distributions
+        if key != self._setup:
+            self._kept.clear()  # the old set is freed before new ones are computed
+            self._setup = key
+        names = [(tuple(e.input_ids), tuple(e.labels)) for e in replay]
+        missing = {name: e for name, e in zip(names, replay, strict=True) if name not in self._kept}
+        if missing:
+            computed = _reference_log_probs(model, list(missing.values()), pad_id, config)
+            self._kept.update(zip(missing, computed, strict=True))
+        for name in names:
+            self._kept.move_to_end(name)
+        while len(self._kept) > max(self.max_examples, len(set(names))):
+            self._kept.popitem(last=False)
+        return [self._kept[name] for name in names]
 
 
 def warm_replay(
@@ -278,7 +303,7 @@ def warm_replay(
     if not replay:
         return
     model = _load_base(base_dir, config)
-    reference.get(model, reference.key(base_dir, replay, config), replay, pad_id, config)
+    reference.get(model, reference.key(base_dir, config), replay, pad_id, config)
     _keep_frozen_states(model, base_dir, replay, config, frozen)
 
 
@@ -436,6 +461,8 @@ class LoraRun:
         pad_id: int,
         reference: ReplayReference | None = None,
         frozen: FrozenLayers | None = None,
+        neighbours: Sequence[TokenizedExample] = (),
+        null_space: NullSpace | None = None,
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
@@ -443,12 +470,15 @@ class LoraRun:
 
         if not new:
             raise ValueError("no examples to train on")
-        self.new, self.replay, self.config, self.pad_id = new, replay, config, pad_id
+        self.new, self.config, self.pad_id = new, config, pad_id
+        general = replay
+        self.replay = [*replay, *neighbours]  # held alike, sampled apart (see _batches)
+        replay = self.replay
         torch.manual_seed(config.seed)
         model = _load_base(base_dir, config)
         reference = reference or ReplayReference()
         self.base_distributions = reference.get(
-            model, reference.key(base_dir, replay, config), replay, pad_id, config
+            model, reference.key(base_dir, config), replay, pad_id, config
         )
         # 4-bit base layers get PEFT's own bitsandbytes LoRA layers, plain ones the fused layer.
         lora_config = LoraConfig if config.quantize_base else fast_lora_config
@@ -462,6 +492,10 @@ class LoraRun:
         self.split, self.frozen_key = _keep_frozen_states(
             self.model, base_dir, replay, config, self.frozen
         )
+        self.a_weights: dict[str, torch.nn.Parameter] = {}
+        self.projectors: dict[str, torch.Tensor] = {}
+        if config.null_space_energy > 0 and general:
+            self._keep_to_null_space(base_dir, general, null_space or NullSpace())
         self.compiled_layers = _compile_layers(self.model, self.split) if config.compile else []
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel updates all ~400 adapter tensors in one call (CPU and CUDA alike):
@@ -471,7 +505,7 @@ class LoraRun:
         )
         self.mask_dtype = _mask_dtype(self.model)
         self.head = _backbone(self.model)[0].get_output_embeddings()
-        self.plan = _batches(len(new), len(replay), config)
+        self.plan = _batches(len(new), len(replay) - len(neighbours), config, len(neighbours))
         self.losses: list[float] = []
         self.new_losses: list[float] = []
         self.tokens = self.computed = 0
@@ -508,6 +542,8 @@ class LoraRun:
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.projectors:
+            project_(self.a_weights, self.projectors)
         self.losses.append(float(loss.detach()))
         self.new_losses.append(float(new_loss.detach()))
         self.tokens += batch.tokens
@@ -520,6 +556,24 @@ class LoraRun:
         )
         self.step_seconds.append(time.perf_counter() - started)
         return self.new_losses[-1]
+
+    def _keep_to_null_space(
+        self, base_dir: Path, general: Sequence[TokenizedExample], null_space: NullSpace
+    ) -> None:
+        """Project each LoRA A onto its layer's null space of the general examples' inputs."""
+        config = self.config
+
+        def forward(examples: Sequence[TokenizedExample]) -> None:
+            batch = pack(list(examples), self.pad_id, mask_dtype=_mask_dtype(self.model))
+            with _autocast(config):
+                _answer_states(self.model, batch.to(config.device))
+
+        key = NullSpace.key(_base_setup(base_dir, config), general, config.null_space_energy)
+        self.projectors = null_space.projectors(
+            self.model, forward, key, general, config.null_space_energy
+        )
+        self.a_weights = lora_a_weights(self.model)
+        project_(self.a_weights, self.projectors)
 
     def _answer_states(self, batch: PackedBatch, examples: list[TokenizedExample]) -> torch.Tensor:
         """:func:`_answer_states`, the layers below the split started from kept states."""
@@ -558,14 +612,27 @@ def train_lora(
     progress: ProgressFn | None = None,
     reference: ReplayReference | None = None,
     frozen: FrozenLayers | None = None,
+    neighbours: Sequence[TokenizedExample] = (),
+    null_space: NullSpace | None = None,
 ) -> tuple[Any, TrainResult]:
     """Train a LoRA adapter on ``new`` (+ replay). Returns the PEFT model and the figures.
 
     ``reference`` keeps the base model's replay distributions between calls, ``frozen`` the
     examples' states below the adapted layers (a worker passes the same ones to every job);
-    without them they are computed for this call alone.
+    without them they are computed for this call alone. ``neighbours``: replay examples of
+    this job's own (the base's answers to its neighbour prompts), a few in every step.
     """
-    run = LoraRun(base_dir, new, replay, config, pad_id=pad_id, reference=reference, frozen=frozen)
+    run = LoraRun(
+        base_dir,
+        new,
+        replay,
+        config,
+        pad_id=pad_id,
+        reference=reference,
+        frozen=frozen,
+        neighbours=neighbours,
+        null_space=null_space,
+    )
     while not run.finished:
         new_loss = run.step()
         if progress is not None:
