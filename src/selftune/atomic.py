@@ -174,7 +174,9 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
 def remove_incomplete(parent: Path, older_than: float = 0.0) -> list[Path]:
     """Delete temporary directories left by a crash under ``parent``; return what was removed.
 
-    Only those untouched for ``older_than`` seconds: another process may be writing a young one.
+    Only those untouched for ``older_than`` seconds, the folder and every file in it: another
+    process may be writing a young one (a merged GGUF export writes one file for minutes, which
+    leaves the folder's own mtime old).
     """
     removed = []
     cutoff = time.time() - older_than
@@ -183,11 +185,21 @@ def remove_incomplete(parent: Path, older_than: float = 0.0) -> list[Path]:
             if (
                 path.name.startswith(_TMP_PREFIX)
                 and path.is_dir()
-                and path.stat().st_mtime <= cutoff
+                and _last_modified(path) <= cutoff
             ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
+
+
+def _last_modified(folder: Path) -> float:
+    """The newest mtime of ``folder`` and everything in it (0 for what vanished meanwhile)."""
+    newest = 0.0
+    with contextlib.suppress(OSError):  # a folder removed while it is walked
+        for path in (folder, *folder.rglob("*")):
+            with contextlib.suppress(OSError):
+                newest = max(newest, path.lstat().st_mtime)
+    return newest
 
 
 def build_once(target: Path, build: Callable[[], None]) -> None:

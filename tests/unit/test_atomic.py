@@ -203,3 +203,16 @@ def test_remove_incomplete_spares_a_folder_being_written(tmp_path: Path) -> None
     os.utime(old, (past, past))
     assert remove_incomplete(tmp_path, older_than=60) == [old]
     assert young.exists()
+
+
+def test_remove_incomplete_spares_a_folder_whose_file_is_being_written(tmp_path: Path) -> None:
+    """A merged GGUF export writes one large file for minutes: the folder's own mtime is old,
+    the file's is not."""
+    writing = tmp_path / ".tmp-f16-cafe"
+    writing.mkdir()
+    (writing / "model.gguf").write_bytes(b"GGUF")  # written to just now
+    past = time.time() - 120
+    os.utime(writing, (past, past))
+    assert remove_incomplete(tmp_path, older_than=60) == []
+    os.utime(writing / "model.gguf", (past, past))
+    assert remove_incomplete(tmp_path, older_than=60) == [writing]

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from selftune.engines.base import InvalidRequest
 
-__all__ = ["ApiError", "error_body", "install_error_handlers"]
+__all__ = ["ApiError", "error_body", "install_error_handlers", "storage_error"]
 
 
 class ApiError(Exception):
@@ -54,6 +55,43 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"invalid request{where}: {first.get('msg', 'invalid value')}", param
 
 
+def storage_error(exc: OperationalError, data_dir: Any = None) -> ApiError:
+    """What a store that cannot take a write means for the caller, who must not think the
+    request was recorded: a full disk (507), a read-only data folder or database (503), or a
+    store out of reach (503). Nothing of the request was stored; it may be sent again."""
+    cause = str(exc.orig) if exc.orig is not None else str(exc)
+    reason = cause.strip().splitlines()[0][:200] if cause.strip() else type(exc).__name__
+    lowered = reason.lower()
+    where = f"the data folder {data_dir}" if data_dir else "the data folder"
+    if any(words in lowered for words in ("is full", "disk full", "no space left")):
+        return ApiError(
+            507,
+            f"the store could not save this request: the disk is full ({reason}). Free disk "
+            f"space where {where} or the database lives, then send the request again; nothing "
+            "of it was recorded.",
+            type="server_error",
+            code="storage_full",
+        )
+    if any(words in lowered for words in ("readonly", "read-only", "permission denied")):
+        return ApiError(
+            503,
+            f"the store could not save this request: it is read-only ({reason}). Check that "
+            f"{where} and the database file in it are writable by the server (permissions, a "
+            "file system mounted read-only), then send the request again; nothing of it was "
+            "recorded.",
+            type="server_error",
+            code="storage_read_only",
+        )
+    return ApiError(
+        503,
+        f"the store could not save this request ({reason}); send it again later. Nothing of it "
+        "was recorded.",
+        type="server_error",
+        code="storage_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
@@ -87,6 +125,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=exc.headers,
         )
+
+    @app.exception_handler(OperationalError)
+    async def _storage(request: Request, exc: OperationalError) -> JSONResponse:
+        selftune = getattr(request.app.state, "selftune", None)
+        settings = getattr(selftune, "settings", None)
+        error = storage_error(exc, getattr(settings, "data_dir", None))
+        return await _api_error(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -22,10 +22,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.deps import CurrentCaller, ReadyEngine, State
-from selftune.api.errors import ApiError, error_body
+from selftune.api.errors import ApiError, error_body, storage_error
 from selftune.api.generation import (
     Asked,
     Generation,
@@ -240,6 +241,11 @@ async def _record_and_end(
     instead if recording failed."""
     try:
         usage = await run_in_threadpool(generation.record)
+    except OperationalError as exc:  # a full disk, a read-only store: say which, not the SQL
+        error = storage_error(exc, generation.state.settings.data_dir)
+        body = error_body(error.message, error.type, error.code)
+        yield f"data: {json.dumps(body)}\n\n"
+        return
     except Exception as exc:
         body = error_body(f"the answer could not be recorded: {exc}", "server_error")
         yield f"data: {json.dumps(body)}\n\n"

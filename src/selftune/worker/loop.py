@@ -142,9 +142,14 @@ class Worker:
     def recover(self) -> None:
         if not self._swept:  # once: a crash left them; live writers' folders are young
             self._swept = True
-            removed = remove_incomplete(
-                self.settings.versions_dir, older_than=self.settings.jobs.stale_seconds
-            )
+            # Versions, and exports (<exports_dir>/<version>/.tmp-<format>-...), which a worker
+            # killed mid-export leaves behind: a merged GGUF is as large as the model.
+            stale = self.settings.jobs.stale_seconds
+            removed = remove_incomplete(self.settings.versions_dir, older_than=stale)
+            exports = self.settings.exports_dir
+            for folder in sorted(exports.iterdir()) if exports.is_dir() else ():
+                if folder.is_dir():
+                    removed += remove_incomplete(folder, older_than=stale)
             if removed:
                 log.warning("removed %d half-written artifacts: %s", len(removed), removed)
         recovered = jobs.recover_stale(
