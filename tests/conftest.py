@@ -62,17 +62,23 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def isolate_settings(env: pytest.MonkeyPatch, root: Path, shared_cache: Path) -> None:
+    """No selftune.toml from the working directory and no SELFTUNE_ variable from outside;
+    the shared model cache. ``env``: a test's monkeypatch, or a module's own context."""
+    env.setenv("SELFTUNE_CONFIG", str(root / "selftune.toml"))
+    for key in list(os.environ):
+        if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
+            env.delenv(key)
+    env.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+
+
 @pytest.fixture
 def settings_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
 ) -> Iterator[Path]:
     """Isolate settings: no selftune.toml from the working directory, data under tmp_path."""
-    monkeypatch.setenv("SELFTUNE_CONFIG", str(tmp_path / "selftune.toml"))
-    for key in list(os.environ):
-        if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
-            monkeypatch.delenv(key)
+    isolate_settings(monkeypatch, tmp_path, shared_cache)
     monkeypatch.setenv("SELFTUNE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
     # Compiling the training step takes 30-60 s per process: tests train uncompiled, except
     # the ones about compiling and the end-to-end test of the defaults.
     monkeypatch.setenv("SELFTUNE_TRAIN__COMPILE", "off")

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +13,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from bench.scenario import free_port
 from selftune.api.app import create_app
 from selftune.config import Settings, load_settings
 from selftune.engines.transformers_engine import TransformersEngine
+from tests.conftest import isolate_settings
 from tests.integration.lora_versions import add_version, save_random_lora
 
 
@@ -81,19 +81,12 @@ class LiveServer:
     app: FastAPI  # its state (app.state.selftune) holds the store
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def serve_on_loopback(app: FastAPI) -> Iterator[str]:
     """Run ``app`` with uvicorn in a thread until the block ends; yields its base URL."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True, name="uvicorn")
     thread.start()
@@ -127,11 +120,7 @@ def openai_server(
     gguf = write_llama_base_gguf(tiny_model_dir, root / "tiny.gguf", default_gguf_path())
     engine = LlamaCppEngine(gguf, tiny_model_dir, context_length=256, threads=1)
     with pytest.MonkeyPatch.context() as env:  # as settings_env does, for the whole module
-        env.setenv("SELFTUNE_CONFIG", str(root / "selftune.toml"))
-        for key in list(os.environ):
-            if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
-                env.delenv(key)
-        env.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+        isolate_settings(env, root, shared_cache)
         settings = tiny_settings(tiny_model_dir, data_dir=str(root / "data"))
         app = create_app(settings, engine=engine)
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from bench.scenario import free_port
 
 __all__ = ["ServerProcess", "native_server"]
 
@@ -43,19 +44,12 @@ class ServerProcess:
         return self.log.read_bytes()[-size:].decode("utf-8", "replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def native_server(
     model_dir: Path, gguf: Path, root: Path, shared_cache: Path
 ) -> Iterator[ServerProcess]:
     """A server process for ``gguf`` (the tiny model of ``model_dir``), stopped on exit."""
-    port = _free_port()
+    port = free_port()
     env = {
         key: value
         for key, value in os.environ.items()

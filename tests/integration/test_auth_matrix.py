@@ -9,7 +9,6 @@ checks that each user's key reaches only that user's records.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 from selftune.api.app import create_app
 from selftune.api.auth import create_key
 from selftune.engines.transformers_engine import TransformersEngine
+from tests.conftest import isolate_settings
 from tests.integration.conftest import tiny_settings
 
 # Reachable without a key, each for a reason (docs/security.md says the same):
@@ -91,11 +91,7 @@ def secured(
     Failed keys are not limited here: the matrix sends many on purpose."""
     root = tmp_path_factory.mktemp("auth-matrix")
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("SELFTUNE_CONFIG", str(root / "selftune.toml"))
-        for key in list(os.environ):
-            if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
-                env.delenv(key)
-        env.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+        isolate_settings(env, root, shared_cache)
         settings_ = tiny_settings(
             tiny_model_dir,
             data_dir=str(root / "data"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from bench.scenario import free_port
 from selftune.api.app import create_app
 from selftune.engines.base import AdapterRef, GenerationParams
 from selftune.engines.llamacpp_engine import LlamaCppEngine
@@ -36,18 +36,11 @@ QUESTION = "Tell me something about the sea."
 MAX_TOKENS = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def _server(app: Any) -> Iterator[httpx.Client]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -19,12 +19,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
 from bench.fake_openai import MODEL, FakeOpenAI, answer_for
+from bench.scenario import free_port
 from selftune.api.app import create_app
 from selftune.api.proxy import UPSTREAM_PREFIX
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.registry.versions import promote
 from selftune.store.schema import Interaction, TrainingExample, Version
-from tests.integration.conftest import _free_port, serve_on_loopback, tiny_settings
+from tests.integration.conftest import serve_on_loopback, tiny_settings
 from tests.integration.lora_versions import add_version
 
 CHAT = {"model": "any-name", "messages": [{"role": "user", "content": "How long is banana?"}]}
@@ -171,7 +172,7 @@ def test_an_unreachable_upstream(
     adapter_engine: TransformersEngine,
     lora: Path,
 ) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}/v1"
+    closed = f"http://127.0.0.1:{free_port()}/v1"
     with proxied(tiny_model_dir, adapter_engine, closed) as client:
         failed = client.post("/v1/chat/completions", json=CHAT)
         assert failed.status_code == 502

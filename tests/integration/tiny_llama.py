@@ -8,7 +8,6 @@ that is a fuzzer of the grammar, every answer a different text the grammar admit
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 from selftune.api.app import create_app
 from selftune.engines.llamacpp_engine import LlamaCppEngine
 from selftune.models.base import default_gguf_path
+from tests.conftest import isolate_settings
 from tests.gguf_base import write_llama_base_gguf
 from tests.integration.conftest import tiny_settings
 
@@ -35,11 +35,7 @@ def llama_client(
     engine = LlamaCppEngine(gguf, tiny_model_dir, context_length=512, threads=1)
     try:
         with pytest.MonkeyPatch.context() as env:
-            env.setenv("SELFTUNE_CONFIG", str(root / "selftune.toml"))
-            for key in list(os.environ):
-                if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
-                    env.delenv(key)
-            env.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+            isolate_settings(env, root, shared_cache)
             settings = tiny_settings(
                 tiny_model_dir,
                 data_dir=str(root / "data"),

@@ -68,6 +68,7 @@ def test_tiny_run_losses_are_pinned(
     config = TrainConfig(
         rank=4, alpha=8, target_modules=("q_proj", "v_proj"), learning_rate=1e-2, steps=6,
         batch_size=4, replay_per_step=1, seed=0, replay_top_k=top_k, stop_loss=0.0,
+        null_space_energy=0.0,
     )  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # reductions in a fixed order
