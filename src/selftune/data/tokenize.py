@@ -23,6 +23,7 @@ __all__ = [
     "LabelledTokens",
     "TemplateMismatch",
     "TokenizedExample",
+    "answer_positions",
     "collate",
     "first_answer_tokens",
     "tokenize_chat",
@@ -54,6 +55,12 @@ class TokenizedExample:
     @property
     def n_loss_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def answer_positions(example: LabelledTokens) -> list[int]:
+    """The positions whose next token is an answer token (position t predicts token t + 1)."""
+    labels = list(example.labels)
+    return [t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX]
 
 
 def collate(examples: Sequence[LabelledTokens], pad_id: int) -> dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from selftune.artifacts import GGUF_ADAPTER
-from selftune.data.tokenize import IGNORE_INDEX, LabelledTokens
+from selftune.data.tokenize import LabelledTokens, answer_positions
 from selftune.engines.base import (
     STREAM_END,
     AdapterRef,
@@ -459,9 +459,7 @@ class LlamaCppEngine:
         self._use(self._ctx, adapter)
         for example in examples:
             ids = list(example.input_ids)
-            labels = list(example.labels)
-            # Position t predicts token t+1.
-            positions = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
+            positions = answer_positions(example)
             if not positions:
                 continue
             logits = self._ctx.logits_at(ids, positions)
@@ -480,8 +478,7 @@ class LlamaCppEngine:
             self._use(self._ctx, adapter)
             found = []
             for example in examples:
-                ids, labels = list(example.input_ids), list(example.labels)
-                positions = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
+                ids, positions = list(example.input_ids), answer_positions(example)
                 if not positions:
                     found.append(float("inf"))
                     continue

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from selftune.data.tokenize import IGNORE_INDEX, LabelledTokens, collate
+from selftune.data.tokenize import IGNORE_INDEX, LabelledTokens, answer_positions, collate
 from selftune.engines.base import (
     AdapterRef,
     Chunk,
@@ -146,8 +146,7 @@ class TransformersEngine:
             self._activate(adapter)
             with self._bare_context(adapter):
                 for example in examples:
-                    ids, labels = list(example.input_ids), list(example.labels)
-                    positions = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
+                    ids, positions = list(example.input_ids), answer_positions(example)
                     if not positions:
                         found.append(float("inf"))
                         continue
