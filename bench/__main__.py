@@ -16,6 +16,7 @@ BENCHMARKS = (
     "bench.serving",
     "bench.proxy_latency",
     "bench.fuzz",
+    "bench.curation",
 )
 
 status = 0
