@@ -3,6 +3,7 @@ recorded reasons, flags, and the contributor caps as a property."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 from selftune.curate import (
     CurationPolicy,
+    CurationResult,
+    Curator,
     Example,
     QualitySettings,
     Reason,
@@ -108,6 +111,27 @@ def test_curate_scrubs_then_filters_then_deduplicates_recording_reasons() -> Non
     # Nothing that leaves curation still holds the address, rejected or not.
     everything = [*result.kept, *(r.example for r in (*result.rejected, *result.flagged))]
     assert not any("@example" in m["content"] for e in everything for m in e.messages)
+
+
+def test_remembered_examples_are_measured_against_but_not_curated() -> None:
+    """Examples kept before (read back from the store) are indexed as they are: a later copy
+    is a duplicate of one, a later different answer to its question is flagged."""
+    curator = Curator()
+    curator.remember(dataclasses.replace(_chat(GOOD, source="submitted"), id="example 7"))
+    curator.remember(_chat(GOOD))  # a copy among the remembered: not indexed twice, no error
+    result = CurationResult()
+    curator.add(_chat(GOOD.upper()), result)
+    curator.add(_chat("Descale it with citric acid, then boil clean water twice."), result)
+    bread = "Yeast gives off carbon dioxide, and its bubbles stretch the dough as it bakes."
+    curator.add(_chat(bread, question="What makes bread rise when it is baked?"), result)
+    [duplicate] = result.rejected
+    assert (duplicate.reason, duplicate.detail) == (
+        Reason.EXACT_DUPLICATE,
+        "of example 7 (similarity 1.00)",
+    )
+    [flag] = result.flagged
+    assert (flag.reason, flag.detail) == (Reason.CONFLICTING_ANSWER, "example 7 answered otherwise")
+    assert len(result.kept) == 1
 
 
 def test_flags_can_be_turned_off() -> None:

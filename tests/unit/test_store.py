@@ -10,9 +10,18 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, MetaData, String, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
+from selftune.data.curation import active_examples
 from selftune.store import Database
 from selftune.store.interactions import record_interaction
-from selftune.store.schema import ApiKey, Base, Conversation, Event, Interaction, User
+from selftune.store.schema import (
+    ApiKey,
+    Base,
+    Conversation,
+    Event,
+    Interaction,
+    TrainingExample,
+    User,
+)
 
 
 def _tables(db: Database) -> set[str]:
@@ -48,7 +57,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0005"]
+    assert versions == ["0006"]
 
 
 def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
@@ -136,6 +145,50 @@ def test_keys_made_before_lifetimes_never_expire_and_survive_the_step_back(
     _migrate_to(db, "0004", down=True)
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT key_hash FROM api_keys")).scalars().all() == ["h"]
+
+
+def test_examples_made_before_curation_states_are_kept_and_train_as_before(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    _migrate_to(db, "0005")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, created_at) VALUES ('old', '2026-01-01')"))
+        for active in (1, 0):  # a rated answer, and one a later -1 withdrew
+            conn.execute(
+                text(
+                    "INSERT INTO training_examples (user_id, source, messages, active, created_at)"
+                    " VALUES ('old', 'rating', '[]', :active, '2026-01-01')"
+                ),
+                {"active": active},
+            )
+        # A version trained on the first: the step back must keep what refers to it.
+        conn.execute(
+            text(
+                "INSERT INTO versions (name, base_model, base_fingerprint, path, chat_template, "
+                "train_metrics, eval_metrics, gate, created_at) "
+                "VALUES ('v1', 'b', 'f', 'p', 't', '{}', '{}', '{}', '2026-01-01')"
+            )
+        )
+        conn.execute(text("INSERT INTO version_examples VALUES (1, 1, 'train')"))
+    db.migrate()
+    with db.read() as session:
+        rows = session.execute(
+            select(
+                TrainingExample.active,
+                TrainingExample.state,
+                TrainingExample.reason,
+                TrainingExample.provenance,
+            ).order_by(TrainingExample.id)
+        ).all()
+        assert [tuple(row) for row in rows] == [
+            (True, "kept", None, None),
+            (False, "kept", None, None),
+        ]
+        assert [e.id for e in active_examples(session)] == [1]
+    _migrate_to(db, "0005", down=True)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT active FROM training_examples")).scalars().all() == [1, 0]
 
 
 def test_migrating_twice_is_a_no_op(db: Database) -> None:

@@ -16,6 +16,7 @@ from selftune.api import (
     connectors,
     downloads,
     embeddings,
+    examples,
     keys,
     llamacpp_routes,
     manage,
@@ -77,6 +78,7 @@ def create_app(
     app.include_router(vllm_routes.router)
     app.include_router(embeddings.router)
     app.include_router(manage.router)
+    app.include_router(examples.router)
     app.include_router(connectors.router)
     app.include_router(keys.router)
     app.include_router(downloads.router)

@@ -23,10 +23,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from selftune.api.errors import error_body
 from selftune.config import ServeSettings
 
-__all__ = ["RequestTooLarge", "allowed_hosts", "install_guards", "is_loopback"]
+__all__ = [
+    "JSONL_TYPES",
+    "OTHER_BODY_TYPES",
+    "RequestTooLarge",
+    "allowed_hosts",
+    "install_guards",
+    "is_loopback",
+]
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson"})
+# The routes that take a body other than JSON, and which types: a JSONL file of examples. No
+# browser sends these types without asking the server first (only text/plain and forms are
+# "simple"), so the reason for the JSON check still holds for them.
+OTHER_BODY_TYPES: dict[tuple[str, str], frozenset[str]] = {("POST", "/api/examples"): JSONL_TYPES}
 
 
 def is_loopback(host: str) -> bool:
@@ -109,7 +121,8 @@ class HostGuard:
 
 
 class JsonBodyGuard:
-    """Requires ``Content-Type: application/json`` on a request with a body (415 without)."""
+    """Requires ``Content-Type: application/json`` on a request with a body (415 without), or
+    one of the types :data:`OTHER_BODY_TYPES` allows on its route."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -123,14 +136,16 @@ class JsonBodyGuard:
             length is not None and length.strip() not in ("", "0")
         )
         content_type = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
-        if not has_body or content_type == "application/json":
+        others = OTHER_BODY_TYPES.get((scope["method"], scope["path"]), frozenset())
+        if not has_body or content_type == "application/json" or content_type in others:
             await self.app(scope, receive, send)
             return
         sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        also = "".join(f" or {t}" for t in sorted(others))
         await _refuse(
             send,
             415,
-            f"the request body must be JSON, sent with 'Content-Type: application/json' "
+            f"the request body must be JSON, sent with 'Content-Type: application/json'{also} "
             f"(this request has {sent})",
             "unsupported_media_type",
             None,

@@ -96,7 +96,8 @@ async def train(
                 400,
                 f"nothing to learn yet: {n} curated examples, need "
                 f"{state.settings.train.min_new_examples}. Rate answers or send corrections "
-                "with POST /api/feedback first.",
+                "with POST /api/feedback, or submit conversations with POST /api/examples, "
+                "first.",
                 code="no_training_data",
             )
         reason = body.reason if body else "requested through the API"

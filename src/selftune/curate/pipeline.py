@@ -55,6 +55,15 @@ class Curator:
         self._count = 0
         self._keys: set[str] = set()
 
+    def remember(self, example: Example) -> None:
+        """Index an example kept before (curated already, read back from the store), so that
+        later ones are deduplicated and checked for conflicting answers against it. Nothing
+        is scrubbed or checked; a copy of an earlier remembered one is not indexed again."""
+        key = self._key(example)
+        if self._dedup.check(key, chat_text(example)) is None:
+            answer = (normalize(example.answer), key)
+            self._answers_by_prompt.setdefault(self._prompt(example), answer)
+
     def add(self, example: Example, result: CurationResult) -> None:
         """Curate one example into ``result``: kept, rejected or flagged."""
         contents = []
@@ -67,10 +76,7 @@ class Curator:
         if rejection is not None:
             result.rejected.append(rejection)
             return
-        # The deduplicator needs unique keys: an example's id, else (or if repeated) its position.
-        key = example.id if example.id and example.id not in self._keys else f"#{self._count}"
-        self._keys.add(key)
-        self._count += 1
+        key = self._key(example)
         duplicate = self._dedup.check(key, chat_text(example))
         if duplicate is not None:
             reason = Reason.EXACT_DUPLICATE if duplicate.exact else Reason.NEAR_DUPLICATE
@@ -84,10 +90,22 @@ class Curator:
                 return
         result.kept.append(example)
 
+    def _key(self, example: Example) -> str:
+        """The deduplicator needs unique keys: an example's id, else (or if repeated) its
+        position."""
+        key = example.id if example.id and example.id not in self._keys else f"#{self._count}"
+        self._keys.add(key)
+        self._count += 1
+        return key
+
+    @staticmethod
+    def _prompt(example: Example) -> str:
+        return normalize("\n".join(m.get("content", "") for m in example.messages[:-1]))
+
     def _conflict(self, example: Example, key: str) -> Rejection | None:
         """A flag when an earlier kept example asked the same and was answered otherwise: one of
         the two is wrong, or someone is trying to teach a different answer."""
-        prompt = normalize("\n".join(m.get("content", "") for m in example.messages[:-1]))
+        prompt = self._prompt(example)
         answer = normalize(example.answer)
         earlier = self._answers_by_prompt.setdefault(prompt, (answer, key))
         if prompt and earlier[0] != answer:

@@ -132,12 +132,21 @@ class TrainingExample(Base):
     __tablename__ = "training_examples"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
-    source: Mapped[str] = mapped_column(String(32))  # "correction" | "rating" | "upstream"
+    # "correction" | "rating" | "upstream" | "submitted"
+    source: Mapped[str] = mapped_column(String(32))
     interaction_id: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"), index=True)
     feedback_id: Mapped[int | None] = mapped_column(ForeignKey("feedback.id"))
     messages: Mapped[list[Any]] = mapped_column(JSON)  # ends with the assistant turn to learn
-    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False: superseded/withdrawn
+    # True: training uses it. False: superseded/withdrawn, or curation did not keep it.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # What curation decided: "kept" | "rejected" | "flagged" (held for review); with the
+    # reason (selftune.curate.Reason) and a detail a person can check for the last two.
+    state: Mapped[str] = mapped_column(String(16), default="kept", server_default="kept")
+    reason: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    # Where a submitted example came from: importer, file name, line, content hash (docs/data.md).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Job(Base):
