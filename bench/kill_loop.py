@@ -21,7 +21,7 @@ interrupted.
 The model is a tiny random Llama (2 layers, the default model's tokenizer) written as an f32
 GGUF, served with llama.cpp as the default model is; it starts in seconds.
 
-    .venv/bin/python -m bench.kill_loop                # 200 kills (about 30-40 minutes)
+    .venv/bin/python -m bench.kill_loop                # 200 kills (about 50 minutes)
     .venv/bin/python -m bench.kill_loop --kills 20 --worker-kills 2
     .venv/bin/python -m bench.kill_loop --database postgresql+psycopg://u@host:port/empty_db
 

@@ -189,6 +189,29 @@ def test_answer_losses_reuse_the_shared_prompt_prefix_exactly(
     assert together == pytest.approx(mean, rel=1e-5)
 
 
+def test_answer_losses_scored_together_match_each_scored_alone(
+    engine: LlamaCppEngine, versions: list[AdapterRef]
+) -> None:
+    """Examples are scored several to a batch: more of them than one batch holds, of different
+    lengths, one with no answer to score among them, give each one's own loss and margin."""
+    chats = [
+        [{"role": "user", "content": f"{q} ({n})"}, {"role": "assistant", "content": "Quen" * n}]
+        for n in range(1, 4)
+        for q in QUESTIONS
+    ]
+    examples = [tokenize_chat(engine.tokenizer, c, engine.default_template, 64) for c in chats]
+    examples[5].labels[:] = [-100] * len(examples[5].labels)  # nothing to score: skipped
+    scored = [e for i, e in enumerate(examples) if i != 5]
+    alone = [engine.answer_nll([example], versions[0]) for example in scored]
+    weights = [sum(label != -100 for label in e.labels[1:]) for e in scored]
+    mean = sum(a * w for a, w in zip(alone, weights, strict=True)) / sum(weights)
+    assert engine.answer_nll(examples, versions[0]) == pytest.approx(mean, rel=1e-4)
+    margins = engine.answer_margins(examples, versions[0])
+    assert margins[5] == float("inf")
+    each = [engine.answer_margins([example], versions[0])[0] for example in examples]
+    assert margins == pytest.approx(each, abs=1e-3)
+
+
 def test_an_answer_can_end_once_its_test_holds(
     engine: LlamaCppEngine, versions: list[AdapterRef]
 ) -> None:
