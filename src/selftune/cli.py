@@ -408,6 +408,153 @@ def _report_check(check: dict[str, Any], fmt: str) -> None:
         )
 
 
+@app.command("import")
+def import_command(
+    target: Annotated[
+        str, typer.Argument(help="A file, a folder (imported recursively) or an http(s) URL.")
+    ],
+    tags: Annotated[str, typer.Option(help="Tags for every import, comma-separated.")] = "",
+    user: Annotated[str, typer.Option(help="Whose imports they are.")] = "cli",
+) -> None:
+    """Import documents (text, Markdown, HTML, PDF) from files, a folder or a web page, one
+    import per file, and follow them to their end (docs/imports.md).
+
+    With a worker running, each import is its job; without one, they run here."""
+    import os
+    import socket
+
+    from selftune.store.workers import live_workers
+
+    settings = _settings()
+    db = _database(settings)
+    tag_list = tags.split(",")
+    try:
+        here = None if live_workers(db) else f"cli:{socket.gethostname()}:{os.getpid()}"
+        recorded, failures = _record_imports(settings, db, target, tag_list, user, here)
+        if here is None:
+            views = _wait_for_imports(db, recorded)
+        else:
+            views = _run_imports_here(settings, db, recorded, here)
+    finally:
+        db.dispose()
+    for name, view in views.items():
+        if view["state"] != "succeeded":
+            error = view["error"] or {"code": view["state"], "message": ""}
+            failures.append(f"{name}: {error['code']}: {error['message']}")
+        elif view["duplicates_dropped"]:
+            typer.echo(f"{name}: already imported (import {view['duplicate_of']})")
+    done = sum(view["state"] == "succeeded" for view in views.values())
+    chunks = sum(view["chunks_made"] for view in views.values())
+    typer.echo(f"{done} imported ({chunks} chunks), {len(failures)} failed")
+    for failure in failures:
+        console.print(f"[red]failed:[/red] {failure}")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _record_imports(
+    settings: Settings, db: Database, target: str, tags: list[str], user: str, here: str | None
+) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """Record one import per file of ``target`` (or of the URL): {name: (import id, job id)},
+    and the files refused before they were recorded."""
+    from selftune.data import documents
+
+    recorded: dict[str, tuple[int, int]] = {}
+    failures: list[str] = []
+    if target.startswith(("http://", "https://")):
+        sources: list[tuple[str, Any, bytes | None]] = [(target, "url", None)]
+    else:
+        path = Path(target)
+        if not path.exists():
+            _fail(f"{target} does not exist: name a file, a folder or an http(s) URL")
+        files = documents.files_to_import(path)
+        if not files:
+            suffixes = ", ".join(sorted(documents.IMPORT_SUFFIXES))
+            _fail(f"no files to import in {target} (it takes {suffixes})")
+        sources = [(str(f), "file", f.read_bytes()) for f in files]
+    for name, kind, data in sources:
+        try:
+            source = Path(name).name if kind == "file" else name
+            recorded[name] = documents.record_import(
+                settings, db, user, kind, source, data=data, tags=tags, worker_id=here
+            )
+        except documents.ImportInvalid as exc:
+            failures.append(f"{name}: {exc.code}: {exc.message}")
+    return recorded, failures
+
+
+def _import_views(db: Database, recorded: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    from selftune.data import documents
+    from selftune.store.schema import ImportRecord
+
+    views = {}
+    with db.read() as session:
+        for name, (import_id, _job) in recorded.items():
+            record = session.get(ImportRecord, import_id)
+            if record is not None:
+                views[name] = documents.import_view(session, record, documents=False)
+    return views
+
+
+def _import_bar() -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
+def _wait_for_imports(db: Database, recorded: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """Follow imports a worker runs until each has ended, with one bar for all of them."""
+    with _import_bar() as bar:
+        task = bar.add_task(f"{len(recorded)} imports: queued", total=len(recorded) or 1)
+        while True:
+            views = _import_views(db, recorded)
+            ended = [
+                v for v in views.values() if v["state"] in ("succeeded", "failed", "cancelled")
+            ]
+            bar.update(
+                task,
+                completed=sum(v["progress"] for v in views.values()),
+                description=f"{len(recorded)} imports: {len(ended)} ended",
+            )
+            if len(ended) == len(views):
+                return views
+            time.sleep(0.3)
+
+
+def _import_reporter(
+    bar: Progress, task: Any, done: int, name: str, db: Database, job_id: int, worker_id: str
+) -> Any:
+    """The progress callback of an import run here: the bar, and the job's progress."""
+    from selftune.store import jobs
+
+    def report(fraction: float, stage: str) -> None:
+        bar.update(task, completed=done + fraction, description=f"{name}: {stage}")
+        if jobs.report(db, job_id, fraction, stage, worker_id=worker_id):
+            raise jobs.JobCancelled(f"job {job_id} was cancelled")
+
+    return report
+
+
+def _run_imports_here(
+    settings: Settings, db: Database, recorded: dict[str, tuple[int, int]], worker_id: str
+) -> dict[str, Any]:
+    """Run the imports' jobs in this process (no worker is running), one after another."""
+    from selftune.data.documents import run_import
+    from selftune.store import jobs
+
+    with _import_bar() as bar:
+        task = bar.add_task("importing", total=len(recorded) or 1)
+        for done, (name, (import_id, job_id)) in enumerate(recorded.items()):
+            report = _import_reporter(bar, task, done, name, db, job_id, worker_id)
+            try:
+                result = run_import(settings, db, job_id, import_id, report, worker_id=worker_id)
+            except (jobs.JobFailed, jobs.JobCancelled) as exc:
+                status = "failed" if isinstance(exc, jobs.JobFailed) else "cancelled"
+                jobs.finish(db, job_id, status, error=str(exc), worker_id=worker_id)
+            else:
+                jobs.finish(db, job_id, "succeeded", result=result, worker_id=worker_id)
+    return _import_views(db, recorded)
+
+
 @app.command()
 def timestep(
     config: Annotated[

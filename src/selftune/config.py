@@ -411,6 +411,29 @@ class JobsSettings(_Section):
     )
 
 
+class ImportsSettings(_Section):
+    """Importing documents: files, web pages and texts (docs/imports.md)."""
+
+    allow_private_addresses: bool = Field(
+        False,
+        description="Let URL imports reach loopback, private and link-local addresses (an "
+        "intranet wiki). Off, a URL that resolves or redirects there is refused.",
+    )
+    max_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1,
+        description="Largest file or web page one import takes, in bytes (an upload is also "
+        "held to serve.max_request_bytes).",
+    )
+    max_pdf_pages: int = Field(500, ge=1, description="Most pages of a PDF one import reads.")
+    fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds for fetching one URL, its redirects included."
+    )
+    chunk_chars: int = Field(
+        1200, ge=100, description="Most characters in one chunk of an imported document."
+    )
+
+
 class ProxySettings(_Section):
     """Serving in front of another OpenAI-compatible server and learning from its answers
     (docs/proxy.md)."""
@@ -658,6 +681,10 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(
         default_factory=lambda: JobsSettings.model_validate({}),
         description="[jobs]: the worker and its job queue.",
+    )
+    imports: ImportsSettings = Field(
+        default_factory=lambda: ImportsSettings.model_validate({}),
+        description="[imports]: importing files, web pages and texts.",
     )
     proxy: ProxySettings = Field(
         default_factory=lambda: ProxySettings.model_validate({}),

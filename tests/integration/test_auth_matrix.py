@@ -51,6 +51,7 @@ ADMIN_ONLY = {
 PATH_VALUES = {
     "ref": "v1",
     "job_id": "1",
+    "import_id": "1",
     "reply_id": "1",
     "model_id": "selftune",
     "prefix": "st-nosuchkey",

@@ -50,6 +50,9 @@ def test_migrate_creates_every_table(db: Database) -> None:
         "events",
         "workers",
         "connector_replies",
+        "imports",
+        "documents",
+        "chunks",
     }
     assert _tables(db) == expected | {"alembic_version"}
 
@@ -57,7 +60,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0006"]
+    assert versions == ["0007"]
 
 
 def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
@@ -116,6 +119,19 @@ def test_connector_replies_arrive_on_the_previous_schema_and_go_back(tmp_path: P
         assert session.get(User, "old") is not None
     _migrate_to(db, "0003", down=True)
     assert "connector_replies" not in _tables(db)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM users")).scalars().all() == ["old"]
+
+
+def test_import_tables_arrive_on_the_previous_schema_and_go_back(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    _migrate_to(db, "0006")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, created_at) VALUES ('old', '2026-01-01')"))
+    db.migrate()
+    assert {"imports", "documents", "chunks"} <= _tables(db)
+    _migrate_to(db, "0006", down=True)
+    assert not {"imports", "documents", "chunks"} & _tables(db)
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT id FROM users")).scalars().all() == ["old"]
 

@@ -17,6 +17,7 @@ from selftune.api import (
     downloads,
     embeddings,
     examples,
+    imports,
     keys,
     llamacpp_routes,
     manage,
@@ -79,6 +80,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(manage.router)
     app.include_router(examples.router)
+    app.include_router(imports.router)
     app.include_router(connectors.router)
     app.include_router(keys.router)
     app.include_router(downloads.router)

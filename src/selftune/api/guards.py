@@ -24,6 +24,7 @@ from selftune.api.errors import error_body
 from selftune.config import ServeSettings
 
 __all__ = [
+    "IMPORT_FILE_TYPES",
     "JSONL_TYPES",
     "OTHER_BODY_TYPES",
     "RequestTooLarge",
@@ -35,10 +36,18 @@ __all__ = [
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson"})
-# The routes that take a body other than JSON, and which types: a JSONL file of examples. No
-# browser sends these types without asking the server first (only text/plain and forms are
-# "simple"), so the reason for the JSON check still holds for them.
-OTHER_BODY_TYPES: dict[tuple[str, str], frozenset[str]] = {("POST", "/api/examples"): JSONL_TYPES}
+# The types a file to import may be sent with, as the raw body of POST /api/import. Not
+# text/plain: a .txt file goes as application/octet-stream (its bytes decide what it is).
+IMPORT_FILE_TYPES = frozenset(
+    {"application/octet-stream", "application/pdf", "text/html", "text/markdown"}
+)
+# The routes that take a body other than JSON, and which types: a JSONL file of examples, a
+# file to import. No browser sends these types without asking the server first (only
+# text/plain and forms are "simple"), so the reason for the JSON check still holds for them.
+OTHER_BODY_TYPES: dict[tuple[str, str], frozenset[str]] = {
+    ("POST", "/api/examples"): JSONL_TYPES,
+    ("POST", "/api/import"): IMPORT_FILE_TYPES,
+}
 
 
 def is_loopback(host: str) -> bool:

@@ -13,7 +13,7 @@
 
 Anything that cannot be imported whole raises :class:`ImportRefused` with a machine-readable
 ``code`` and a message that says what to do; nothing partial is returned. The import jobs, the
-API and the CLI that use this are not built yet (docs/imports.md).
+API and the CLI that use this are ``selftune.data.documents`` and its callers (docs/imports.md).
 
 A leaf library: it imports nothing of selftune outside itself (pyproject's import-linter contract),
 so that the API, the worker and the CLI can all use it.

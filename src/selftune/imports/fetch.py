@@ -94,7 +94,7 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    """What a fetch may do. Built from the ``imports`` settings once they are wired; the defaults
+    """What a fetch may do. Imports build it from the ``imports`` settings; the defaults
     suit fetching documents from the public web."""
 
     allow_private: bool = False

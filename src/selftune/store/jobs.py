@@ -32,6 +32,7 @@ __all__ = [
     "JobError",
     "JobFailed",
     "JobLost",
+    "add_job",
     "cancel",
     "claim",
     "enqueue",
@@ -69,12 +70,31 @@ class JobLost(RuntimeError):
 
 def enqueue(db: Database, kind: str, user_id: str, params: dict[str, Any] | None = None) -> int:
     with db.write() as session:
-        ensure_user(session, user_id)
-        job = Job(kind=kind, status="queued", user_id=user_id, params=params or {}, stage="queued")
-        session.add(job)
-        session.flush()
-        session.add(Event(kind="job_queued", payload={"job_id": job.id, "kind": kind}))
-        return job.id
+        return add_job(session, kind, user_id, params).id
+
+
+def add_job(
+    session: Session,
+    kind: str,
+    user_id: str,
+    params: dict[str, Any] | None = None,
+    *,
+    worker_id: str | None = None,
+) -> Job:
+    """Queue a job in ``session``'s write transaction, with the records it is for (an import's
+    row): a worker sees the job once, and only if, they are committed together. With
+    ``worker_id`` the job is that worker's, running, as :func:`start` records it."""
+    ensure_user(session, user_id)
+    job = Job(kind=kind, status="queued", user_id=user_id, params=params or {}, stage="queued")
+    if worker_id is not None:
+        now = utcnow()
+        job.status, job.stage, job.worker_id, job.attempts = "running", "starting", worker_id, 1
+        job.started_at = job.heartbeat_at = now
+    session.add(job)
+    session.flush()
+    event = "job_queued" if worker_id is None else "job_started"
+    session.add(Event(kind=event, payload={"job_id": job.id, "kind": kind}))
+    return job
 
 
 def enqueue_once(db: Database, kind: str, user_id: str, params: dict[str, Any]) -> tuple[int, bool]:

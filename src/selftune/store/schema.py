@@ -31,8 +31,11 @@ __all__ = [
     "Base",
     "ConnectorReply",
     "Conversation",
+    "DocumentChunk",
     "Event",
     "Feedback",
+    "ImportRecord",
+    "ImportedDocument",
     "Interaction",
     "Job",
     "TrainingExample",
@@ -239,6 +242,59 @@ class ConnectorReply(Base):
     posted_id: Mapped[str | None] = mapped_column(String(128))  # the posted comment's id
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImportRecord(Base):
+    """One import of a file, a web page or a text: who asked, what it was, how it went. Its
+    job (``kind`` "import") does the work; documents and chunks are written when it succeeds."""
+
+    __tablename__ = "imports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "file" | "url" | "text"
+    source: Mapped[str] = mapped_column(Text)  # the file's name, the URL, or "text"
+    title: Mapped[str | None] = mapped_column(Text)  # given with a text, else the document's
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # "queued" | "running" | "succeeded" | "failed" | "cancelled"
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    error_code: Mapped[str | None] = mapped_column(String(32))  # ImportRefused/FetchRefused's
+    error: Mapped[str | None] = mapped_column(Text)
+    # Hash, size, importer and its version, final URL (selftune.imports.Provenance).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # documents, chunks, examples_made, duplicates_dropped, rejected: what the import made.
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImportedDocument(Base):
+    """A document an import made: its text as parsed (Markdown or plain text)."""
+
+    __tablename__ = "documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("imports.id"), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))  # "text" | "markdown" | "html" | "pdf"
+    text: Mapped[str] = mapped_column(Text)
+    # What the source said of itself: author, date, encoding, pages ("metadata" is
+    # SQLAlchemy's own attribute, hence the name).
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DocumentChunk(Base):
+    """A piece of a document, with where it lies in the text and the headings above it."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("document_id", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # its place in the document, from 0
+    start: Mapped[int] = mapped_column(Integer)  # offsets in the document's text
+    end: Mapped[int] = mapped_column(Integer)
+    headings: Mapped[list[Any]] = mapped_column(JSON, default=list)  # outermost first
+    text: Mapped[str] = mapped_column(Text)
 
 
 class Event(Base):

@@ -86,3 +86,18 @@ def timestep(run: JobRun) -> dict[str, Any]:
         )
     except ConnectorUnavailable as exc:
         raise JobFailed(f"connector {name}: {exc}") from exc
+
+
+@handles("import")
+def import_document(run: JobRun) -> dict[str, Any]:
+    """Fetch or read, parse, chunk and store one import (``params["import_id"]``):
+    ``selftune.data.documents.run_import``."""
+    from selftune.data.documents import run_import
+
+    import_id = run.params.get("import_id")
+    if not isinstance(import_id, int):
+        raise JobFailed(f"an import job needs an import_id, not {run.params}")
+    worker = run.worker
+    return run_import(
+        worker.settings, worker.db, run.job_id, import_id, run.report, worker_id=worker.worker_id
+    )

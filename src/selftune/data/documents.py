@@ -1,0 +1,430 @@
+"""Imports of documents, in the store: record one and queue its job, run it, show it, delete it.
+
+The server and the CLI only record an import: its row and its ``import`` job are committed in
+one transaction, and a file's (or a text's) bytes are written first to
+``<data_dir>/imports/<id>.bin``, so the database never holds uploads. The worker runs the job
+(:func:`run_import`): it fetches a URL (``selftune.imports.fetch``, private addresses refused
+unless ``imports.allow_private_addresses``), parses and chunks (``selftune.imports``), and
+writes the document and its chunks in one transaction at the end, so a refused or failed import
+leaves nothing partial. See docs/imports.md.
+
+Training examples are not made from documents yet (issue 30, item 3): an import records
+``examples_made: 0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from selftune.atomic import atomic_file
+from selftune.config import Settings
+from selftune.imports import ChunkSettings, ImportLimits, ImportRefused, parse_document
+from selftune.imports.fetch import FetchPolicy, FetchRefused, fetch
+from selftune.store import jobs
+from selftune.store.db import Database
+from selftune.store.schema import (
+    DocumentChunk,
+    ImportedDocument,
+    ImportRecord,
+    Job,
+    as_utc,
+    utcnow,
+)
+
+__all__ = [
+    "EXAMPLES_NOTE",
+    "IMPORT_SUFFIXES",
+    "ImportBusy",
+    "ImportInvalid",
+    "delete_import",
+    "files_to_import",
+    "find_import",
+    "import_view",
+    "list_imports",
+    "record_import",
+    "run_import",
+    "upload_path",
+]
+
+Kind = Literal["file", "url", "text"]
+FINAL = ("succeeded", "failed", "cancelled")
+EXAMPLES_NOTE = (
+    "training examples are not made from documents yet (issue 30, item 3): the import stores "
+    "documents and chunks only"
+)
+_MAX_TAGS, _MAX_TAG_CHARS = 32, 64
+
+
+class ImportInvalid(ValueError):
+    """An import refused before it is recorded: ``code`` and ``param`` for the API's error."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+class ImportBusy(RuntimeError):
+    """The import's job is running: it cannot be deleted until it ends."""
+
+
+def upload_path(settings: Settings, import_id: int) -> Path:
+    """Where an import's uploaded bytes are kept."""
+    return settings.data_dir / "imports" / f"{import_id}.bin"
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    """``tags`` stripped, without empty or repeated ones; too many or too long are refused."""
+    kept = list(dict.fromkeys(t.strip() for t in tags if t.strip()))
+    if len(kept) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS for t in kept):
+        raise ImportInvalid(
+            "invalid_tags",
+            f"at most {_MAX_TAGS} tags of at most {_MAX_TAG_CHARS} characters each",
+            "tags",
+        )
+    return kept
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; where it points is checked when fetched."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImportInvalid(
+            "invalid_url", f"{url!r} is not an http:// or https:// URL with a host", "url"
+        )
+    return url.strip()
+
+
+def record_import(
+    settings: Settings,
+    db: Database,
+    user_id: str,
+    kind: Kind,
+    source: str,
+    *,
+    data: bytes | None = None,
+    title: str | None = None,
+    tags: list[str] | None = None,
+    worker_id: str | None = None,
+) -> tuple[int, int]:
+    """Record an import of ``kind`` and queue its job; returns (import id, job id). A file's or
+    a text's ``data`` is written (atomically) before the row and the job are committed, so the
+    worker finds it; if the commit fails, the file goes too. With ``worker_id`` the job is not
+    queued but recorded as that worker's, running (the CLI runs it itself)."""
+    tags = check_tags(tags or [])
+    if kind == "url":
+        source = check_url(source)
+    elif not data:
+        raise ImportInvalid("empty_document", "nothing to import: the body is empty")
+    elif len(data) > settings.imports.max_bytes:
+        raise ImportInvalid(
+            "too_large",
+            f"the file is {len(data)} bytes; imports take at most {settings.imports.max_bytes} "
+            "(imports.max_bytes)",
+        )
+    path: Path | None = None
+    try:
+        with db.write() as session:
+            record = ImportRecord(
+                user_id=user_id,
+                kind=kind,
+                source=source,
+                title=title,
+                tags=tags,
+                state="queued",
+                counts={},
+            )
+            # Also makes the user's row, which the import's refers to.
+            job = jobs.add_job(session, "import", user_id, worker_id=worker_id)
+            session.add(record)
+            session.flush()
+            job.params = {"import_id": record.id}
+            record.job_id = job.id
+            if data is not None:
+                path = upload_path(settings, record.id)
+                path.unlink(missing_ok=True)  # left by a transaction that did not commit
+                with atomic_file(path) as tmp:
+                    tmp.write_bytes(data)
+            return record.id, job.id
+    except BaseException:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        raise
+
+
+# What a folder import takes: the formats the parsers read, by their usual names.
+IMPORT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"})
+
+
+def files_to_import(path: Path) -> list[Path]:
+    """``path`` itself, or the files under a folder with a suffix of :data:`IMPORT_SUFFIXES`,
+    recursively, in order, skipping hidden files and folders (a name starting with a dot)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        found
+        for found in path.rglob("*")
+        if found.is_file()
+        and found.suffix.lower() in IMPORT_SUFFIXES
+        and not any(part.startswith(".") for part in found.relative_to(path).parts)
+    )
+
+
+def _name_for(url: str, content_type: str) -> str:
+    """A file name for a fetched page, for the parsers' format hint."""
+    name = PurePosixPath(urlsplit(url).path).name or "index"
+    wanted = {"text/html": ".html", "application/xhtml+xml": ".html", "application/pdf": ".pdf"}
+    suffix = wanted.get(content_type.split(";", 1)[0].strip().lower())
+    if suffix and not name.lower().endswith((suffix, ".htm")):
+        name += suffix
+    return name
+
+
+def _fail(db: Database, import_id: int, code: str, message: str) -> None:
+    with db.write() as session:
+        record = session.get(ImportRecord, import_id)
+        if record is not None:
+            record.state, record.error_code, record.error = "failed", code, message
+            record.finished_at = utcnow()
+
+
+def _duplicate_of(session: Session, user_id: str, sha256: str, import_id: int) -> int | None:
+    """An earlier import of the same user that stored the same bytes."""
+    earlier = session.scalars(
+        select(ImportRecord).where(
+            ImportRecord.user_id == user_id,
+            ImportRecord.state == "succeeded",
+            ImportRecord.id != import_id,
+        )
+    )
+    for record in earlier:
+        if (record.provenance or {}).get("sha256") == sha256 and record.counts.get("documents"):
+            return record.id
+    return None
+
+
+def run_import(
+    settings: Settings,
+    db: Database,
+    job_id: int,
+    import_id: int,
+    report: Callable[[float, str], None],
+    *,
+    worker_id: str,
+) -> dict[str, Any]:
+    """Fetch or read, parse, chunk and store one import; the job's result. A refusal
+    (:class:`ImportRefused`, :class:`FetchRefused`) marks the import failed with its code and
+    raises :class:`~selftune.store.jobs.JobFailed`; nothing of the document is stored."""
+    with db.write() as session:
+        record = session.get(ImportRecord, import_id)
+        if record is None:
+            raise jobs.JobFailed(f"import {import_id} was deleted before it ran")
+        record.state = "running"
+        kind, source, user_id, title = record.kind, record.source, record.user_id, record.title
+    options = settings.imports
+    limits = ImportLimits(max_bytes=options.max_bytes, max_pdf_pages=options.max_pdf_pages)
+    chunking = ChunkSettings(
+        target_chars=options.chunk_chars, overlap_chars=options.chunk_chars // 10
+    )
+    extra: dict[str, Any] = {}
+    name: str | None
+    try:
+        if kind == "url":
+            report(0.05, "fetching")
+            policy = FetchPolicy(
+                allow_private=options.allow_private_addresses,
+                timeout_s=options.fetch_timeout_s,
+                max_bytes=options.max_bytes,
+            )
+            page = fetch(source, policy)
+            data, name = page.body, _name_for(page.url, page.content_type)
+            extra = {"url": page.url, "content_type": page.content_type}
+            if page.redirects:
+                extra["redirects"] = list(page.redirects)
+        else:
+            report(0.05, "reading")
+            data = upload_path(settings, import_id).read_bytes()
+            name = source if kind == "file" else None  # a text's bytes say what it is
+        report(0.3, "parsing")
+        parsed = parse_document(
+            data, name, limits=limits, chunking=chunking, user=user_id, source=source
+        )
+    except (ImportRefused, FetchRefused) as refused:
+        _fail(db, import_id, refused.code, refused.message)
+        raise jobs.JobFailed(f"{refused.code}: {refused.message}") from refused
+    report(0.8, "storing")
+    document, provenance = parsed.document, parsed.provenance
+    with db.write() as session:
+        if not jobs.holds(session, job_id, worker_id):
+            raise jobs.JobLost(f"job {job_id} is no longer this worker's")
+        record = session.get(ImportRecord, import_id)
+        if record is None:
+            raise jobs.JobFailed(f"import {import_id} was deleted while it ran")
+        record.provenance = {
+            "source": provenance.source,
+            "sha256": provenance.sha256,
+            "size": provenance.size,
+            "importer": provenance.importer,
+            "importer_version": provenance.importer_version,
+            "imported_at": provenance.imported_at.isoformat(),
+            **extra,
+        }
+        duplicate = _duplicate_of(session, user_id, provenance.sha256, import_id)
+        counts: dict[str, Any] = {"documents": 0, "chunks": 0, "examples_made": 0}
+        if duplicate is None:
+            stored = ImportedDocument(
+                import_id=import_id,
+                title=title or document.title,
+                format=document.format,
+                text=document.text,
+                meta=dict(document.metadata),
+            )
+            session.add(stored)
+            session.flush()
+            session.add_all(
+                DocumentChunk(
+                    document_id=stored.id,
+                    index=chunk.index,
+                    start=chunk.start,
+                    end=chunk.end,
+                    headings=list(chunk.headings),
+                    text=chunk.text,
+                )
+                for chunk in parsed.chunks
+            )
+            counts.update(documents=1, chunks=len(parsed.chunks), duplicates_dropped=0)
+        else:
+            counts.update(duplicates_dropped=1, duplicate_of=duplicate)
+        record.counts = counts
+        record.state, record.finished_at = "succeeded", utcnow()
+    return {"import_id": import_id, **counts}
+
+
+def find_import(db: Database, import_id: int, owner: str | None) -> ImportRecord | None:
+    """The import, if it exists and ``owner`` (None: anyone's) made it."""
+    with db.read() as session:
+        record = session.get(ImportRecord, import_id)
+    if record is None or (owner is not None and record.user_id != owner):
+        return None
+    return record
+
+
+def _state(record: ImportRecord, job: Job | None) -> tuple[str, float, str, str | None]:
+    """(state, progress, stage, error) of an import: its own once final, else its job's (a job
+    that failed or was cancelled before the import's row was told)."""
+    if record.state in FINAL or job is None:
+        progress = 1.0 if record.state == "succeeded" else (job.progress if job else 0.0)
+        return record.state, progress, record.state, record.error
+    state = job.status if job.status in ("queued", "running", "failed", "cancelled") else "running"
+    return state, job.progress, job.stage, record.error or job.error
+
+
+def import_view(session: Session, record: ImportRecord, *, documents: bool) -> dict[str, Any]:
+    """What the API shows of an import; with ``documents``, each document and its chunk count."""
+    job = session.get(Job, record.job_id) if record.job_id is not None else None
+    state, progress, stage, error = _state(record, job)
+    counts = record.counts or {}
+    view: dict[str, Any] = {
+        "id": record.id,
+        "user": record.user_id,
+        "kind": record.kind,
+        "source": record.source,
+        "tags": record.tags or [],
+        "state": state,
+        "progress": round(progress, 4),
+        "stage": stage,
+        "job_id": record.job_id,
+        "error": {"code": record.error_code or "import_failed", "message": error}
+        if error
+        else None,
+        "provenance": record.provenance,
+        "documents_made": counts.get("documents", 0),
+        "chunks_made": counts.get("chunks", 0),
+        "examples_made": counts.get("examples_made", 0),
+        "duplicates_dropped": counts.get("duplicates_dropped", 0),
+        "duplicate_of": counts.get("duplicate_of"),
+        "created_at": as_utc(record.created_at).isoformat(),
+        "finished_at": as_utc(record.finished_at).isoformat() if record.finished_at else None,
+    }
+    if documents:
+        chunk_counts = (
+            select(DocumentChunk.document_id, func.count().label("n"))
+            .group_by(DocumentChunk.document_id)
+            .subquery()
+        )
+        rows = session.execute(
+            select(ImportedDocument, chunk_counts.c.n)
+            .outerjoin(chunk_counts, chunk_counts.c.document_id == ImportedDocument.id)
+            .where(ImportedDocument.import_id == record.id)
+            .order_by(ImportedDocument.id)
+        )
+        view["documents"] = [
+            {
+                "id": doc.id,
+                "title": doc.title,
+                "format": doc.format,
+                "characters": len(doc.text),
+                "metadata": doc.meta,
+                "chunks": n or 0,
+            }
+            for doc, n in rows
+        ]
+        view["examples_note"] = EXAMPLES_NOTE
+    return view
+
+
+def list_imports(
+    db: Database, owner: str | None, *, after: int = 0, limit: int = 100
+) -> tuple[list[dict[str, Any]], bool]:
+    """Imports by id after ``after``, oldest first: ``owner``'s, or everyone's (None)."""
+    with db.read() as session:
+        query = select(ImportRecord).where(ImportRecord.id > after)
+        if owner is not None:
+            query = query.where(ImportRecord.user_id == owner)
+        rows = list(session.scalars(query.order_by(ImportRecord.id).limit(limit + 1)))
+        data = [import_view(session, r, documents=False) for r in rows[:limit]]
+    return data, len(rows) > limit
+
+
+def delete_import(settings: Settings, db: Database, import_id: int) -> dict[str, Any]:
+    """Delete an import, its documents, its chunks and its uploaded bytes. A queued import's
+    job is cancelled; a running one raises :class:`ImportBusy`."""
+    with db.write() as session:
+        record = session.get(ImportRecord, import_id, with_for_update=True)
+        if record is None:
+            raise LookupError(f"no import {import_id}")
+        job = session.get(Job, record.job_id, with_for_update=True) if record.job_id else None
+        if job is not None and job.status == "running":
+            raise ImportBusy(
+                f"import {import_id} is running (job {job.id}): wait for it to end, or cancel "
+                f"it with POST /api/jobs/{job.id}/cancel, then delete it"
+            )
+        if job is not None and job.status == "queued":
+            job.status, job.stage, job.finished_at = "cancelled", "cancelled", utcnow()
+        document_ids = list(
+            session.scalars(
+                select(ImportedDocument.id).where(ImportedDocument.import_id == import_id)
+            )
+        )
+        chunks = session.scalar(
+            select(func.count())
+            .select_from(DocumentChunk)
+            .where(DocumentChunk.document_id.in_(document_ids))
+        )
+        session.execute(delete(DocumentChunk).where(DocumentChunk.document_id.in_(document_ids)))
+        session.execute(delete(ImportedDocument).where(ImportedDocument.id.in_(document_ids)))
+        session.delete(record)
+    with contextlib.suppress(FileNotFoundError):
+        upload_path(settings, import_id).unlink()
+    return {
+        "id": import_id,
+        "deleted": True,
+        "documents": len(document_ids),
+        "chunks": chunks or 0,
+    }
