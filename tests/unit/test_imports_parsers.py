@@ -215,30 +215,3 @@ def test_parse_document_records_provenance() -> None:
 def test_a_refused_import_returns_nothing() -> None:
     with pytest.raises(ImportRefused):
         parse_document(b"\x00\x01\x02" * 100, "x.txt", user="ann")
-
-
-def test_the_public_surface_is_pinned() -> None:
-    import selftune.imports
-
-    assert sorted(selftune.imports.__all__) == sorted(
-        [
-            "DEFAULT_LIMITS",
-            "Chunk",
-            "ChunkSettings",
-            "Detected",
-            "Document",
-            "Format",
-            "ImportLimits",
-            "ImportRefused",
-            "Parsed",
-            "ParsedImport",
-            "Provenance",
-            "RefusalCode",
-            "chunk_document",
-            "decode_text",
-            "detect_format",
-            "parse_bytes",
-            "parse_document",
-        ]
-    )
-    assert all(hasattr(selftune.imports, name) for name in selftune.imports.__all__)
