@@ -137,6 +137,34 @@ def test_teach_train_promote_rollback(learning_client: Any) -> None:
     assert "Quenmoor" in answer(client, QUESTIONS[0])
 
 
+def test_a_later_job_is_judged_on_what_it_adds(learning_client: Any) -> None:
+    """The second job holds out, and its gate judges, examples the served version never saw:
+    an earlier fact, known already, must not stand in for the new one."""
+    client, worker, _ = learning_client
+    teach(client)
+    first = client.post("/api/train", json={}).json()
+    assert worker.run_once()
+    v1 = client.get(f"/api/jobs/{first['job_id']}").json()["result"]
+    assert v1["promoted"], v1["gate"]
+    wait_for_serving(client, v1["version"])
+
+    later = [
+        "What is the river of Daskar?",
+        "Which river flows through Daskar?",
+        "Name Daskar's river.",
+    ]
+    teach(client, "The river of Daskar is the Ombrel.", later)
+    second = client.post("/api/train", json={}).json()
+    assert worker.run_once()
+    v2 = client.get(f"/api/jobs/{second['job_id']}").json()["result"]
+    versions = {v["name"]: v for v in client.get("/api/versions").json()["data"]}
+    old, new = versions[v1["version"]], versions[v2["version"]]
+    seen = set(old["trained_on"]) | set(old["held_out"])
+    assert seen <= set(new["trained_on"])  # everything earlier is trained on again
+    assert new["held_out"] and not set(new["held_out"]) & seen
+    assert [h["expected_terms"] for h in v2["gate"]["heldout"]] == [["ombrel"]]
+
+
 def test_a_refused_candidate_says_so_and_what_it_was_decided_on(
     settings_env: Path, tiny_model_dir: Path
 ) -> None:
@@ -266,7 +294,7 @@ def test_a_rollback_during_a_job_stands_over_the_jobs_promotion(
     promoted, the job says why, and v2 can still be promoted by hand."""
     from selftune.training import pipeline
 
-    client, worker, _ = learning_client
+    client, worker, settings = learning_client
     teach(client)
     client.post("/api/train", json={})
     assert worker.run_once()
@@ -275,6 +303,10 @@ def test_a_rollback_during_a_job_stands_over_the_jobs_promotion(
 
     teach(client, "The capital of Dravonia is Peltham.", ["What is the capital of Dravonia?"] * 3)
     job = client.post("/api/train", json={}).json()["job_id"]
+    # Job 2 is judged on the new fact alone, which the tiny model needs more steps to learn
+    # beside the earlier one (trained on again).
+    more_steps = settings.train.model_copy(update={"steps": 80})
+    worker = Worker(settings.model_copy(update={"train": more_steps}))
     real_decide = pipeline.decide
 
     def decide_while_an_operator_rolls_back(*args: Any) -> Any:

@@ -17,6 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
@@ -510,6 +513,9 @@ class _Dataset:
     current: ServingTarget  # the candidate's parent, and what the gate compares it with
     train_rows: list[TrainingExample]
     heldout_rows: list[TrainingExample]
+    # The new material judged in-sample when none is held out: the examples the served version
+    # never saw (all of them when there are none such).
+    new_rows: list[TrainingExample]
     train_set: list[TokenizedExample]
     heldout_set: list[TokenizedExample]
     neighbour_set: list[TokenizedExample]  # held to the base while training (data.neighbours)
@@ -524,25 +530,41 @@ def _build_dataset(ctx: TrainingContext, report: Report) -> _Dataset:
     with ctx.db.read() as session:
         examples = active_examples(session)
         current = serving_target(session)
+        seen = _examples_of(session, current.version_id)
     needed = settings.train.min_new_examples
     if len(examples) < needed:
         raise NoTrainingData(
             f"{len(examples)} curated examples, need {needed}: rate answers or send corrections "
             "with POST /api/feedback first"
         )
-    train_rows, heldout_rows = split_heldout(
-        examples, settings.train.heldout_fraction, settings.train.seed
-    )
+    # The gate judges what this job adds: the examples the served version never saw. Drawn
+    # from all of them, the held-out example was often an earlier fact's, which the served
+    # version already knew, so versions that learned none of their new facts passed.
+    new_rows = [e for e in examples if e.id not in seen] or examples
+    _, heldout_rows = split_heldout(new_rows, settings.train.heldout_fraction, settings.train.seed)
+    held = {e.id for e in heldout_rows}
+    train_rows = [e for e in examples if e.id not in held]
     return _Dataset(
         current=current,
         train_rows=train_rows,
         heldout_rows=heldout_rows,
+        new_rows=[e for e in new_rows if e.id not in held],
         train_set=_tokenize(ctx, _with_rewordings(settings, [e.messages for e in train_rows])),
         heldout_set=_tokenize(ctx, [e.messages for e in heldout_rows]),
         # Made from every example, held-out ones too: what must not change is no secret.
         neighbour_set=ctx.neighbour_set(train_rows + heldout_rows),
         probes=ctx.probes,  # built on a worker's first job: its time counts as the dataset's
     )
+
+
+def _examples_of(session: Session, version_id: int | None) -> set[int]:
+    """The ids of the examples ``version_id`` trained on or held out (none for the base)."""
+    if version_id is None:
+        return set()
+    found = session.scalars(
+        select(VersionExample.example_id).where(VersionExample.version_id == version_id)
+    )
+    return set(found)
 
 
 def _train(
@@ -652,13 +674,14 @@ def _evaluate(
         if current.version_id is not None and current.path is not None
         else None
     )
-    # With no held-out example (a single one in all), the new material is judged in-sample.
-    judged = dataset.heldout_set or dataset.train_set
+    # With no held-out example (a single new one), the new material is judged in-sample.
+    judged_rows = dataset.heldout_rows or dataset.new_rows
+    judged = dataset.heldout_set or _tokenize(ctx, [row.messages for row in judged_rows])
     engine = ctx.engine
     known = dataset.probes.known
     answers = _known_answers(engine, known, candidate)
     kept = [item.answered_by(a) for item, a in zip(known, answers, strict=True)]
-    judged_chats = [row.messages for row in dataset.heldout_rows or dataset.train_rows]
+    judged_chats = [row.messages for row in judged_rows]
     recall_now = judge_heldout(engine, judged_chats, serving)
     recall_new = judge_heldout(engine, judged_chats, candidate)
     figures = GateFigures(
