@@ -94,25 +94,27 @@ class Bench:
 
     def unchanged(self, shapes: set[str]) -> tuple[int, int, int, int]:
         """(neighbours still right, neighbours the base knew, general still right, known)."""
-        kept_n = known_n = kept_g = known_g = 0
-        for shape in SHAPES:
-            if shape.name not in shapes:
-                continue
-            for question, words in shape.neighbours:
-                if self.base_neighbours[question]:
-                    known_n += 1
-                    answer = self.ask(question)
-                    kept_n += knows(answer, words)
-                    if not knows(answer, words):
-                        print(f"    neighbour changed: {question!r} -> {answer!r}", flush=True)
-        for question, words in GENERAL:
-            if self.base_general[question]:
-                known_g += 1
-                answer = self.ask(question)
-                kept_g += knows(answer, words)
-                if not knows(answer, words):
-                    print(f"    general answer changed: {question!r} -> {answer!r}", flush=True)
+        neighbours = [
+            (q, w) for shape in SHAPES if shape.name in shapes for q, w in shape.neighbours
+        ]
+        kept_n, known_n = self._still_right(neighbours, self.base_neighbours, "neighbour")
+        kept_g, known_g = self._still_right(GENERAL, self.base_general, "general answer")
         return kept_n, known_n, kept_g, known_g
+
+    def _still_right(
+        self, questions: Sequence[tuple[str, Sequence[str]]], base: dict[str, bool], label: str
+    ) -> tuple[int, int]:
+        """(still answered right, answered right by the base) of ``questions``, printing each
+        answer that changed."""
+        kept = known = 0
+        for question, words in questions:
+            if base[question]:
+                known += 1
+                answer = self.ask(question)
+                kept += knows(answer, words)
+                if not knows(answer, words):
+                    print(f"    {label} changed: {question!r} -> {answer!r}", flush=True)
+        return kept, known
 
     def teach(self, fact: Fact) -> list[str]:
         ids = []
