@@ -42,6 +42,7 @@ def test_the_package_keeps_its_layers() -> None:
         ("api/manage.py", "selftune.training.trainer", "The server never loads training code"),
         ("engines/base.py", "selftune.store.db", "Engines serve"),
         ("store/db.py", "selftune.config", "The store imports nothing of selftune above it"),
+        ("data/documents.py", "selftune.memory.service", "Only the server searches memory"),
     ],
 )
 def test_a_forbidden_import_fails_the_contracts(

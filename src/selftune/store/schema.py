@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -25,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "KEYWORD_TABLES",
     "MAX_ID",
     "AliasChange",
     "ApiKey",
@@ -38,6 +40,10 @@ __all__ = [
     "ImportedDocument",
     "Interaction",
     "Job",
+    "MemoryRecord",
+    "MemorySummary",
+    "MemoryTag",
+    "MemoryVector",
     "TrainingExample",
     "User",
     "Version",
@@ -115,6 +121,8 @@ class Interaction(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     chat_template: Mapped[str | None] = mapped_column(Text)  # set when the request overrode it
+    # The memory passages added to the prompt (record id, source, score); None: no retrieval.
+    memory: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -255,6 +263,8 @@ class ImportRecord(Base):
     source: Mapped[str] = mapped_column(Text)  # the file's name, the URL, or "text"
     title: Mapped[str | None] = mapped_column(Text)  # given with a text, else the document's
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Its chunks in memory are found by every user, not only by ``user_id``.
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # "queued" | "running" | "succeeded" | "failed" | "cancelled"
     state: Mapped[str] = mapped_column(String(16), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
@@ -295,6 +305,84 @@ class DocumentChunk(Base):
     end: Mapped[int] = mapped_column(Integer)
     headings: Mapped[list[Any]] = mapped_column(JSON, default=list)  # outermost first
     text: Mapped[str] = mapped_column(Text)
+
+
+class MemoryRecord(Base):
+    """One thing memory holds: an interaction, a correction, an imported chunk or a note.
+
+    Private to ``user_id`` unless ``shared``; ``source_id`` names what it was made from (an
+    interaction, a feedback or a chunk id) so that deleting that deletes it too.
+    """
+
+    __tablename__ = "memory_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # interaction|correction|chunk|note
+    source_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    source: Mapped[str | None] = mapped_column(Text)  # what to cite: a URL, a file, "chat"
+    title: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MemoryTag(Base):
+    """A record's knowledge channel. ``origin``: "user" (given with it), "import" (the
+    importer's site, file and folder) or "auto" (its keywords)."""
+
+    __tablename__ = "memory_tags"
+    record_id: Mapped[int] = mapped_column(
+        ForeignKey("memory_records.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    origin: Mapped[str] = mapped_column(String(8))
+
+
+class MemoryVector(Base):
+    """A record's embedding by one model. ``id`` grows with every vector written, so a search
+    index catches up by reading the vectors after the last id it holds."""
+
+    __tablename__ = "memory_vectors"
+    __table_args__ = (UniqueConstraint("record_id", "model"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[int] = mapped_column(
+        ForeignKey("memory_records.id", ondelete="CASCADE"), index=True
+    )
+    model: Mapped[str] = mapped_column(String(255), index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian float32, normalized
+
+
+class MemorySummary(Base):
+    """The served model's summary of one channel as one scope sees it (a user's own records and
+    the shared ones; ``user_id`` None: every record, for an admin). ``fingerprint`` hashes
+    the records it covered, so a change to them shows the summary is stale."""
+
+    __tablename__ = "memory_summaries"
+    __table_args__ = (UniqueConstraint("tag", "scope"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(140))  # "user:<id>" or "all"
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    record_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))  # the version that wrote it
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# Full-text search tables the store keeps beside the mapped ones (SQLite's FTS5 index of
+# memory_records and its shadow tables): made by migration 0008, not declared here.
+KEYWORD_TABLES = frozenset(
+    {
+        "memory_fts",
+        "memory_fts_config",
+        "memory_fts_data",
+        "memory_fts_docsize",
+        "memory_fts_idx",
+    }
+)
 
 
 class Event(Base):

@@ -1,0 +1,1 @@
+"""Memory: what selftune remembers between conversations, found again by meaning."""
