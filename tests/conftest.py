@@ -70,6 +70,9 @@ def isolate_settings(env: pytest.MonkeyPatch, root: Path, shared_cache: Path) ->
         if key.startswith("SELFTUNE_") and key != "SELFTUNE_CONFIG":
             env.delenv(key)
     env.setenv("SELFTUNE_CACHE_PATH", str(shared_cache))
+    # Memory loads an embedding model in every server that records a chat: the tests of memory
+    # turn it on (tests/integration/test_memory*.py), the others run without it.
+    env.setenv("SELFTUNE_MEMORY__ENABLED", "false")
 
 
 @pytest.fixture

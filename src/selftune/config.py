@@ -30,6 +30,7 @@ __all__ = [
     "DeprecatedSetting",
     "GateSettings",
     "JobsSettings",
+    "MemorySettings",
     "ProxySettings",
     "ServeSettings",
     "Settings",
@@ -434,6 +435,67 @@ class ImportsSettings(_Section):
     )
 
 
+class MemorySettings(_Section):
+    """The memory: what it embeds texts with (selftune.memory)."""
+
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Text embedding model of the memory: 'all-MiniLM-L6-v2' (bundled, 384 "
+        "dimensions, offline) or the path of a sentence-transformers model folder. Also served "
+        "by name on POST /v1/embeddings; loaded on first use.",
+    )
+    embedding_device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu",
+        description="Where the embedding model runs: 'cpu'; 'cuda' a CUDA GPU (an error without "
+        "one); 'auto' the GPU when PyTorch sees one, else the CPU.",
+    )
+    enabled: bool = Field(
+        True,
+        description="Keep a memory: record chats, corrections, notes and imported chunks with "
+        "their tags and embeddings, for search (/api/memory) and retrieval at chat time.",
+    )
+    record_chats: bool = Field(
+        True,
+        description="Remember every answered chat (written and embedded in the background, "
+        "never delaying the reply); off: memory holds notes, corrections and imports only.",
+    )
+    auto_tags: int = Field(
+        3, ge=0, le=16, description="Keyword tags added to each record from its text."
+    )
+    tag_weight: float = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="How much a result in a rare channel is lifted (1: as much as a first "
+        "place in one more result list for a channel of its own; 0: plain rank fusion).",
+    )
+    exact_below: int = Field(
+        10_000,
+        ge=0,
+        description="A filtered search that leaves at most this many records compares the "
+        "query with each of them exactly instead of searching the index, so a rare tag never "
+        "loses a match.",
+    )
+    retrieval: bool = Field(
+        False,
+        description="Add memory passages to every chat's prompt; a request turns it on or off "
+        'for itself with "memory": {"k": 4, "tags": [...]} or "memory": false.',
+    )
+    retrieval_k: int = Field(4, ge=1, le=50, description="Passages retrieved for a chat.")
+    retrieval_max_tokens: int = Field(
+        512,
+        ge=16,
+        description="Most prompt tokens the passages may take (less when the context is short).",
+    )
+    summary_interval_hours: float = Field(
+        1.0,
+        ge=0,
+        description="Hours between the worker's looks for channel summaries whose records "
+        "changed; it queues a new summary of each (0: only on request, POST "
+        "/api/memory/tags/{tag}/summary).",
+    )
+
+
 class ProxySettings(_Section):
     """Serving in front of another OpenAI-compatible server and learning from its answers
     (docs/proxy.md)."""
@@ -685,6 +747,10 @@ class Settings(BaseSettings):
     imports: ImportsSettings = Field(
         default_factory=lambda: ImportsSettings.model_validate({}),
         description="[imports]: importing files, web pages and texts.",
+    )
+    memory: MemorySettings = Field(
+        default_factory=lambda: MemorySettings.model_validate({}),
+        description="[memory]: the memory's embedding model.",
     )
     proxy: ProxySettings = Field(
         default_factory=lambda: ProxySettings.model_validate({}),

@@ -17,6 +17,7 @@ from bench.scenario import free_port
 from selftune.api.app import create_app
 from selftune.config import Settings, load_settings
 from selftune.engines.transformers_engine import TransformersEngine
+from selftune.worker.loop import Worker
 from tests.conftest import isolate_settings
 from tests.integration.lora_versions import add_version, save_random_lora
 
@@ -39,6 +40,16 @@ def tiny_settings(tiny_model_dir: Path, **overrides: Any) -> Settings:
     }
     values: dict[str, Any] = {"base_model": str(tiny_model_dir), **overrides, "serve": serve}
     return load_settings(**values)
+
+
+def run_jobs(settings: Settings) -> None:
+    """Run the queued jobs in this process, as a worker would, until none is left."""
+    worker = Worker(settings)
+    try:
+        while worker.run_once():
+            pass
+    finally:
+        worker.db.dispose()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from selftune.data.documents import upload_path
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.store.schema import DocumentChunk, ImportedDocument, ImportRecord
 from selftune.worker.loop import Worker
-from tests.integration.conftest import tiny_settings
+from tests.integration.conftest import run_jobs, tiny_settings
 from tests.unit.test_imports_parsers import HTML, _pdf
 
 MARKDOWN = b"""# Compost
@@ -54,20 +54,11 @@ def served(
         yield client, settings
 
 
-def _run_jobs(settings: Settings) -> None:
-    worker = Worker(settings)
-    try:
-        while worker.run_once():
-            pass
-    finally:
-        worker.db.dispose()
-
-
 def _imported(client: TestClient, settings: Settings, **request: Any) -> dict[str, Any]:
     queued = client.post("/api/import", **request)
     assert queued.status_code == 202, queued.text
     assert queued.json()["state"] == "queued"
-    _run_jobs(settings)
+    run_jobs(settings)
     view = client.get(f"/api/imports/{queued.json()['import_id']}")
     assert view.status_code == 200, view.text
     body: dict[str, Any] = view.json()

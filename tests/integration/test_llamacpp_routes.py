@@ -317,7 +317,8 @@ def test_model_names_a_version_or_the_base(app_client: TestClient) -> None:
     client = app_client
     models = client.get("/v1/models").json()["data"]
     assert [(m["id"], m["version"]) for m in models] == [
-        ("selftune", "base"), ("base", "base"), ("v1", "v1"), ("v2", "v2")
+        ("selftune", "base"), ("base", "base"), ("v1", "v1"), ("v2", "v2"),
+        ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
     ]  # fmt: skip
     v2 = client.post("/v1/chat/completions", json={**CHAT, "model": "v2", "max_tokens": 3})
     assert v2.status_code == 200, v2.text

@@ -79,8 +79,9 @@ def test_completions_and_models(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "text_completion"
     models = client.get("/v1/models").json()
-    # The served name, then the bare base (no version has been trained here).
-    assert [m["id"] for m in models["data"]] == ["selftune", "base"]
+    # The served name, then the bare base (no version has been trained here), then the
+    # dedicated embedding model.
+    assert [m["id"] for m in models["data"]] == ["selftune", "base", "all-MiniLM-L6-v2"]
     assert client.get("/health").json()["status"] == "ok"
 
 

@@ -133,6 +133,6 @@ def test_bad_loads_are_refused_with_a_reason(
     assert not (tmp_path / "data" / "adapters" / "x").exists()
     _error(client.post("/v1/load_lora_adapter", json={"lora_name": "x"}), 400)
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [
-        "selftune", "base", "v1", "helper"
+        "selftune", "base", "v1", "helper", "all-MiniLM-L6-v2"
     ]  # fmt: skip
     assert _count(client) == 0

@@ -21,6 +21,7 @@ from selftune.api import (
     keys,
     llamacpp_routes,
     manage,
+    memory,
     ollama_routes,
     openai_routes,
     proxy,
@@ -57,9 +58,13 @@ def create_app(
         if state.engine is None:
             threading.Thread(target=state.load_engine, daemon=True, name="load-model").start()
         watcher = asyncio.create_task(state.watch_alias())
+        if state.memory is not None:
+            state.memory.start()
         try:
             yield
         finally:
+            if state.memory is not None:
+                await asyncio.to_thread(state.memory.stop)
             if worker is not None:
                 await asyncio.to_thread(stop_worker_process, worker)
             watcher.cancel()
@@ -81,6 +86,7 @@ def create_app(
     app.include_router(manage.router)
     app.include_router(examples.router)
     app.include_router(imports.router)
+    app.include_router(memory.router)
     app.include_router(connectors.router)
     app.include_router(keys.router)
     app.include_router(downloads.router)

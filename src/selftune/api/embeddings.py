@@ -4,8 +4,13 @@
 ``model`` names the embedder. The served model embeds under any name ``model`` accepts on the
 generation routes (the served name, a version, ``base``, a runtime adapter): the mean-pooled
 last hidden states of that version, through the engine. Dedicated embedding models join with
-:func:`register_embedding_model`, under their own names. Vectors are L2-normalized unless
-llama.cpp's ``embd_normalize`` asks otherwise. Embeddings are not recorded as interactions.
+:func:`register_embedding_model`, under their own names, and are listed by ``GET /v1/models``
+after the served model's names. The memory's embedding models are two of them: the default,
+``all-MiniLM-L6-v2``, and the one ``memory.embedding_model`` names when that is a folder (under
+its name, ``<folder>@<hash>``, or the setting's value). They load on the first request that names
+them, in a thread, so a server that never embeds with them pays nothing. Vectors are
+L2-normalized unless llama.cpp's ``embd_normalize`` asks otherwise. Embeddings are not recorded
+as interactions.
 """
 
 from __future__ import annotations
@@ -27,8 +32,23 @@ from selftune.api.schemas import EmbeddingInput, EmbeddingRequest, LlamaEmbeddin
 from selftune.api.state import AppState, ready_engine
 from selftune.api.targets import model_names, resolve_target
 from selftune.engines.base import AdapterRef, Engine
+from selftune.memory.embedder import (
+    DEFAULT_EMBEDDING_MODEL,
+    EmbedderError,
+    embedder_name,
+    load_embedder,
+)
+from selftune.memory.served import SERVED
 
-__all__ = ["Embedder", "embed_for", "normalize", "register_embedding_model", "router"]
+__all__ = [
+    "Embedder",
+    "embed_for",
+    "embedding_model_cards",
+    "embedding_model_names",
+    "normalize",
+    "register_embedding_model",
+    "router",
+]
 
 router = APIRouter(responses=ERRORS)
 
@@ -45,7 +65,8 @@ class Embedder:
     detokenize: Callable[[Sequence[int]], str] | None = None  # for token-id inputs
 
 
-# Dedicated embedding models, by name: each builds its Embedder from the app state when asked.
+# Dedicated embedding models, by name: each builds its Embedder from the app state when asked
+# (in a thread: it may load its model).
 _MODELS: dict[str, Callable[[AppState], Embedder]] = {}
 
 
@@ -56,16 +77,86 @@ def register_embedding_model(name: str, factory: Callable[[AppState], Embedder])
     _MODELS[name] = factory
 
 
+def _memory_model(state: AppState, spec: str) -> Embedder:
+    """The memory's embedding model ``spec`` (selftune.memory.embedder), loaded the first time
+    it is asked for (seconds) and kept. Blocking."""
+    try:
+        model = load_embedder(spec, device=state.settings.memory.embedding_device)
+    except EmbedderError as exc:
+        raise ApiError(
+            500,
+            f"the embedding model {spec!r} could not be loaded: {exc} "
+            "(memory.embedding_model and memory.embedding_device choose it)",
+            type="server_error",
+            code="embedding_model_unavailable",
+        ) from exc
+    return Embedder(
+        model=model.name,
+        version=None,
+        embed=lambda texts: model.embed(texts).tolist(),
+        count_tokens=model.count_tokens,
+        max_tokens=model.max_tokens,
+    )
+
+
+register_embedding_model(
+    DEFAULT_EMBEDDING_MODEL, lambda state: _memory_model(state, DEFAULT_EMBEDDING_MODEL)
+)
+
+
+def _configured_name(state: AppState) -> str | None:
+    """The name of the configured memory model when it is not a registered one (a folder);
+    None otherwise, or when it cannot be read (asking for it then says why). Blocking: hashes
+    the folder once per process."""
+    spec = state.settings.memory.embedding_model
+    if spec in _MODELS or spec == SERVED:  # the served model answers under its own names
+        return None
+    try:
+        name = embedder_name(spec)
+    except EmbedderError:
+        return None
+    return None if name in _MODELS else name  # the default, by another of its names
+
+
+def _configured(state: AppState, model: str) -> Embedder | None:
+    """The configured memory model if ``model`` names it (by its name or the setting's value).
+    Blocking."""
+    spec = state.settings.memory.embedding_model
+    if spec != SERVED and (model == spec or model == _configured_name(state)):
+        return _memory_model(state, spec)
+    return None
+
+
+def embedding_model_names(state: AppState) -> list[str]:
+    """The dedicated embedding models' names, the configured memory model's included.
+    Blocking."""
+    configured = _configured_name(state)
+    return sorted(_MODELS) + ([configured] if configured else [])
+
+
+def embedding_model_cards(state: AppState) -> list[dict[str, Any]]:
+    """``GET /v1/models`` entries of the dedicated embedding models. Blocking."""
+    return [
+        {"id": name, "object": "model", "created": 0, "owned_by": "selftune", "version": name}
+        for name in embedding_model_names(state)
+    ]
+
+
 async def _embedder(state: AppState, model: str | None) -> Embedder:
     if model in _MODELS:
-        return _MODELS[model](state)
+        return await run_in_threadpool(_MODELS[model], state)
+    if model is not None and state.settings.memory.embedding_model not in _MODELS:
+        configured = await run_in_threadpool(_configured, state, model)
+        if configured is not None:
+            return configured
     engine = ready_engine(state)
     try:
         target = await run_in_threadpool(resolve_target, state, engine.name, model, None)
     except ApiError as exc:
         if exc.code != "model_not_found":
             raise
-        names = sorted(_MODELS) + await run_in_threadpool(model_names, state)
+        names = await run_in_threadpool(embedding_model_names, state)
+        names += await run_in_threadpool(model_names, state)
         raise ApiError(
             404,
             f"no embedding model {model!r}; available: {', '.join(names)}",

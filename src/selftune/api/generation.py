@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.chat_memory import remember_chat
 from selftune.api.errors import ApiError
 from selftune.api.metrics import RequestTimings
 from selftune.api.state import AppState, generate
@@ -54,6 +55,8 @@ class Asked:
     kind: str  # "chat" | "completion"
     messages: list[dict[str, Any]]  # chat messages, or [{"prompt": ...}]
     chat_template: str | None = None  # set when the request overrode the template
+    memory: list[dict[str, Any]] | None = None  # the memory passages given with the prompt
+    tags: tuple[str, ...] = ()  # the channels its memory record goes in
 
 
 def version_headers(target: Target) -> dict[str, str]:
@@ -219,7 +222,9 @@ class Generation:
             completion_tokens=self.completion_tokens,
             latency_ms=round((time.perf_counter() - self._started) * 1000, 2),
             chat_template=asked.chat_template,
+            memory=asked.memory,
         )
+        remember_chat(self.state, asked, self.text)
         return self.usage()
 
 

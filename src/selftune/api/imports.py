@@ -45,6 +45,7 @@ class ImportRequest(BaseModel):
     text: str | None = Field(None, description="Text or Markdown to import as one document")
     title: str | None = Field(None, max_length=512, description="The text's title")
     tags: list[str] = Field(default_factory=list)
+    shared: bool = Field(False, description="Its chunks in memory are found by every user")
 
 
 class ImportQueued(BaseModel):
@@ -77,6 +78,7 @@ class ImportView(BaseModel):
     kind: Literal["file", "url", "text"]
     source: str
     tags: list[str]
+    shared: bool
     state: ImportState
     progress: float
     stage: str
@@ -109,6 +111,7 @@ class ImportDeleted(BaseModel):
     deleted: Literal[True]
     documents: int
     chunks: int
+    memory_records: int = Field(description="memory records of its chunks, deleted with them")
 
 
 _IMPORT_BODY = {
@@ -175,6 +178,9 @@ async def post_import(
     user: Annotated[
         str | None, Query(max_length=128, description="The owner, where no key says who asks")
     ] = None,
+    shared: Annotated[
+        bool, Query(description="Its chunks in memory are found by every user (admin only)")
+    ] = False,
 ) -> dict[str, Any]:
     """Record an import and queue the worker's job for it (202); the import's id follows it."""
     media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
@@ -187,14 +193,25 @@ async def post_import(
         source = asked.url if asked.url is not None else "text"
         data = None if asked.text is None else asked.text.encode()
         title, tag_list = asked.title, asked.tags
+        shared = shared or asked.shared
     else:
         kind, source, data, title = "file", (filename or "upload").strip() or "upload", body, None
         tag_list = (tags or "").split(",")
+    if shared:
+        caller.require_admin("sharing an import with every user")
 
     def record() -> tuple[int, int]:
         try:
             return documents.record_import(
-                settings, state.db, owner, kind, source, data=data, title=title, tags=tag_list
+                settings,
+                state.db,
+                owner,
+                kind,
+                source,
+                data=data,
+                title=title,
+                tags=tag_list,
+                shared=shared,
             )
         except documents.ImportInvalid as exc:
             raise _invalid(exc) from exc

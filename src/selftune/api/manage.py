@@ -13,6 +13,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.auth import Caller
+from selftune.api.chat_memory import remember_correction
 from selftune.api.deps import CurrentCaller, State, admin_caller
 from selftune.api.errors import ApiError
 from selftune.api.responses import (
@@ -75,6 +76,10 @@ async def feedback(body: FeedbackRequest, state: State, caller: CurrentCaller) -
             session.add(item)
             session.flush()
             example = example_from_feedback(session, interaction, item)
+            if state.memory is not None and body.rating < 0:
+                # In memory at once (found by keyword now, by meaning within a second): the
+                # next chat can use a correction before any training job runs.
+                remember_correction(session, state.memory, interaction, item)
             return {
                 "feedback_id": item.id,
                 "interaction_id": interaction.id,

@@ -25,7 +25,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.chat_memory import retrieve
 from selftune.api.deps import CurrentCaller, ReadyEngine, State
+from selftune.api.embeddings import embedding_model_cards
 from selftune.api.errors import ApiError, error_body, storage_error
 from selftune.api.generation import (
     Asked,
@@ -57,6 +59,8 @@ from selftune.api.state import AppState
 from selftune.api.targets import Target, model_cards, target_of
 from selftune.api.tools import CallStream, ToolUse, prompt_messages, renders_tool_turns, tool_use
 from selftune.engines.base import Chunk, Engine, GenerationParams, TokenLogprob
+from selftune.memory.retrieval import with_passages
+from selftune.memory.tags import TagError, normalize_tags
 
 __all__ = ["router"]
 
@@ -130,7 +134,9 @@ async def _answer(
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         if asked.kind == "chat":
-            stream = _chat_sse(chunks, envelope, generation, include_usage, tools, with_logprobs)
+            stream = _chat_sse(
+                chunks, envelope, generation, include_usage, tools, with_logprobs, asked.memory
+            )
         else:
             stream = _text_sse(chunks, envelope, generation, include_usage, with_logprobs)
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -160,9 +166,10 @@ async def _answer(
         }
         obj = "text_completion"
     usage = await run_in_threadpool(generation.record)
-    return JSONResponse(
-        {**envelope, "object": obj, "choices": [choice], "usage": usage}, headers=headers
-    )
+    body_out = {**envelope, "object": obj, "choices": [choice], "usage": usage}
+    if asked.memory is not None:
+        body_out["memory"] = asked.memory
+    return JSONResponse(body_out, headers=headers)
 
 
 def _event(envelope: dict[str, Any], obj: str, choice: dict[str, Any] | None, **extra: Any) -> str:
@@ -177,21 +184,24 @@ async def _chat_sse(
     include_usage: bool,
     tools: ToolUse | None,
     with_logprobs: bool,
+    memory: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
     """``chat.completion.chunk`` events: the role, the content as it comes (text that may be a
-    tool call is held until the answer ends), any tool call, the finish reason, the usage."""
+    tool call is held until the answer ends), any tool call, the finish reason, the usage. The
+    first event also carries the memory passages the prompt was given, if any."""
     obj = "chat.completion.chunk"
     held: list[TokenLogprob] = []  # the log-probabilities of text not sent yet
 
-    def delta(fields: dict[str, Any], finish: str | None = None) -> str:
+    def delta(fields: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         logprobs = chat_logprobs(held) if with_logprobs and held else None
         held.clear()
         choice = {"index": 0, "delta": fields, "finish_reason": finish, "logprobs": logprobs}
-        return _event(envelope, obj, choice)
+        return _event(envelope, obj, choice, **extra)
 
     calls = CallStream(tools)
     a_call_is_required = tools is not None and tools.choice != "auto"
-    yield delta({"role": "assistant", "content": None if a_call_is_required else ""})
+    role = {"role": "assistant", "content": None if a_call_is_required else ""}
+    yield delta(role) if memory is None else delta(role, memory=memory)
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             held += chunk.logprobs
@@ -288,9 +298,19 @@ async def chat_completions(
 
     # The messages as the model sees them (tool calls and results written out): recorded so.
     messages = prompt_messages(body.messages, tools, lambda: renders_tool_turns(render))
-    prompt = checked_prompt(render, messages, bool(body.chat_template))
+    user = caller.user(body.user)
+    passages = await retrieve(
+        state, user, body.memory, messages, engine.count_tokens, engine.context_length
+    )
+    shown = with_passages(messages, passages or [])
+    prompt = checked_prompt(render, shown, bool(body.chat_template))
+    used = None if passages is None else [passage.view() for passage in passages]
+    try:
+        tags = tuple(normalize_tags(body.tags))
+    except TagError as exc:
+        raise ApiError(400, str(exc), code="invalid_tags", param="tags") from exc
     asked = Asked(
-        f"chatcmpl-{uuid.uuid4().hex}", caller.user(body.user), "chat", messages, body.chat_template
+        f"chatcmpl-{uuid.uuid4().hex}", user, "chat", messages, body.chat_template, used, tags
     )
     requested = body.max_completion_tokens or body.max_tokens
     return await _answer(request, state, engine, target, asked, prompt, body, requested, tools)
@@ -324,11 +344,16 @@ async def completions(
     return await _answer(request, state, engine, target, asked, prompt, body, body.max_tokens)
 
 
+def _all_model_cards(state: AppState) -> list[dict[str, Any]]:
+    """The names generation accepts, then the dedicated embedding models'. Blocking."""
+    return model_cards(state) + embedding_model_cards(state)
+
+
 # llama-server lists its models at /models too.
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_unset=True)
 @router.get("/models", response_model=ModelList, response_model_exclude_unset=True)
 async def list_models(state: State, _caller: CurrentCaller) -> dict[str, Any]:
-    return {"object": "list", "data": await run_in_threadpool(model_cards, state)}
+    return {"object": "list", "data": await run_in_threadpool(_all_model_cards, state)}
 
 
 # ``:path``: a served name may hold a slash ("org/model"), as hub ids do.
@@ -338,7 +363,7 @@ async def list_models(state: State, _caller: CurrentCaller) -> dict[str, Any]:
 @router.get("/models/{model_id:path}", response_model=ModelCard, response_model_exclude_unset=True)
 async def retrieve_model(model_id: str, state: State, _caller: CurrentCaller) -> dict[str, Any]:
     """OpenAI's model object for one name ``model`` accepts; a 404 for any other."""
-    cards = await run_in_threadpool(model_cards, state)
+    cards = await run_in_threadpool(_all_model_cards, state)
     for card in cards:
         if card["id"] == model_id:
             return card

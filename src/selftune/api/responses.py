@@ -210,12 +210,26 @@ class _Completion(_Body):
     system_fingerprint: str = Field(description="the version that answered")
 
 
+class MemoryPassage(_Body):
+    """A memory passage the prompt was given (selftune extension)."""
+
+    id: int = Field(description="the memory record's id")
+    kind: str
+    source: str | None = Field(description="where it came from: a URL, a file, a note, a chat")
+    title: str | None
+    text: str
+    score: float
+
+
 class ChatCompletion(_Completion):
     """OpenAI's ``chat.completion`` object."""
 
     object: Literal["chat.completion"]
     choices: list[ChatChoice]
     usage: Usage
+    memory: list[MemoryPassage] | None = Field(
+        None, description="selftune extension: the memory passages given with the prompt"
+    )
 
 
 class TextCompletion(_Completion):

@@ -10,6 +10,7 @@ from selftune.store.schema import MAX_ID
 
 __all__ = [
     "ApplyTemplateRequest",
+    "ChatMemory",
     "ChatMessage",
     "ChatRequest",
     "CompletionRequest",
@@ -257,8 +258,28 @@ class _Sampling(RequestModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class ChatMemory(BaseModel):
+    """selftune extension: which memory passages to add to the prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(None, ge=1, le=50, description="passages (memory.retrieval_k)")
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=32, description="only records with any of these tags"
+    )
+
+
 class ChatRequest(_Sampling, _SamplerOptions):
     messages: list[ChatMessage] = Field(min_length=1)
+    memory: bool | ChatMemory | None = Field(
+        None,
+        description="selftune extension: add memory passages to the prompt (true, or which); "
+        "false: none; left out: as memory.retrieval says",
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="selftune extension: channels the answered chat is remembered under",
+    )
     max_completion_tokens: int | None = Field(None, ge=1)
     chat_template: str | None = Field(
         None, description="selftune extension: a preset name or Jinja template for this request"

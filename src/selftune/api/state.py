@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,8 @@ from selftune.engines.base import (
     Prompt,
     PushingEngine,
 )
+from selftune.memory.served import embedder_loaders
+from selftune.memory.service import Memory, MemoryConfig
 from selftune.registry.versions import ServingTarget, serving_target
 from selftune.store.db import Database
 
@@ -66,8 +69,18 @@ class AppState:
         self._refresh_lock = asyncio.Lock()
         self._base_source: BaseModelSource | None = None
         self._base_folder: Path | None = None
+        self.memory: Memory | None = memory_of(settings, db, self.wait_for_engine)
 
     # --- loading ---------------------------------------------------------------------------
+    def wait_for_engine(self, timeout: float = 600.0) -> Engine:
+        """The engine once loaded (from a background thread: it blocks)."""
+        deadline = time.monotonic() + timeout
+        while self.engine is None:
+            if self.load_error or time.monotonic() > deadline:
+                raise RuntimeError(f"the served model did not load: {self.load_error}")
+            time.sleep(0.2)
+        return self.engine
+
     def load_engine(self) -> None:
         from selftune.engines.factory import build_engine
         from selftune.models.base import resolve_base_model
@@ -126,6 +139,23 @@ class AppState:
             except Exception:
                 log.exception("could not refresh the serving version")
             await asyncio.sleep(self.settings.serve.adapter_poll_seconds)
+
+
+def memory_of(settings: Settings, db: Database, engine: Callable[[], Engine]) -> Memory | None:
+    """The memory ``settings`` ask for, not started; None when memory is off. ``engine``
+    waits for the serving engine (for ``memory.embedding_model = "served"``)."""
+    options = settings.memory
+    if not options.enabled:
+        return None
+    config = MemoryConfig(
+        embedding_model=options.embedding_model,
+        folder=settings.data_dir / "memory",
+        auto_tags=options.auto_tags,
+        tag_weight=options.tag_weight,
+        exact_below=options.exact_below,
+    )
+    load, name = embedder_loaders(settings.base_model, options.embedding_device, engine)
+    return Memory(db, config, loader=load, name_of=name)
 
 
 def app_state(request: Request) -> AppState:

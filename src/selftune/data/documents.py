@@ -15,18 +15,26 @@ Training examples are not made from documents yet (issue 30, item 3): an import 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from selftune.atomic import atomic_file
 from selftune.config import Settings
+from selftune.engines.base import Engine
 from selftune.imports import ChunkSettings, ImportLimits, ImportRefused, parse_document
+from selftune.imports.chunks import Chunk
 from selftune.imports.fetch import FetchPolicy, FetchRefused, fetch
+from selftune.memory.records import NewRecord, add_records, delete_records
+from selftune.memory.served import embedder_loaders
+from selftune.memory.tags import import_tags
+from selftune.memory.vectors import store_vectors
 from selftune.store import jobs
 from selftune.store.db import Database
 from selftune.store.schema import (
@@ -34,6 +42,7 @@ from selftune.store.schema import (
     ImportedDocument,
     ImportRecord,
     Job,
+    MemoryRecord,
     as_utc,
     utcnow,
 )
@@ -111,6 +120,7 @@ def record_import(
     data: bytes | None = None,
     title: str | None = None,
     tags: list[str] | None = None,
+    shared: bool = False,
     worker_id: str | None = None,
 ) -> tuple[int, int]:
     """Record an import of ``kind`` and queue its job; returns (import id, job id). A file's or
@@ -137,6 +147,7 @@ def record_import(
                 source=source,
                 title=title,
                 tags=tags,
+                shared=shared,
                 state="queued",
                 counts={},
             )
@@ -217,8 +228,10 @@ def run_import(
     report: Callable[[float, str], None],
     *,
     worker_id: str,
+    engine: Callable[[], Engine] | None = None,
 ) -> dict[str, Any]:
-    """Fetch or read, parse, chunk and store one import; the job's result. A refusal
+    """Fetch or read, parse, chunk and store one import; the job's result. ``engine`` gives
+    the served model, when memory embeds with it (``memory.embedding_model = "served"``). A refusal
     (:class:`ImportRefused`, :class:`FetchRefused`) marks the import failed with its code and
     raises :class:`~selftune.store.jobs.JobFailed`; nothing of the document is stored."""
     with db.write() as session:
@@ -258,8 +271,11 @@ def run_import(
     except (ImportRefused, FetchRefused) as refused:
         _fail(db, import_id, refused.code, refused.message)
         raise jobs.JobFailed(f"{refused.code}: {refused.message}") from refused
-    report(0.8, "storing")
     document, provenance = parsed.document, parsed.provenance
+    remembered = _embedded_chunks(
+        settings, parsed.chunks, title or document.title, report, engine or _no_engine
+    )
+    report(0.8, "storing")
     with db.write() as session:
         if not jobs.holds(session, job_id, worker_id):
             raise jobs.JobLost(f"job {job_id} is no longer this worker's")
@@ -299,6 +315,11 @@ def run_import(
                 for chunk in parsed.chunks
             )
             counts.update(documents=1, chunks=len(parsed.chunks), duplicates_dropped=0)
+            if remembered is not None:
+                session.flush()
+                counts["memory_records"] = _remember_chunks(
+                    session, settings, record, stored, parsed.chunks, remembered
+                )
         else:
             counts.update(duplicates_dropped=1, duplicate_of=duplicate)
         record.counts = counts
@@ -336,6 +357,7 @@ def import_view(session: Session, record: ImportRecord, *, documents: bool) -> d
         "kind": record.kind,
         "source": record.source,
         "tags": record.tags or [],
+        "shared": record.shared,
         "state": state,
         "progress": round(progress, 4),
         "stage": stage,
@@ -417,6 +439,12 @@ def delete_import(settings: Settings, db: Database, import_id: int) -> dict[str,
             .select_from(DocumentChunk)
             .where(DocumentChunk.document_id.in_(document_ids))
         )
+        chunk_ids = session.scalars(
+            select(DocumentChunk.id).where(DocumentChunk.document_id.in_(document_ids))
+        ).all()
+        forgotten = delete_records(
+            session, [MemoryRecord.source_id.in_([f"chunk:{i}" for i in chunk_ids])]
+        )
         session.execute(delete(DocumentChunk).where(DocumentChunk.document_id.in_(document_ids)))
         session.execute(delete(ImportedDocument).where(ImportedDocument.id.in_(document_ids)))
         session.delete(record)
@@ -427,4 +455,73 @@ def delete_import(settings: Settings, db: Database, import_id: int) -> dict[str,
         "deleted": True,
         "documents": len(document_ids),
         "chunks": chunks or 0,
+        "memory_records": len(forgotten),
     }
+
+
+def _no_engine() -> Engine:
+    raise RuntimeError(
+        'memory.embedding_model = "served" embeds with the served model, which only the worker '
+        "loads: import through the server (POST /api/import) or with a running worker"
+    )
+
+
+def _chunk_title(title: str, headings: Sequence[str]) -> str:
+    return " > ".join([title, *headings]) if title else " > ".join(headings)
+
+
+def _embedded_chunks(
+    settings: Settings,
+    chunks: Sequence[Chunk],
+    title: str,
+    report: Callable[[float, str], None],
+    engine: Callable[[], Engine],
+) -> tuple[str, npt.NDArray[np.float32]] | None:
+    """The chunks' vectors by the memory's embedding model (its name, the vectors), or None
+    when memory is off. Done before the store's transaction: embedding takes a while."""
+    if not settings.memory.enabled or not chunks:
+        return None
+    report(0.6, "embedding")
+    options = settings.memory
+    load, _name = embedder_loaders(settings.base_model, options.embedding_device, engine)
+    embedder = load(options.embedding_model)
+    texts = [f"{_chunk_title(title, c.headings)}\n{c.text}" for c in chunks]
+    parts = []
+    for start in range(0, len(texts), 64):
+        parts.append(embedder.embed(texts[start : start + 64]))
+        report(0.6 + 0.2 * min(start + 64, len(texts)) / len(texts), "embedding")
+    return embedder.name, np.concatenate(parts)
+
+
+def _remember_chunks(
+    session: Session,
+    settings: Settings,
+    record: ImportRecord,
+    document: ImportedDocument,
+    chunks: Sequence[Chunk],
+    embedded: tuple[str, npt.NDArray[np.float32]],
+) -> int:
+    """Write the document's chunks into memory with their vectors, in the import's transaction:
+    the import's tags, the importer's (site, file, folder) and keywords."""
+    stored = session.scalars(
+        select(DocumentChunk).where(DocumentChunk.document_id == document.id)
+    ).all()
+    by_index = {c.index: c for c in stored}
+    records = [
+        NewRecord(
+            user_id=record.user_id,
+            kind="chunk",
+            text=chunk.text,
+            title=_chunk_title(document.title, chunk.headings),
+            source=record.source,
+            source_id=f"chunk:{by_index[chunk.index].id}",
+            shared=record.shared,
+            tags=record.tags or [],
+            import_tags=import_tags(record.source, record.kind),
+        )
+        for chunk in chunks
+    ]
+    ids = add_records(session.connection(), records, auto_tags=settings.memory.auto_tags)
+    model, vectors = embedded
+    store_vectors(session, model, ids, vectors)
+    return len(ids)

@@ -99,5 +99,79 @@ def import_document(run: JobRun) -> dict[str, Any]:
         raise JobFailed(f"an import job needs an import_id, not {run.params}")
     worker = run.worker
     return run_import(
-        worker.settings, worker.db, run.job_id, import_id, run.report, worker_id=worker.worker_id
+        worker.settings,
+        worker.db,
+        run.job_id,
+        import_id,
+        run.report,
+        worker_id=worker.worker_id,
+        engine=lambda: worker.context().engine,
     )
+
+
+@handles("memory_reembed")
+def memory_reembed(run: JobRun) -> dict[str, Any]:
+    """Embed every memory record with ``params["model"]`` (the embedding model just
+    configured); the server switches its search to it once every record has a vector."""
+    from sqlalchemy import func, select
+
+    from selftune.memory.embedder import EmbedderError
+    from selftune.memory.served import embedder_loaders
+    from selftune.memory.vectors import embed_records
+    from selftune.store.schema import MemoryRecord
+
+    spec = run.params.get("model")
+    if not isinstance(spec, str):
+        raise JobFailed(f"a memory_reembed job needs a model, not {run.params}")
+    settings = run.worker.settings
+    load, _name = embedder_loaders(
+        settings.base_model, settings.memory.embedding_device, lambda: run.worker.context().engine
+    )
+    try:
+        embedder = load(spec)
+    except EmbedderError as exc:
+        raise JobFailed(f"memory.embedding_model: {exc}") from exc
+    db = run.worker.db
+    with db.read() as session:
+        total = session.scalar(select(func.count()).select_from(MemoryRecord)) or 1
+    run.report(0.0, "embedding")
+    done = embed_records(
+        db, embedder, progress=lambda n: run.report(min(n / total, 0.99), "embedding")
+    )
+    return {"model": embedder.name, "dim": embedder.dim, "embedded": done}
+
+
+@handles("memory_summary")
+def memory_summary(run: JobRun) -> dict[str, Any]:
+    """Summarize one channel of memory (``params["tag"]``) as one scope sees it (``user_id``'s
+    records and the shared ones, or with ``everything`` all records) with the served model:
+    ``selftune.memory.summaries.summarize_channel``."""
+    from selftune.memory.records import Scope
+    from selftune.memory.summaries import SUMMARY_TOKENS, SummaryError, summarize_channel
+    from selftune.memory.tags import normalize_tag
+
+    tag, user_id = run.params.get("tag"), run.params.get("user_id")
+    everything = run.params.get("everything", False)
+    if (
+        not isinstance(tag, str)
+        or not normalize_tag(tag)
+        or not (user_id is None or isinstance(user_id, str))
+        or not isinstance(everything, bool)
+    ):
+        raise JobFailed(
+            "a memory_summary job needs a tag, a user_id (or null) and everything, not "
+            f"{run.params}"
+        )
+    engine = run.worker.context().engine
+    try:
+        return summarize_channel(
+            run.worker.db,
+            engine,
+            tag,
+            Scope(user_id, everything=everything),
+            run.report,
+            max_tokens=SUMMARY_TOKENS,
+            job_id=run.job_id,
+        )
+    except SummaryError as exc:
+        raise JobFailed(str(exc)) from exc

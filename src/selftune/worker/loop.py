@@ -129,6 +129,7 @@ class Worker:
         self._swept = False
         self.presence = _Presence(self.db, self.worker_id)
         self._next_timestep_check = 0.0  # time.monotonic() of the next look
+        self._next_summary_check = 0.0  # the next look for stale memory summaries
 
     def context(self) -> TrainingContext:
         if self._context is None:
@@ -202,7 +203,7 @@ class Worker:
         returns whether there was anything to do."""
         if self.run_once():
             return True
-        if self._queue_due_connectors():
+        if self._queue_due_connectors() or self._queue_stale_summaries():
             return True
         context = self.context()
         if context.compile_pending:
@@ -222,6 +223,22 @@ class Worker:
             return False
         self._next_timestep_check = now + TIMESTEP_CHECK_SECONDS
         return bool(queue_due(self.settings, self.db))
+
+    def _queue_stale_summaries(self) -> bool:
+        """Queue a memory_summary job for each channel summary whose records changed, every
+        ``memory.summary_interval_hours`` (0: never); whether any was queued."""
+        from selftune.connectors.schedule import training_runs
+        from selftune.memory.summaries import queue_stale
+
+        memory = self.settings.memory
+        now = time.monotonic()
+        if not (memory.enabled and memory.summary_interval_hours) or now < self._next_summary_check:
+            return False
+        self._next_summary_check = now + memory.summary_interval_hours * 3600
+        if training_runs(self.db):  # the next look queues them
+            self._next_summary_check = now + TIMESTEP_CHECK_SECONDS
+            return False
+        return bool(queue_stale(self.db))
 
     def _finish(self, job_id: int, status: str, **outcome: Any) -> None:
         if jobs.finish(self.db, job_id, status, worker_id=self.worker_id, **outcome):
