@@ -17,6 +17,9 @@ BENCHMARKS = (
     "bench.proxy_latency",
     "bench.fuzz",
     "bench.curation",
+    "bench.memory_retrieval",
+    "bench.memory_chat",
+    "bench.memory_index_faiss",
 )
 
 status = 0

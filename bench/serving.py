@@ -33,7 +33,7 @@ import httpx
 
 from bench.scenario import free_port
 from selftune.config import load_settings
-from selftune.engines.base import AdapterRef, GenerationParams
+from selftune.engines.base import AdapterRef, Engine, GenerationParams
 from selftune.engines.factory import build_engine
 from selftune.engines.llamacpp_engine import LlamaCppEngine
 
@@ -151,13 +151,17 @@ class _ChunkCounter:
 
 
 @contextlib.contextmanager
-def _served(engine: LlamaCppEngine, data_dir: Path) -> Iterator[httpx.Client]:
-    """The real app on a loopback port in this process, serving ``engine``."""
+def served_in_process(
+    engine: Engine, data_dir: Path, **sections: dict[str, Any]
+) -> Iterator[httpx.Client]:
+    """The real app on a loopback port in this process, serving ``engine``, with settings
+    ``sections`` (``memory={"enabled": True}``) over the defaults."""
     import uvicorn
 
     from selftune.api.app import create_app
 
-    settings = load_settings(data_dir=data_dir, serve={"start_worker": False})
+    serve = {"start_worker": False, **sections.pop("serve", {})}
+    settings = load_settings(data_dir=data_dir, serve=serve, **sections)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, engine), port=port, log_level="warning")
@@ -200,7 +204,7 @@ def _http_overhead(engine: LlamaCppEngine, data_dir: Path) -> tuple[float, float
 
     direct: list[float] = []
     served: list[float] = []
-    with _served(engine, data_dir) as client:
+    with served_in_process(engine, data_dir) as client:
         connection = http.client.HTTPConnection("127.0.0.1", client.base_url.port)
         body = {"model": "selftune", "max_tokens": 1, "temperature": 0, "stream": True}
         for _ in range(ROUNDS * 2):
