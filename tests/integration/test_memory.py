@@ -369,3 +369,26 @@ def test_any_query_text_is_searched_as_words_never_as_query_syntax(
     assert _search(client, "title column", mode="keyword")[0]["text"].startswith("The")
     bad = client.post("/api/memory/search", json={"query": "x", "tags": {"any": ["x" * 65]}})
     assert bad.status_code == 400 and bad.json()["error"]["param"]
+
+
+def test_chats_answered_while_memory_was_off_are_remembered_when_it_comes_on(
+    settings_env: Path, tiny_model_dir: Path, long_engine: TransformersEngine
+) -> None:
+    chat = {
+        "messages": [{"role": "user", "content": "Which printer is on the third floor?"}],
+        "temperature": 1,
+        "seed": 3,
+    }
+    off = tiny_settings(tiny_model_dir, serve={"context_length": 1024})
+    with TestClient(create_app(off, engine=long_engine)) as client:
+        kept = client.post("/v1/chat/completions", json=chat).json()
+        rated = client.post("/v1/chat/completions", json=chat).json()
+        client.post("/api/feedback", json={"interaction_id": rated["id"], "rating": -1})
+    on = _settings(tiny_model_dir, serve={"context_length": 1024})
+    with TestClient(create_app(on, engine=long_engine)) as client:
+        _settle(client)
+        hits = _search(client, "printer third floor", mode="keyword")
+        assert [h["source_id"] for h in hits] == [kept["id"]]  # the rated-down one stays out
+    with TestClient(create_app(on, engine=long_engine)) as client:
+        _settle(client)  # a second start finds nothing more to remember
+        assert len(_search(client, "printer third floor", mode="keyword")) == 1

@@ -12,8 +12,16 @@ from starlette.concurrency import run_in_threadpool
 from selftune.api.errors import ApiError
 from selftune.api.schemas import ChatMemory
 from selftune.api.state import AppState
-from selftune.memory.records import NewRecord, Scope, TagFilter, add_records, delete_records
-from selftune.memory.retrieval import Passage, fit_passages, passages_of, question_of
+from selftune.memory.records import (
+    NewRecord,
+    Scope,
+    TagFilter,
+    add_records,
+    delete_records,
+    interaction_record,
+    question_of,
+)
+from selftune.memory.retrieval import Passage, fit_passages, passages_of
 from selftune.memory.service import Memory, SearchQuery
 from selftune.memory.tags import TagError, normalize_tags
 from selftune.store.schema import Feedback, Interaction, MemoryRecord
@@ -65,26 +73,19 @@ async def retrieve(
 
 def remember_chat(state: AppState, asked: Asked, answer: str) -> None:
     """Queue an answered chat or completion for memory (written and embedded by memory's own
-    thread): a chat as its last question and the answer, a completion as prompt and text."""
-    if state.memory is None or not state.settings.memory.record_chats or not answer.strip():
+    thread; one that a crash kept from it is found at the next start)."""
+    if state.memory is None or not state.settings.memory.record_chats:
         return
-    if asked.kind == "chat":
-        question = question_of(asked.messages)
-        text = f"Q: {question}\nA: {answer}"
-    else:
-        question = str(asked.messages[0].get("prompt", "")) if asked.messages else ""
-        text = f"{question}{answer}"
-    if not question.strip():
-        return
-    record = NewRecord(
+    record = interaction_record(
+        interaction_id=asked.interaction_id,
         user_id=asked.user_id,
-        kind="interaction",
-        text=text,
-        source=asked.kind,
-        source_id=asked.interaction_id,
+        kind=asked.kind,
+        messages=asked.messages,
+        answer=answer,
         tags=asked.tags,
     )
-    state.memory.remember(record)
+    if record is not None:
+        state.memory.remember(record)
 
 
 def remember_correction(

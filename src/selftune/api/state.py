@@ -153,6 +153,7 @@ def memory_of(settings: Settings, db: Database, engine: Callable[[], Engine]) ->
         auto_tags=options.auto_tags,
         tag_weight=options.tag_weight,
         exact_below=options.exact_below,
+        record_chats=options.record_chats,
     )
     load, name = embedder_loaders(settings.base_model, options.embedding_device, engine)
     return Memory(db, config, loader=load, name_of=name)

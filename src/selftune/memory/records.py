@@ -41,7 +41,9 @@ __all__ = [
     "count_visible",
     "delete_records",
     "forget_user",
+    "interaction_record",
     "matching",
+    "question_of",
     "tag_counts",
     "tag_sizes",
     "visible",
@@ -214,3 +216,46 @@ def tag_sizes(session: Session, scope: Scope, tags: Sequence[str]) -> dict[str, 
 
 def count_visible(session: Session, where: Sequence[ColumnElement[bool]]) -> int:
     return int(session.scalar(select(func.count()).select_from(MemoryRecord).where(*where)) or 0)
+
+
+def question_of(messages: Sequence[dict[str, Any]]) -> str:
+    """The text to search memory with: the last user message's text."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # content parts: keep the text ones
+                return " ".join(
+                    str(part.get("text", "")) for part in content if isinstance(part, dict)
+                )
+    return ""
+
+
+def interaction_record(
+    *,
+    interaction_id: str,
+    user_id: str,
+    kind: str,
+    messages: Sequence[dict[str, Any]],
+    answer: str,
+    tags: Sequence[str] = (),
+) -> NewRecord | None:
+    """The memory record of an answered chat (its last question and the answer) or completion
+    (prompt and text); None when there is nothing to remember."""
+    if kind == "chat":
+        question = question_of(messages)
+        text = f"Q: {question}\nA: {answer}"
+    else:
+        question = str(messages[0].get("prompt", "")) if messages else ""
+        text = f"{question}{answer}"
+    if not question.strip() or not answer.strip():
+        return None
+    return NewRecord(
+        user_id=user_id,
+        kind="interaction",
+        text=text,
+        source=kind,
+        source_id=interaction_id,
+        tags=tags,
+    )

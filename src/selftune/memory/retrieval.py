@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from selftune.memory.records import question_of
 from selftune.memory.service import Hit
 
 __all__ = ["Passage", "fit_passages", "passages_of", "question_of", "with_passages"]
@@ -58,20 +59,6 @@ def passages_of(hits: Sequence[Hit]) -> list[Passage]:
         )
         for hit in hits
     ]
-
-
-def question_of(messages: Sequence[dict[str, Any]]) -> str:
-    """The text to search memory with: the last user message's text."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):  # content parts: keep the text ones
-                return " ".join(
-                    str(part.get("text", "")) for part in content if isinstance(part, dict)
-                )
-    return ""
 
 
 def fit_passages(

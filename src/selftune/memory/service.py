@@ -6,7 +6,9 @@ of one embedding model's vectors, saved atomically under ``<data_dir>/memory`` a
 the store when its file is missing or belongs to another model. A background thread does the
 slow parts, so no chat waits on them: it writes the memory records of answered chats with their
 vectors in one transaction, embeds records others wrote without a vector (notes, corrections),
-and adds vectors written by the worker (imports, re-embedding) to the index.
+adds vectors written by the worker (imports, re-embedding) to the index, and at start remembers
+the answered chats memory lacks (a crash between a chat's commit and its memory record, or chats
+from before memory was on).
 
 Changing the embedding model (``memory.embedding_model``) queues a ``memory_reembed`` job; search
 goes on with the old model's vectors until the new model covers every record, then switches.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -29,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from selftune.atomic import fsync_path
@@ -44,6 +47,7 @@ from selftune.memory.records import (
     TagFilter,
     add_records,
     count_visible,
+    interaction_record,
     matching,
     tag_sizes,
     visible,
@@ -58,7 +62,7 @@ from selftune.memory.vectors import (
 )
 from selftune.store import jobs
 from selftune.store.db import Database
-from selftune.store.schema import Feedback, MemoryRecord, MemoryTag, MemoryVector
+from selftune.store.schema import Feedback, Interaction, MemoryRecord, MemoryTag, MemoryVector
 
 __all__ = [
     "Hit",
@@ -86,6 +90,7 @@ class MemoryConfig:
     tag_weight: float = 0.5
     exact_below: int = 10_000
     poll_seconds: float = 1.0
+    record_chats: bool = True  # and remember, at start, chats a crash kept from memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +147,9 @@ class Memory:
         self._spec: str | None = None  # the query embedder's spec (model name or folder)
         self._switch_checked = 0.0
         self._saved_at = 0.0  # time.monotonic() of the last save
+        # Where the backfill of unremembered chats has come to: (created_at, id).
+        self._backfill_after: tuple[dt.datetime, str] = (dt.datetime(1970, 1, 1), "")
+        self._backfill_done = False
         # PostgreSQL with pgvector searches the vectors itself: no index in this process.
         self._in_database = pgvector.has_pgvector(db.engine)
         self._dim = 0  # the dimension of the model search uses
@@ -177,6 +185,7 @@ class Memory:
             with self.db.read() as session:
                 # Counted down once written, not when taken off the queue.
                 behind = self.state != "ready" or self._queue.unfinished_tasks > 0
+                behind = behind or (self.config.record_chats and not self._backfill_done)
                 if not behind and self._model is not None:
                     behind = bool(pending_records(session, self._model, limit=1))
                     newest = session.scalar(
@@ -417,6 +426,7 @@ class Memory:
         """One round of background work; whether there may be more right away."""
         self._switch_when_reembedded()
         busy = self._write_remembered()
+        busy = busy or self._backfill()
         busy = self._embed_pending() or busy
         busy = self._sync() or busy
         with self._lock:
@@ -447,13 +457,70 @@ class Memory:
                     )
                 )
             )
-            keep = [n for n, r in enumerate(records) if r.source_id not in disputed]
+            # And one already written (by the backfill of chats a crash kept from memory).
+            written = set(
+                session.scalars(
+                    select(MemoryRecord.source_id).where(
+                        MemoryRecord.source_id.in_([r.source_id for r in records])
+                    )
+                )
+            )
+            skip = disputed | written
+            keep = [n for n, r in enumerate(records) if r.source_id not in skip]
             ids = add_records(
                 session.connection(), [records[n] for n in keep], auto_tags=self.config.auto_tags
             )
             store_vectors(session, embedder.name, ids, vectors[keep])
         for _ in items:
             self._queue.task_done()
+        return True
+
+    def _backfill(self) -> bool:
+        """Remember answered chats the store has and memory lacks, oldest first, a batch at a
+        time: those a crash kept from the queue, and the history recorded before memory was
+        on. Whether a batch was found."""
+        if not self.config.record_chats or self._backfill_done:
+            return False
+        after_time, after_id = self._backfill_after
+        remembered = select(MemoryRecord.id).where(MemoryRecord.source_id == Interaction.id)
+        disputed = select(Feedback.id).where(
+            Feedback.interaction_id == Interaction.id, Feedback.rating < 0
+        )
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    Interaction.id,
+                    Interaction.user_id,
+                    Interaction.kind,
+                    Interaction.messages,
+                    Interaction.response,
+                    Interaction.created_at,
+                )
+                .where(
+                    or_(
+                        Interaction.created_at > after_time,
+                        and_(Interaction.created_at == after_time, Interaction.id > after_id),
+                    ),
+                    ~remembered.exists(),
+                    ~disputed.exists(),
+                )
+                .order_by(Interaction.created_at, Interaction.id)
+                .limit(BATCH)
+            ).all()
+        if not rows:
+            self._backfill_done = True
+            return False
+        self._backfill_after = (rows[-1].created_at, rows[-1].id)
+        for row in rows:
+            record = interaction_record(
+                interaction_id=row.id,
+                user_id=row.user_id,
+                kind=row.kind,
+                messages=row.messages or [],
+                answer=row.response,
+            )
+            if record is not None:
+                self._queue.put(_Interaction(record))
         return True
 
     def _embed_pending(self) -> bool:
