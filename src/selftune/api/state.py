@@ -39,6 +39,7 @@ from selftune.engines.base import (
 )
 from selftune.memory.served import embedder_loaders
 from selftune.memory.service import Memory, MemoryConfig
+from selftune.models.loading import MODEL_LOADING
 from selftune.registry.versions import ServingTarget, serving_target
 from selftune.store.db import Database
 
@@ -87,7 +88,8 @@ class AppState:
 
         try:
             source = resolve_base_model(self.settings.base_model)
-            self.engine = build_engine(self.settings, source)
+            with MODEL_LOADING:  # not beside the memory's embedding model (models/loading.py)
+                self.engine = build_engine(self.settings, source)
             log.info("model loaded from %s (%s)", source.location, self.engine.name)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from selftune.models.loading import MODEL_LOADING
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -312,5 +314,6 @@ def load_embedder(spec: str, *, device: str = "cpu") -> TextEmbedder:
     with _LOAD_LOCK:
         embedder = _LOADED.get((key, where))
         if embedder is None:
-            embedder = _LOADED[(key, where)] = _load(key, folder, where)
+            with MODEL_LOADING:  # not beside the serving engine (selftune.models.loading)
+                embedder = _LOADED[(key, where)] = _load(key, folder, where)
     return embedder
