@@ -55,6 +55,7 @@ PATH_VALUES = {
     "reply_id": "1",
     "model_id": "selftune",
     "prefix": "st-nosuchkey",
+    "tag": "garden",
 }
 CHAT = [{"role": "user", "content": "hi"}]
 OLLAMA = {"model": "selftune", "stream": False, "options": {"num_predict": 2}}

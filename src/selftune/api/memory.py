@@ -27,6 +27,7 @@ from selftune.api.auth import Caller
 from selftune.api.deps import CurrentCaller, State
 from selftune.api.errors import ApiError
 from selftune.api.responses import ERRORS
+from selftune.api.schemas import RequestModel
 from selftune.api.state import AppState
 from selftune.memory.embedder import embedder_name
 from selftune.memory.export import MEDIA_TYPES, npz_chunks, parquet_chunks, stored_models
@@ -51,7 +52,7 @@ router = APIRouter(prefix="/api/memory", responses=ERRORS)
 _Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]
 
 
-class TagsFilter(BaseModel):
+class TagsFilter(RequestModel):
     """Which channels to search: any one of ``any``, all of ``all``, none of ``none``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -60,7 +61,7 @@ class TagsFilter(BaseModel):
     none: list[_Tag] = Field(default_factory=list, max_length=32)
 
 
-class NoteRequest(BaseModel):
+class NoteRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, max_length=100_000)
     title: str | None = Field(None, max_length=512)
@@ -75,7 +76,7 @@ class NoteAdded(BaseModel):
     tags: list[str]
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=10_000)
     k: int = Field(10, ge=1, le=100)

@@ -258,7 +258,7 @@ class _Sampling(RequestModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class ChatMemory(BaseModel):
+class ChatMemory(RequestModel):
     """selftune extension: which memory passages to add to the prompt."""
 
     model_config = ConfigDict(extra="forbid")
