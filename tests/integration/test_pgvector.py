@@ -7,6 +7,8 @@ installed."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,16 @@ pgserver = pytest.importorskip(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    postgres = pgserver.get_server(tmp_path_factory.mktemp("pgvector"), cleanup_mode="stop")
+def server() -> Iterator[str]:
+    # Not under pytest's tmp_path: run as root, pgserver starts PostgreSQL as its own user,
+    # who cannot enter pytest's private /tmp/pytest-of-root.
+    folder = Path(tempfile.mkdtemp(prefix="selftune-pgvector-"))
+    postgres = pgserver.get_server(folder, cleanup_mode="stop")
     try:
         yield str(postgres.get_uri()).replace("postgresql://", "postgresql+psycopg://", 1)
     finally:
         postgres.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -101,13 +101,28 @@ VERSION_HEADER = {
 }
 
 
+# One server-sent event, as OpenAPI 3.2 writes the generic text/event-stream item (3.0 and 3.1
+# readers such as schemathesis take a stream's schema as one event's): ``data`` holds a JSON
+# chunk, or ``[DONE]`` at the end.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
 def event_stream(description: str, example: str) -> dict[int | str, dict[str, Any]]:
     """A route's 200 as server-sent events, next to the JSON its ``response_model`` documents."""
     return {
         200: {
             "description": description,
             "headers": VERSION_HEADER,
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": example}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT, "example": example}},
         }
     }
 
