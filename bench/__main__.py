@@ -17,6 +17,7 @@ BENCHMARKS = (
     "bench.proxy_latency",
     "bench.fuzz",
     "bench.curation",
+    "bench.import_throughput",
     "bench.memory_retrieval",
     "bench.memory_chat",
     "bench.memory_index_faiss",
