@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.errors import ApiError
+from selftune.api.memory import checked_tags
 from selftune.api.schemas import ChatMemory
 from selftune.api.state import AppState
 from selftune.memory.records import (
@@ -23,7 +24,6 @@ from selftune.memory.records import (
 )
 from selftune.memory.retrieval import Passage, fit_passages, passages_of
 from selftune.memory.service import Memory, SearchQuery
-from selftune.memory.tags import TagError, normalize_tags
 from selftune.store.schema import Feedback, Interaction, MemoryRecord
 
 if TYPE_CHECKING:
@@ -57,10 +57,7 @@ async def retrieve(
             param="memory",
         )
     chosen = asked_for if isinstance(asked_for, ChatMemory) else ChatMemory(k=None)
-    try:
-        tags = TagFilter(any_of=tuple(normalize_tags(chosen.tags)))
-    except TagError as exc:
-        raise ApiError(400, str(exc), code="invalid_tags", param="memory.tags") from exc
+    tags = TagFilter(any_of=checked_tags(chosen.tags, "memory.tags"))
     question = question_of(messages)
     if not question.strip():
         return []

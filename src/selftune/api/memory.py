@@ -12,7 +12,7 @@ trusts its local callers. Sharing a record makes it every user's to read, so it 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -45,7 +45,7 @@ from selftune.memory.tags import MAX_TAG_CHARS, TagError, normalize_tag, normali
 from selftune.store import jobs
 from selftune.store.schema import MemorySummary
 
-__all__ = ["TagsFilter", "memory_of", "router", "scope_of", "tag_filter"]
+__all__ = ["TagsFilter", "checked_tags", "memory_of", "router", "scope_of", "tag_filter"]
 
 router = APIRouter(prefix="/api/memory", responses=ERRORS)
 
@@ -157,7 +157,7 @@ def scope_of(caller: Caller, user: str | None) -> Scope:
         if user is not None and user != caller.user_id:
             raise ApiError(
                 403,
-                "a key reads its own user's memory; reading another user's needs an admin key",
+                "a key reaches its own user's memory only; another user's needs an admin key",
                 type="permission_error",
                 code="not_your_memory",
                 param="user",
@@ -168,19 +168,24 @@ def scope_of(caller: Caller, user: str | None) -> Scope:
     return Scope(caller.user_id, everything=True)
 
 
+def checked_tags(tags: Sequence[str], param: str) -> tuple[str, ...]:
+    """``tags`` normalized, or a 400 naming ``param`` when there are too many or too long."""
+    try:
+        return tuple(normalize_tags(tags))
+    except TagError as exc:
+        raise ApiError(400, str(exc), code="invalid_tags", param=param) from exc
+
+
 def tag_filter(
     tags: TagsFilter, *, owner: str | None = None, kinds: tuple[str, ...] = ()
 ) -> TagFilter:
-    try:
-        return TagFilter(
-            any_of=tuple(normalize_tags(tags.any)),
-            all_of=tuple(normalize_tags(tags.all)),
-            none_of=tuple(normalize_tags(tags.none)),
-            owner=owner,
-            kinds=kinds,
-        )
-    except TagError as exc:
-        raise ApiError(400, str(exc), code="invalid_tags", param="tags") from exc
+    return TagFilter(
+        any_of=checked_tags(tags.any, "tags"),
+        all_of=checked_tags(tags.all, "tags"),
+        none_of=checked_tags(tags.none, "tags"),
+        owner=owner,
+        kinds=kinds,
+    )
 
 
 @router.post("", response_model=NoteAdded)
@@ -189,10 +194,7 @@ async def add_note(body: NoteRequest, state: State, caller: CurrentCaller) -> di
     memory = memory_of(state)
     if body.shared:
         caller.require_admin("sharing a note with every user")
-    try:
-        tags = normalize_tags(body.tags)
-    except TagError as exc:
-        raise ApiError(400, str(exc), code="invalid_tags", param="tags") from exc
+    tags = list(checked_tags(body.tags, "tags"))
     record = NewRecord(
         user_id=caller.user(body.user),
         kind="note",
@@ -273,14 +275,7 @@ async def forget(
     """Delete a user's memory (the caller's own; an admin may name another user): records,
     tags, vectors and the summaries made from them. Interactions stay recorded."""
     memory = memory_of(state)
-    if caller.authenticated and not caller.admin and user not in (None, caller.user_id):
-        raise ApiError(
-            403,
-            "a key deletes its own user's memory; another user's needs an admin key",
-            type="permission_error",
-            code="not_your_memory",
-            param="user",
-        )
+    scope_of(caller, user)  # a user's key names no one else
     target = user or caller.user(None)
 
     def delete() -> int:

@@ -39,6 +39,7 @@ from selftune.api.generation import (
     whole_answer,
 )
 from selftune.api.logprobs import TextOffsets, chat_logprobs, completion_logprobs
+from selftune.api.memory import checked_tags
 from selftune.api.options import (
     check_params,
     logit_bias,
@@ -60,7 +61,6 @@ from selftune.api.targets import Target, model_cards, target_of
 from selftune.api.tools import CallStream, ToolUse, prompt_messages, renders_tool_turns, tool_use
 from selftune.engines.base import Chunk, Engine, GenerationParams, TokenLogprob
 from selftune.memory.retrieval import with_passages
-from selftune.memory.tags import TagError, normalize_tags
 
 __all__ = ["router"]
 
@@ -305,10 +305,7 @@ async def chat_completions(
     shown = with_passages(messages, passages or [])
     prompt = checked_prompt(render, shown, bool(body.chat_template))
     used = None if passages is None else [passage.view() for passage in passages]
-    try:
-        tags = tuple(normalize_tags(body.tags))
-    except TagError as exc:
-        raise ApiError(400, str(exc), code="invalid_tags", param="tags") from exc
+    tags = checked_tags(body.tags, "tags")
     asked = Asked(
         f"chatcmpl-{uuid.uuid4().hex}", user, "chat", messages, body.chat_template, used, tags
     )
