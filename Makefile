@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean-venv
+.PHONY: run test lint typecheck unit bench clean-venv sysdeps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# System packages the tests drive: Debian's Chromium (the dashboard's and the extension's browser
+# tests, through Playwright) and Tesseract (OCR of imported images). Installed only where missing;
+# without root or apt-get, make says what to install and the tests that need them are skipped.
+SYSTEM_PACKAGES := chromium tesseract-ocr tesseract-ocr-eng
+sysdeps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "selftune: these system packages are missing (install them as root): $$missing"; \
+	  fi; \
+	fi
+
 run: $(STAMP)
 	$(BIN)/selftune serve
 
@@ -32,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: sysdeps lint typecheck
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
