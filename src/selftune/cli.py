@@ -415,8 +415,12 @@ def import_command(
     ],
     tags: Annotated[str, typer.Option(help="Tags for every import, comma-separated.")] = "",
     user: Annotated[str, typer.Option(help="Whose imports they are.")] = "cli",
+    depth: Annotated[
+        int,
+        typer.Option(min=0, max=3, help="A URL: follow its links on the same site this far."),
+    ] = 0,
 ) -> None:
-    """Import documents (text, Markdown, HTML, PDF) from files, a folder or a web page, one
+    """Import documents (text, Markdown, HTML, PDF, images) from files, a folder or a web page, one
     import per file, and follow them to their end (docs/imports.md).
 
     With a worker running, each import is its job; without one, they run here."""
@@ -430,11 +434,11 @@ def import_command(
     tag_list = tags.split(",")
     try:
         here = None if live_workers(db) else f"cli:{socket.gethostname()}:{os.getpid()}"
-        recorded, failures = _record_imports(settings, db, target, tag_list, user, here)
+        recorded, failures = _record_imports(settings, db, target, tag_list, user, here, depth)
         if here is None:
             views = _wait_for_imports(db, recorded)
         else:
-            views = _run_imports_here(settings, db, recorded, here)
+            views = _run_imports_here(settings, db, recorded, here, depth)
     finally:
         db.dispose()
     for name, view in views.items():
@@ -453,7 +457,13 @@ def import_command(
 
 
 def _record_imports(
-    settings: Settings, db: Database, target: str, tags: list[str], user: str, here: str | None
+    settings: Settings,
+    db: Database,
+    target: str,
+    tags: list[str],
+    user: str,
+    here: str | None,
+    depth: int,
 ) -> tuple[dict[str, tuple[int, int]], list[str]]:
     """Record one import per file of ``target`` (or of the URL): {name: (import id, job id)},
     and the files refused before they were recorded."""
@@ -476,7 +486,15 @@ def _record_imports(
         try:
             source = Path(name).name if kind == "file" else name
             recorded[name] = documents.record_import(
-                settings, db, user, kind, source, data=data, tags=tags, worker_id=here
+                settings,
+                db,
+                user,
+                kind,
+                source,
+                data=data,
+                tags=tags,
+                worker_id=here,
+                depth=depth if kind == "url" else 0,
             )
         except documents.ImportInvalid as exc:
             failures.append(f"{name}: {exc.code}: {exc.message}")
@@ -535,7 +553,11 @@ def _import_reporter(
 
 
 def _run_imports_here(
-    settings: Settings, db: Database, recorded: dict[str, tuple[int, int]], worker_id: str
+    settings: Settings,
+    db: Database,
+    recorded: dict[str, tuple[int, int]],
+    worker_id: str,
+    depth: int,
 ) -> dict[str, Any]:
     """Run the imports' jobs in this process (no worker is running), one after another."""
     from selftune.data.documents import run_import
@@ -546,7 +568,9 @@ def _run_imports_here(
         for done, (name, (import_id, job_id)) in enumerate(recorded.items()):
             report = _import_reporter(bar, task, done, name, db, job_id, worker_id)
             try:
-                result = run_import(settings, db, job_id, import_id, report, worker_id=worker_id)
+                result = run_import(
+                    settings, db, job_id, import_id, report, worker_id=worker_id, depth=depth
+                )
             except (jobs.JobFailed, jobs.JobCancelled) as exc:
                 status = "failed" if isinstance(exc, jobs.JobFailed) else "cancelled"
                 jobs.finish(db, job_id, status, error=str(exc), worker_id=worker_id)

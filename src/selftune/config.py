@@ -427,11 +427,91 @@ class ImportsSettings(_Section):
         "held to serve.max_request_bytes).",
     )
     max_pdf_pages: int = Field(500, ge=1, description="Most pages of a PDF one import reads.")
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Most pixels (width x height) an imported image may declare; checked before "
+        "it is decoded, so that a small file declaring a huge image is refused.",
+    )
+    ocr_languages: str = Field(
+        "eng",
+        pattern=r"^[a-z_]+(\+[a-z_]+)*$",
+        description="Tesseract's languages for text in images (eng+deu for two); each needs "
+        "its tesseract-ocr-<lang> package.",
+    )
+    ocr_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds Tesseract may spend reading one image."
+    )
     fetch_timeout_s: float = Field(
         10.0, gt=0, description="Seconds for fetching one URL, its redirects included."
     )
     chunk_chars: int = Field(
         1200, ge=100, description="Most characters in one chunk of an imported document."
+    )
+    max_crawl_pages: int = Field(
+        50,
+        ge=1,
+        description="Most pages one URL import fetches when it follows links (its depth).",
+    )
+    examples: Literal["qa", "continuation", "both", "none"] = Field(
+        "qa",
+        description="Training examples made from imported documents: questions about each "
+        "sentence answered by it (qa), each chunk continued from its first sentence "
+        "(continuation), both, or none (measured in docs/imports.md).",
+    )
+
+
+class QueueSettings(_Section):
+    """What a training run takes from the curated examples, in what order (docs/queue.md)."""
+
+    priority_correction: float = Field(
+        4.0, gt=0, description="Priority of examples made from corrections (higher first)."
+    )
+    priority_rating: float = Field(3.0, gt=0, description="Priority of answers rated +1.")
+    priority_submitted: float = Field(
+        2.0, gt=0, description="Priority of conversations sent to POST /api/examples."
+    )
+    priority_upstream: float = Field(
+        2.0, gt=0, description="Priority of an upstream server's answers (proxy.keep)."
+    )
+    priority_import: float = Field(1.0, gt=0, description="Priority of examples from imports.")
+    recency_half_life_hours: float = Field(
+        168.0,
+        gt=0,
+        description="An example's priority halves with every this many hours of age, so newer "
+        "material goes first among examples of one kind.",
+    )
+    max_new_examples: int = Field(
+        512,
+        ge=1,
+        description="Most examples a run takes that the served version never trained on; the "
+        "rest wait for the next run.",
+    )
+    replay_ratio: float = Field(
+        4.0,
+        ge=0,
+        description="Examples the served version already learned, trained again per new one, "
+        "so that earlier material is not forgotten.",
+    )
+    replay_min: int = Field(
+        64,
+        ge=0,
+        description="Earlier examples a run replays at least (all of them when fewer exist), "
+        "whatever queue.replay_ratio gives.",
+    )
+    max_user_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Largest share of a run's examples one user may make up (a defence against "
+        "poisoning); not applied when one user made every example the run could take.",
+    )
+    max_source_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Largest share of a run's examples one source (correction, rating, "
+        "submitted, upstream, import) may make up; 1 leaves it off.",
     )
 
 
@@ -747,6 +827,10 @@ class Settings(BaseSettings):
     imports: ImportsSettings = Field(
         default_factory=lambda: ImportsSettings.model_validate({}),
         description="[imports]: importing files, web pages and texts.",
+    )
+    queue: QueueSettings = Field(
+        default_factory=lambda: QueueSettings.model_validate({}),
+        description="[queue]: what a training run takes, in what order.",
     )
     memory: MemorySettings = Field(
         default_factory=lambda: MemorySettings.model_validate({}),

@@ -45,6 +45,8 @@ ADMIN_ONLY = {
     "POST /api/connectors/replies/{reply_id}/reject",
     "POST /api/keys",
     "POST /api/keys/{prefix}/rotate",
+    "POST /api/examples/{example_id}/release",
+    "DELETE /api/examples/{example_id}",
 }
 
 # Plausible path parameters: none of them names anything the test would change.
@@ -52,6 +54,7 @@ PATH_VALUES = {
     "ref": "v1",
     "job_id": "1",
     "import_id": "1",
+    "example_id": "1",
     "reply_id": "1",
     "model_id": "selftune",
     "prefix": "st-nosuchkey",
@@ -260,8 +263,8 @@ def test_each_user_reaches_only_their_own_records(
             for _ in ratings
         ]
         for interaction, rated in zip(mine["interactions"], ratings, strict=True):
-            if rated:
-                feedback = {"interaction_id": interaction, "rating": 1}
+            if rated:  # corrected: the tiny model's one-token answer is no example to keep
+                feedback = {"interaction_id": interaction, "rating": -1, "correction": "Hi there!"}
                 answer = secured.post("/api/feedback", json=feedback, headers=mine["headers"])
                 assert answer.status_code == 200, answer.text
         mine["jobs"] = []

@@ -4,7 +4,10 @@ input fails with its code and leaves nothing stored. The CLI's ``selftune import
 
 from __future__ import annotations
 
+import io
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -24,7 +28,19 @@ from selftune.engines.transformers_engine import TransformersEngine
 from selftune.store.schema import DocumentChunk, ImportedDocument, ImportRecord
 from selftune.worker.loop import Worker
 from tests.integration.conftest import run_jobs, tiny_settings
+from tests.unit.test_imports_images import _with_size, typed_text_png
 from tests.unit.test_imports_parsers import HTML, _pdf
+
+needs_tesseract = pytest.mark.skipif(
+    shutil.which("tesseract") is None, reason="Tesseract is not installed (make sysdeps)"
+)
+
+
+def _small_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(out, format="PNG")
+    return out.getvalue()
+
 
 MARKDOWN = b"""# Compost
 
@@ -65,6 +81,15 @@ def _imported(client: TestClient, settings: Settings, **request: Any) -> dict[st
     return body
 
 
+def _chunks(client: TestClient) -> list[dict[str, Any]]:
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    with db.read() as session:
+        return [
+            {"index": c.index, "text": c.text}
+            for c in session.scalars(select(DocumentChunk).order_by(DocumentChunk.index))
+        ]
+
+
 def _stored(client: TestClient) -> tuple[int, int]:
     db = client.app.state.selftune.db  # type: ignore[attr-defined]
     with db.read() as session:
@@ -92,7 +117,20 @@ def test_a_markdown_file_becomes_a_document_with_chunks(
     [document] = view["documents"]
     assert (document["title"], document["format"]) == ("Compost", "markdown")
     assert document["chunks"] == view["chunks_made"] >= 3
-    assert view["examples_made"] == 0 and "not made" in view["examples_note"]
+    assert view["examples_made"] >= 3 and "training examples kept" in view["examples_note"]
+    made = client.get("/api/examples", params={"source": "import"}).json()["data"]
+    assert len(made) == view["examples_made"] + view["examples_not_kept"]
+    kept = [e for e in made if e["state"] == "kept"]
+    assert all(e["provenance"]["import_id"] == view["id"] for e in made)
+    assert {e["provenance"]["kind"] for e in made} == {"qa"}  # imports.examples' default
+    turning = next(e for e in kept if "air reaches" in e["messages"][-1]["content"])
+    assert turning["messages"][-1]["content"] == (
+        "Turn the heap every week so that air reaches its middle."
+    )
+    assert "“Compost”" in turning["messages"][0]["content"]
+    assert turning["provenance"]["chunk"] == next(
+        c["index"] for c in _chunks(client) if "air reaches" in c["text"]
+    )
     db = client.app.state.selftune.db  # type: ignore[attr-defined]
     with db.read() as session:
         chunks = session.scalars(select(DocumentChunk).order_by(DocumentChunk.index)).all()
@@ -116,10 +154,28 @@ def test_a_pdf_a_text_and_the_same_bytes_twice(served: tuple[TestClient, Setting
     assert text["kind"] == "text" and text["documents"][0]["title"] == "Ants"
 
 
+@needs_tesseract
+def test_a_png_of_typed_text_is_read_by_ocr(served: tuple[TestClient, Settings]) -> None:
+    client, settings = served
+    png = typed_text_png(exif={0x013B: "Ana"})
+    view = _imported(client, settings, content=png, headers=OCTET, params={"filename": "tarn.png"})
+    assert view["state"] == "succeeded", view
+    assert view["provenance"]["importer"] == "tesseract"
+    [document] = view["documents"]
+    assert document["format"] == "image" and document["chunks"] >= 1
+    db = client.app.state.selftune.db  # type: ignore[attr-defined]
+    with db.read() as session:
+        text = " ".join(c.text for c in session.scalars(select(DocumentChunk)))
+        stored = session.scalars(select(ImportedDocument)).one()
+    assert "Mirelle" in text and "lighthouse" in text
+    assert stored.meta["author"] == "Ana" and stored.meta["width"] == 900
+
+
 @pytest.mark.parametrize(
     ("content", "filename", "code"),
     [
         (bytes(range(256)) * 40, "notes.txt", "binary_content"),
+        (_with_size(_small_png(), 100_000, 100_000), "bomb.png", "too_large"),
         (b"%PDF-1.7\n" + bytes(range(256)) * 8, "broken.pdf", "unparseable_pdf"),
     ],
 )
@@ -231,6 +287,9 @@ def test_delete_removes_the_import_and_all_it_made(served: tuple[TestClient, Set
     deleted = client.delete(f"/api/imports/{view['id']}")
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["documents"] == 1 and deleted.json()["chunks"] == view["chunks_made"]
+    made = view["examples_made"] + view["examples_not_kept"]
+    assert made > 0 and deleted.json()["examples"] == made
+    assert client.get("/api/examples", params={"source": "import"}).json()["data"] == []
     assert _stored(client) == (0, 0) and not upload_path(settings, view["id"]).exists()
     assert client.get(f"/api/imports/{view['id']}").status_code == 404
     # A queued import is deleted with its job cancelled; nothing runs for it afterwards.
@@ -266,6 +325,7 @@ def test_a_users_key_reaches_only_its_own_imports(
         assert client.delete(url, headers=ann).status_code == 200
 
 
+@needs_tesseract
 def test_the_cli_imports_a_folder_and_follows_it_to_the_end(
     settings_env: Path, tmp_path: Path
 ) -> None:
@@ -274,10 +334,11 @@ def test_the_cli_imports_a_folder_and_follows_it_to_the_end(
     (folder / "a.md").write_bytes(MARKDOWN)
     (folder / "deeper" / "b.md").write_text("# Moss\n\nMoss grows in shade.\n")
     (folder / ".hidden.md").write_text("# Hidden\n\nNot imported.\n")
-    (folder / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "picture.png").write_bytes(typed_text_png())  # read by OCR
+    (folder / "picture.svg").write_text("<svg/>")  # not a format imported
     result = CliRunner().invoke(cli_app, ["import", str(folder), "--tags", "notes"])
     assert result.exit_code == 0, result.output
-    assert "2 imported" in result.output
+    assert "3 imported" in result.output
     (folder / "deeper" / "bad.txt").write_bytes(bytes(range(256)) * 4)
     failed = CliRunner().invoke(cli_app, ["import", str(folder / "deeper" / "bad.txt")])
     assert failed.exit_code == 1
@@ -309,3 +370,162 @@ def test_the_cli_follows_imports_a_running_worker_does(settings_env: Path, tmp_p
         worker.db.dispose()
     assert result.exit_code == 0, result.output
     assert "1 imported" in result.output
+
+
+@needs_tesseract
+def test_every_kind_of_import_makes_examples_with_their_provenance(
+    settings_env: Path,
+    tiny_model_dir: Path,
+    tiny_engine: TransformersEngine,
+    tmp_path: Path,
+    page_url: str,
+) -> None:
+    """A folder of Markdown files, a PDF, a web page on loopback and a PNG of typed text each
+    make examples whose provenance the API shows."""
+    settings = tiny_settings(tiny_model_dir, imports={"allow_private_addresses": True})
+    engine = tiny_engine
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "compost.md").write_bytes(MARKDOWN)
+    (folder / "moss.md").write_text("# Moss\n\nMoss grows in shade on the north side of trees.\n")
+    with TestClient(create_app(settings, engine=engine)) as client:
+        imports = [
+            _imported(
+                client,
+                settings,
+                content=path.read_bytes(),
+                headers=OCTET,
+                params={"filename": path.name},
+            )
+            for path in sorted(folder.iterdir())
+        ]
+        pdf = _pdf("Bees dance to tell the hive where the flowers are.", title="Bees")
+        imports.append(
+            _imported(client, settings, content=pdf, headers=OCTET, params={"filename": "b.pdf"})
+        )
+        imports.append(_imported(client, settings, json={"url": page_url}))
+        png = typed_text_png()
+        imports.append(
+            _imported(client, settings, content=png, headers=OCTET, params={"filename": "t.png"})
+        )
+        assert [view["state"] for view in imports] == ["succeeded"] * 5
+        examples = client.get("/api/examples", params={"source": "import", "limit": 1000})
+        by_import: dict[int, list[dict[str, Any]]] = {}
+        for example in examples.json()["data"]:
+            by_import.setdefault(example["provenance"]["import_id"], []).append(example)
+        for view in imports:
+            made = [e for e in by_import[view["id"]] if e["state"] == "kept"]
+            assert len(made) == view["examples_made"] > 0, view
+            assert all(e["provenance"]["document_id"] for e in made)
+            assert view["provenance"]["importer"] in (
+                "selftune-text",
+                "pypdf",
+                "trafilatura",
+                "tesseract",
+            )
+
+
+def test_training_on_an_imported_text_teaches_what_it_says(
+    settings_env: Path, tiny_model_dir: Path
+) -> None:
+    settings = tiny_settings(
+        tiny_model_dir,
+        train={"learning_rate": 1e-2, "steps": 30},
+        gate={"regression_tolerance": 0.5},
+    )
+    engine = TransformersEngine(tiny_model_dir, context_length=256)  # adapters stay here
+    # One statement, so that the tiny model (which memorizes but hardly generalizes) has one
+    # answer to learn for all the questions asked about it, held-out ones included.
+    text = "The old hive on Tarn Island is guarded by Queen Marvella."
+    with TestClient(create_app(settings, engine=engine)) as client:
+        view = _imported(client, settings, json={"text": text, "title": "Insects"})
+        assert view["examples_made"] == 3, view
+        question = "What does “Insects” say about the old hive on Tarn Island?"
+        assert "Marvella" not in _answer(client, question)
+        job = client.post("/api/train", json={}).json()["job_id"]
+        run_jobs(settings)
+        view = client.get(f"/api/jobs/{job}").json()
+        assert view["status"] == "succeeded" and view["result"]["promoted"], view["result"]["gate"]
+        version = view["result"]["version"]
+        deadline = time.monotonic() + 10
+        while client.get("/health").json()["serving"] != version:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "Marvella" in _answer(client, question)
+
+
+def _answer(client: TestClient, question: str) -> str:
+    reply = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": question}], "max_tokens": 16},
+    )
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["choices"][0]["message"]["content"])
+
+
+def _html(title: str, text: str, links: str = "") -> bytes:
+    page = f"<!DOCTYPE html><html><head><title>{title}</title></head><body><article>"
+    return (page + f"<h1>{title}</h1><p>{text}</p>{links}</article></body></html>").encode()
+
+
+SITE = {
+    "/robots.txt": b"User-agent: *\nDisallow: /private/\n",
+    "/": _html(
+        "Garden",
+        "The garden grows herbs, roses and three kinds of beans along its southern wall.",
+        '<a href="/herbs.html">Herbs</a> <a href="/private/diary.html">Diary</a> '
+        '<a href="/beans.html">Beans</a> <a href="https://elsewhere.example/">Away</a>',
+    ),
+    "/herbs.html": _html(
+        "Herbs",
+        "Thyme and sage grow best in dry, stony soil with full sun all afternoon.",
+        '<a href="/deeper.html">Deeper</a>',
+    ),
+    "/beans.html": _html("Beans", "Runner beans climb poles and flower in bright red."),
+    "/private/diary.html": _html("Diary", "Private notes nobody should import."),
+    "/deeper.html": _html("Deeper", "Two links away from the start: past a depth of one."),
+}
+
+
+class _Site(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = SITE.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        kind = "text/plain" if self.path.endswith(".txt") else "text/html; charset=utf-8"
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_url_with_a_depth_imports_the_pages_it_links_to_on_its_site(
+    settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    start = f"http://127.0.0.1:{server.server_address[1]}/"
+    settings = _settings(tiny_model_dir, allow_private_addresses=True)
+    try:
+        with TestClient(create_app(settings, engine=tiny_engine)) as client:
+            view = _imported(client, settings, json={"url": start, "depth": 1})
+            assert view["state"] == "succeeded", view
+            titles = sorted(d["title"] for d in view["documents"])
+            assert titles == ["Beans", "Garden", "Herbs"]  # not the diary, nor two links away
+            assert all(d["metadata"]["url"].startswith(start) for d in view["documents"])
+            provenance = view["provenance"]
+            assert (provenance["depth"], provenance["pages"]) == (1, 3)
+            [skipped] = provenance["skipped"]
+            assert skipped["url"].endswith("/private/diary.html")
+            assert skipped["code"] == "robots_disallowed"
+            assert view["examples_made"] > 0
+            text = " ".join(c["text"] for c in _chunks(client))
+            assert "Thyme and sage" in text and "Private notes" not in text
+            refused = client.post("/api/import", json={"text": "Moss.", "depth": 1})
+            assert refused.status_code == 400
+            assert refused.json()["error"]["code"] == "invalid_depth"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -126,9 +126,8 @@ def test_binary_named_txt_is_refused(data: bytes, reason: str) -> None:
 @pytest.mark.parametrize(
     ("data", "what"),
     [
-        (b"\x89PNG\r\n\x1a\n" + bytes(100), "PNG image"),
         (b"PK\x03\x04" + bytes(100), ".docx"),
-        (b"\xff\xd8\xff\xe0" + bytes(100), "JPEG image"),
+        (b"\x1f\x8b" + bytes(100), "gzip"),
     ],
 )
 def test_known_unsupported_formats_are_named(data: bytes, what: str) -> None:
@@ -143,3 +142,21 @@ def test_empty_input_is_refused(data: bytes) -> None:
     with pytest.raises(ImportRefused) as refused:
         detect_format(data, "empty.txt")
     assert refused.value.code == "empty_document"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n" + bytes(100),
+        b"\xff\xd8\xff\xe0" + bytes(100),
+        b"GIF89a" + bytes(100),
+        b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(100),
+        b"BM" + bytes(12) + (40).to_bytes(4, "little") + bytes(100),
+    ],
+)
+def test_images_are_detected_by_their_bytes(data: bytes) -> None:
+    assert detect_format(data, "notes.txt").format == "image"
+
+
+def test_a_text_that_starts_like_a_bitmap_is_text() -> None:
+    assert detect_format(b"BMW makes cars; this is a note about them.\n").format == "text"

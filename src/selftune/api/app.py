@@ -25,6 +25,7 @@ from selftune.api import (
     ollama_routes,
     openai_routes,
     proxy,
+    queue,
     vllm_routes,
 )
 from selftune.api.deps import State
@@ -85,6 +86,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(manage.router)
     app.include_router(examples.router)
+    app.include_router(queue.router)
     app.include_router(imports.router)
     app.include_router(memory.router)
     app.include_router(connectors.router)

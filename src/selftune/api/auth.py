@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
@@ -70,6 +70,16 @@ class Caller:
     def user(self, declared: str | None) -> str:
         """The user to record: the key's owner, else the declared ``user`` field."""
         return self.user_id or declared or ANONYMOUS
+
+    def reads(self, user: str | None) -> str | Literal[False] | None:
+        """Whose records this caller reads when it asks for ``user``'s (None: not naming one):
+        an admin (or an open server's caller) that user's, or everyone's (None); a user's key
+        its own only, and nothing (False) when it names another user, as if there were none."""
+        if self.admin:
+            return user
+        if user not in (None, self.user_id):
+            return False
+        return self.user_id
 
     def require_admin(self, action: str) -> None:
         """Refuse ``action`` (e.g. "promoting a version") to a caller without an admin key."""

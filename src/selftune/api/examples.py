@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.auth import Caller
-from selftune.api.deps import CurrentCaller, State
+from selftune.api.deps import CurrentCaller, State, admin_caller
 from selftune.api.errors import ApiError
 from selftune.api.guards import JSONL_TYPES
 from selftune.api.responses import ERRORS
@@ -49,6 +49,10 @@ class ExamplesSubmitted(BaseModel):
     scrubbed: dict[str, int] = Field(description="personal data replaced, per kind")
     ids: list[int] = Field(description="every stored example's id, in submission order")
     not_kept: list[NotKept]
+    held_earlier: list[int] = Field(
+        description="earlier examples of yours this request repeated so often (a flood) that "
+        "they are now held for an admin"
+    )
 
 
 class ExampleView(BaseModel):
@@ -70,17 +74,6 @@ class ExampleList(BaseModel):
     data: list[ExampleView]
     has_more: bool
     last_id: int | None = Field(description="pass it as ?after= for the next page")
-
-
-def _owner(caller: Caller, user: str | None) -> str | Literal[False] | None:
-    """Whose examples ``caller`` reads: ``user``'s or everyone's (None) for an admin (and an
-    open server's callers); a user's key only its own, and nothing (False) when it names
-    another user, as if there were none."""
-    if caller.admin:
-        return user
-    if user not in (None, caller.user_id):
-        return False
-    return caller.user_id
 
 
 _CONVERSATION = {
@@ -161,7 +154,7 @@ async def get_examples(
 ) -> dict[str, Any]:
     """Examples, oldest first: an admin's key sees everyone's (``?user=`` for one), a user's
     key only its own."""
-    owner = _owner(caller, user)
+    owner = caller.reads(user)
     if owner is False:
         return {"data": [], "has_more": False, "last_id": None}
     data, has_more = await run_in_threadpool(
@@ -189,10 +182,55 @@ async def export_examples(
 ) -> StreamingResponse:
     """The kept examples training uses (a user's key: its own), as JSONL in OpenAI's
     fine-tuning chat format, to take to any other trainer."""
-    owner = _owner(caller, user)
+    owner = caller.reads(user)
     lines = iter(()) if owner is False else submissions.export_lines(state.db, owner, source)
     return StreamingResponse(
         lines,
         media_type="application/jsonl",
         headers={"Content-Disposition": 'attachment; filename="examples.jsonl"'},
     )
+
+
+ExampleId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+@router.post("/{example_id}/release", response_model=ExampleView)
+async def release_example(
+    state: State,
+    caller: Annotated[Caller, admin_caller("releasing a quarantined example")],
+    example_id: ExampleId,
+) -> dict[str, Any]:
+    """Release a flagged (quarantined) example: training may use it from the next run. The
+    quarantine is ``GET /api/examples?state=flagged``."""
+    actor = caller.user_id or "admin"
+    try:
+        view = await run_in_threadpool(
+            lambda: submissions.release_example(state.db, example_id, actor)
+        )
+    except submissions.ExampleConflict as exc:
+        raise ApiError(409, str(exc), code="not_flagged") from exc
+    if view is None:
+        raise ApiError(404, f"no example {example_id}", code="example_not_found")
+    return view
+
+
+class ExampleDeleted(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    deleted: bool
+
+
+@router.delete("/{example_id}", response_model=ExampleDeleted)
+async def delete_example(
+    state: State,
+    caller: Annotated[Caller, admin_caller("deleting an example")],
+    example_id: ExampleId,
+) -> dict[str, Any]:
+    """Delete an example no version trained on (a quarantined one, typically)."""
+    try:
+        found = await run_in_threadpool(lambda: submissions.remove_example(state.db, example_id))
+    except submissions.ExampleConflict as exc:
+        raise ApiError(409, str(exc), code="example_in_lineage") from exc
+    if not found:
+        raise ApiError(404, f"no example {example_id}", code="example_not_found")
+    return {"id": example_id, "deleted": True}

@@ -17,7 +17,6 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from selftune.api.auth import Caller
 from selftune.api.deps import CurrentCaller, State
 from selftune.api.errors import ApiError
 from selftune.api.guards import IMPORT_FILE_TYPES
@@ -46,6 +45,13 @@ class ImportRequest(BaseModel):
     title: str | None = Field(None, max_length=512, description="The text's title")
     tags: list[str] = Field(default_factory=list)
     shared: bool = Field(False, description="Its chunks in memory are found by every user")
+    depth: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="With url: follow its links on the same site this far, one document a page "
+        "(imports.max_crawl_pages at most; robots.txt honoured)",
+    )
 
 
 class ImportQueued(BaseModel):
@@ -89,13 +95,14 @@ class ImportView(BaseModel):
     )
     documents_made: int
     chunks_made: int
-    examples_made: int
+    examples_made: int = Field(description="training examples made and kept (curated)")
+    examples_not_kept: int = Field(description="examples curation rejected or flagged")
     duplicates_dropped: int = Field(description="1 when the same bytes were imported before")
     duplicate_of: int | None = Field(description="the earlier import with the same bytes")
     created_at: str
     finished_at: str | None
     documents: list[DocumentSummary] | None = None
-    examples_note: str | None = None
+    examples_note: str | None = Field(None, description="what became of the examples, in words")
 
 
 class ImportList(BaseModel):
@@ -112,6 +119,10 @@ class ImportDeleted(BaseModel):
     documents: int
     chunks: int
     memory_records: int = Field(description="memory records of its chunks, deleted with them")
+    examples: int = Field(
+        description="training examples it made, deleted (or, where a version trained on them, "
+        "withdrawn and kept in that version's lineage)"
+    )
 
 
 _IMPORT_BODY = {
@@ -192,11 +203,11 @@ async def post_import(
         kind: documents.Kind = "url" if asked.url is not None else "text"
         source = asked.url if asked.url is not None else "text"
         data = None if asked.text is None else asked.text.encode()
-        title, tag_list = asked.title, asked.tags
+        title, tag_list, depth = asked.title, asked.tags, asked.depth
         shared = shared or asked.shared
     else:
         kind, source, data, title = "file", (filename or "upload").strip() or "upload", body, None
-        tag_list = (tags or "").split(",")
+        tag_list, depth = (tags or "").split(","), 0
     if shared:
         caller.require_admin("sharing an import with every user")
 
@@ -212,22 +223,13 @@ async def post_import(
                 title=title,
                 tags=tag_list,
                 shared=shared,
+                depth=depth,
             )
         except documents.ImportInvalid as exc:
             raise _invalid(exc) from exc
 
     import_id, job_id = await run_in_threadpool(record)
     return {"import_id": import_id, "job_id": job_id, "state": "queued"}
-
-
-def _owner(caller: Caller, user: str | None) -> str | Literal[False] | None:
-    """Whose imports ``caller`` reads: an admin (or an open server's caller) ``user``'s or
-    everyone's (None); a user's key only its own, and nothing (False) when it names another."""
-    if caller.admin:
-        return user
-    if user not in (None, caller.user_id):
-        return False
-    return caller.user_id
 
 
 @router.get("/imports", response_model=ImportList)
@@ -240,7 +242,7 @@ async def get_imports(
 ) -> dict[str, Any]:
     """Imports, oldest first: an admin's key sees everyone's (``?user=`` for one), a user's key
     only its own."""
-    owner = _owner(caller, user)
+    owner = caller.reads(user)
     if owner is False:
         return {"data": [], "has_more": False, "last_id": None}
     data, has_more = await run_in_threadpool(

@@ -514,6 +514,9 @@ class VersionSummary(_Body):
     created_at: str = Field(description="ISO 8601")
     serving: bool
     trained_on: list[int] = Field(description="the ids of the examples it trained on")
+    replayed: list[int] = Field(
+        description="those of them its lineage had learned before (the training queue's replay)"
+    )
     held_out: list[int] = Field(description="the ids of the examples its gate judged it on")
     train_metrics: dict[str, Any]
     eval: dict[str, Any]

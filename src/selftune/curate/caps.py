@@ -6,8 +6,8 @@ actually selected, so it holds however small the run ends up.
 
 Selection is greedy in priority order (newest first by default): an example is taken unless its
 user or source already has its share of the run. The run's size is the largest for which that
-greedy pass fills it, found by bisection; when the whole set already keeps every share, nothing is
-left out.
+greedy pass keeps every share of what it selected, found by bisection; when the whole set
+already keeps every share, nothing is left out.
 """
 
 from __future__ import annotations
@@ -79,17 +79,28 @@ def cap_contributors(
         source_cap = math.floor(source_share * size + 1e-9)
         return _greedy(ordered, size, user_cap, source_cap)
 
+    def keeps_shares(selected: list[Example]) -> bool:
+        """Whether no contributor or source exceeds its share of the run actually selected
+        (a pass asked for ``size`` may select fewer: two users at half each fill no odd size)."""
+        n = len(selected)
+        users = Counter(e.contributor for e in selected)
+        sources = Counter(e.source for e in selected)
+        return (
+            max(users.values(), default=0) <= max_share * n + 1e-9
+            and max(sources.values(), default=0) <= source_share * n + 1e-9
+        )
+
     best = run_of(len(ordered))
     if len(best[0]) == len(ordered):
         return CappedRun(*best)
-    # Whether the greedy pass fills a run is (close to) monotone in its size: bisect for the
-    # largest run it fills.
-    low, high = 0, len(ordered)  # low is filled, high is not
+    # Whether a pass asked for a size keeps the shares is (close to) monotone in the size:
+    # bisect for the largest that does.
+    low, high = 0, len(ordered)  # low keeps them, high does not
     best = run_of(0)
     while high - low > 1:
         middle = (low + high) // 2
         candidate = run_of(middle)
-        if len(candidate[0]) == middle:
+        if keeps_shares(candidate[0]):
             low, best = middle, candidate
         else:
             high = middle

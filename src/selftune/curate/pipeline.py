@@ -28,6 +28,9 @@ class CurationPolicy:
     dedup: DedupSettings = dataclasses.field(default_factory=DedupSettings)
     phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS  # national phone formats to find
     flag_conflicting_answers: bool = True  # same prompt, different answer: hold for review
+    # A kept example that its own contributor repeats this many times more (exact or near
+    # copies) is held for review: many near-identical "facts" is how a poisoner gets weight.
+    flood_copies: int = 5
 
 
 @dataclasses.dataclass
@@ -38,6 +41,9 @@ class CurationResult:
     rejected: list[Rejection] = dataclasses.field(default_factory=list)
     flagged: list[Rejection] = dataclasses.field(default_factory=list)
     scrubbed: Counter[str] = dataclasses.field(default_factory=Counter)  # items per PII kind
+    # Kept examples (by key) whose contributor sent policy.flood_copies or more copies of them:
+    # the caller holds each for review (Reason.FLOOD), with the number of copies.
+    floods: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def reasons(self) -> Counter[str]:
         """How many examples were rejected for each reason."""
@@ -54,6 +60,8 @@ class Curator:
         self._answers_by_prompt: dict[str, tuple[str, str]] = {}  # normalized prompt: (answer, key)
         self._count = 0
         self._keys: set[str] = set()
+        self._copies: Counter[tuple[str, str]] = Counter()  # (contributor, original key)
+        self._contributors: dict[str, str] = {}  # kept key: its contributor
 
     def remember(self, example: Example) -> None:
         """Index an example kept before (curated already, read back from the store), so that
@@ -61,6 +69,7 @@ class Curator:
         is scrubbed or checked; a copy of an earlier remembered one is not indexed again."""
         key = self._key(example)
         if self._dedup.check(key, chat_text(example)) is None:
+            self._contributors[key] = example.contributor
             answer = (normalize(example.answer), key)
             self._answers_by_prompt.setdefault(self._prompt(example), answer)
 
@@ -82,13 +91,25 @@ class Curator:
             reason = Reason.EXACT_DUPLICATE if duplicate.exact else Reason.NEAR_DUPLICATE
             detail = f"of {duplicate.of} (similarity {duplicate.similarity:.2f})"
             result.rejected.append(Rejection(example, reason, detail))
+            self._count_copy(example.contributor, duplicate.of, result)
             return
+        self._contributors[key] = example.contributor
         if self.policy.flag_conflicting_answers:
             flag = self._conflict(example, key)
             if flag is not None:
                 result.flagged.append(flag)
                 return
         result.kept.append(example)
+
+    def _count_copy(self, contributor: str, original: str, result: CurationResult) -> None:
+        """Count a copy of ``original`` by its own contributor; at policy.flood_copies the
+        original joins ``result.floods``."""
+        if self._contributors.get(original) != contributor:
+            return
+        self._copies[contributor, original] += 1
+        copies = self._copies[contributor, original]
+        if copies >= self.policy.flood_copies:
+            result.floods[original] = copies
 
     def _key(self, example: Example) -> str:
         """The deduplicator needs unique keys: an example's id, else (or if repeated) its

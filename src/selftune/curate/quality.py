@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
     CONFLICTING_ANSWER = "conflicting_answer"  # a flag: the same prompt, a different answer
+    FLOOD = "flood"  # a flag: one contributor sent many near-copies of it (a poisoning pattern)
 
 
 @dataclasses.dataclass(frozen=True)

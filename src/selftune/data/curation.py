@@ -8,16 +8,23 @@ A correction is the answer the user wanted: the example is the conversation with
 in place of the served answer. A positive rating keeps the served answer. A negative rating
 without a correction withdraws any example made from that interaction. The newest feedback on
 an interaction decides, so an interaction yields at most one active example.
+
+Like every example, one made from feedback is scrubbed of personal data and checked for
+quality before it is stored (``selftune.curate``); one that fails is stored inactive with its
+reason. It is not deduplicated: rating or correcting one more chat the same way is how a person
+says the lesson matters, and the training queue's caps bound any one user's share.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from selftune.curate import Example, QualitySettings, quality_rejection, scrub
 from selftune.store.schema import Feedback, Interaction, TrainingExample
 
 __all__ = ["UPSTREAM", "active_examples", "example_from_feedback", "upstream_example"]
@@ -46,17 +53,48 @@ def example_from_feedback(
         *interaction.messages,
         {"role": "assistant", "content": answer},
     ]
+    messages, scrubbed = _scrubbed(messages)
+    rejection = quality_rejection(
+        Example(tuple(_text_turns(messages)), interaction.user_id, source), QualitySettings()
+    )
     example = TrainingExample(
         user_id=interaction.user_id,
         source=source,
         interaction_id=interaction.id,
         feedback_id=feedback.id,
         messages=messages,
-        active=True,
+        active=rejection is None,
+        state="kept" if rejection is None else "rejected",
+        reason=None if rejection is None else rejection.reason.value,
+        detail=None if rejection is None else rejection.detail,
+        provenance={"importer": "feedback", "scrubbed": scrubbed} if scrubbed else None,
     )
     session.add(example)
     session.flush()
     return example
+
+
+def _scrubbed(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The messages with personal data in their text replaced, and how many items per kind."""
+    found: Counter[str] = Counter()
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            result = scrub(content)
+            found.update(result.found)
+            message = {**message, "content": result.text}
+        out.append(message)
+    return out, dict(sorted(found.items()))
+
+
+def _text_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The messages as curation reads them: role and text content."""
+    return [
+        {"role": str(m.get("role", "")), "content": m.get("content") or ""}
+        for m in messages
+        if isinstance(m.get("content") or "", str)
+    ]
 
 
 def upstream_example(

@@ -8,13 +8,16 @@ unless ``imports.allow_private_addresses``), parses and chunks (``selftune.impor
 writes the document and its chunks in one transaction at the end, so a refused or failed import
 leaves nothing partial. See docs/imports.md.
 
-Training examples are not made from documents yet (issue 30, item 3): an import records
-``examples_made: 0``.
+Training examples are made from the chunks (``selftune.imports.examples``, the kinds
+``imports.examples`` names), curated against the owner's examples and stored in the same
+transaction, each with the chunk it came from; deleting the import deletes them (those a version
+trained on stay in its lineage, withdrawn from training).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -22,15 +25,24 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from selftune.atomic import atomic_file
 from selftune.config import Settings
+from selftune.curate import CurationPolicy, CurationResult, Curator, DedupSettings, Example
+from selftune.data.submissions import kept_examples
 from selftune.engines.base import Engine
-from selftune.imports import ChunkSettings, ImportLimits, ImportRefused, parse_document
+from selftune.imports import (
+    ChunkSettings,
+    ImportLimits,
+    ImportRefused,
+    ParsedImport,
+    parse_document,
+)
 from selftune.imports.chunks import Chunk
-from selftune.imports.fetch import FetchPolicy, FetchRefused, fetch
+from selftune.imports.examples import KINDS, DocumentExample, ExampleKind, examples_from_chunks
+from selftune.imports.fetch import FetchPolicy, FetchRefused, Refused, crawl, fetch
 from selftune.memory.records import NewRecord, add_records, delete_records
 from selftune.memory.served import embedder_loaders
 from selftune.memory.tags import import_tags
@@ -43,12 +55,13 @@ from selftune.store.schema import (
     ImportRecord,
     Job,
     MemoryRecord,
+    TrainingExample,
+    VersionExample,
     as_utc,
     utcnow,
 )
 
 __all__ = [
-    "EXAMPLES_NOTE",
     "IMPORT_SUFFIXES",
     "ImportBusy",
     "ImportInvalid",
@@ -64,10 +77,6 @@ __all__ = [
 
 Kind = Literal["file", "url", "text"]
 FINAL = ("succeeded", "failed", "cancelled")
-EXAMPLES_NOTE = (
-    "training examples are not made from documents yet (issue 30, item 3): the import stores "
-    "documents and chunks only"
-)
 _MAX_TAGS, _MAX_TAG_CHARS = 32, 64
 
 
@@ -122,12 +131,17 @@ def record_import(
     tags: list[str] | None = None,
     shared: bool = False,
     worker_id: str | None = None,
+    depth: int = 0,
 ) -> tuple[int, int]:
     """Record an import of ``kind`` and queue its job; returns (import id, job id). A file's or
     a text's ``data`` is written (atomically) before the row and the job are committed, so the
     worker finds it; if the commit fails, the file goes too. With ``worker_id`` the job is not
     queued but recorded as that worker's, running (the CLI runs it itself)."""
     tags = check_tags(tags or [])
+    if depth and kind != "url":
+        raise ImportInvalid(
+            "invalid_depth", "depth follows a web page's links: give a url", "depth"
+        )
     if kind == "url":
         source = check_url(source)
     elif not data:
@@ -155,7 +169,7 @@ def record_import(
             job = jobs.add_job(session, "import", user_id, worker_id=worker_id)
             session.add(record)
             session.flush()
-            job.params = {"import_id": record.id}
+            job.params = {"import_id": record.id, **({"depth": depth} if depth else {})}
             record.job_id = job.id
             if data is not None:
                 path = upload_path(settings, record.id)
@@ -170,7 +184,10 @@ def record_import(
 
 
 # What a folder import takes: the formats the parsers read, by their usual names.
-IMPORT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"})
+IMPORT_SUFFIXES = frozenset(
+    {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
+    | {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp"}  # read by OCR
+)
 
 
 def files_to_import(path: Path) -> list[Path]:
@@ -220,6 +237,14 @@ def _duplicate_of(session: Session, user_id: str, sha256: str, import_id: int) -
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Page:
+    """One document of an import, parsed, with where a fetched one came from."""
+
+    parsed: ParsedImport
+    extra: dict[str, Any]
+
+
 def run_import(
     settings: Settings,
     db: Database,
@@ -229,52 +254,36 @@ def run_import(
     *,
     worker_id: str,
     engine: Callable[[], Engine] | None = None,
+    depth: int = 0,
 ) -> dict[str, Any]:
-    """Fetch or read, parse, chunk and store one import; the job's result. ``engine`` gives
-    the served model, when memory embeds with it (``memory.embedding_model = "served"``). A refusal
-    (:class:`ImportRefused`, :class:`FetchRefused`) marks the import failed with its code and
-    raises :class:`~selftune.store.jobs.JobFailed`; nothing of the document is stored."""
+    """Fetch or read, parse, chunk and store one import; the job's result. A URL with
+    ``depth`` follows links on its site that far (imports.max_crawl_pages pages at most, robots.txt
+    honoured), one document a page; pages refused or unreadable are listed, not fatal. ``engine``
+    gives the served model, when memory embeds with it (``memory.embedding_model = "served"``).
+    A refusal of the file or the first page (:class:`ImportRefused`, :class:`FetchRefused`)
+    marks the import failed with its code and raises :class:`~selftune.store.jobs.JobFailed`;
+    nothing of it is stored."""
     with db.write() as session:
         record = session.get(ImportRecord, import_id)
         if record is None:
             raise jobs.JobFailed(f"import {import_id} was deleted before it ran")
         record.state = "running"
         kind, source, user_id, title = record.kind, record.source, record.user_id, record.title
-    options = settings.imports
-    limits = ImportLimits(max_bytes=options.max_bytes, max_pdf_pages=options.max_pdf_pages)
-    chunking = ChunkSettings(
-        target_chars=options.chunk_chars, overlap_chars=options.chunk_chars // 10
-    )
-    extra: dict[str, Any] = {}
-    name: str | None
     try:
-        if kind == "url":
-            report(0.05, "fetching")
-            policy = FetchPolicy(
-                allow_private=options.allow_private_addresses,
-                timeout_s=options.fetch_timeout_s,
-                max_bytes=options.max_bytes,
-            )
-            page = fetch(source, policy)
-            data, name = page.body, _name_for(page.url, page.content_type)
-            extra = {"url": page.url, "content_type": page.content_type}
-            if page.redirects:
-                extra["redirects"] = list(page.redirects)
-        else:
-            report(0.05, "reading")
-            data = upload_path(settings, import_id).read_bytes()
-            name = source if kind == "file" else None  # a text's bytes say what it is
-        report(0.3, "parsing")
-        parsed = parse_document(
-            data, name, limits=limits, chunking=chunking, user=user_id, source=source
-        )
+        pages, skipped = _read_pages(settings, import_id, kind, source, user_id, depth, report)
     except (ImportRefused, FetchRefused) as refused:
         _fail(db, import_id, refused.code, refused.message)
         raise jobs.JobFailed(f"{refused.code}: {refused.message}") from refused
-    document, provenance = parsed.document, parsed.provenance
-    remembered = _embedded_chunks(
-        settings, parsed.chunks, title or document.title, report, engine or _no_engine
-    )
+    remembered = [
+        _embedded_chunks(
+            settings,
+            page.parsed.chunks,
+            (title if len(pages) == 1 else None) or page.parsed.document.title,
+            report,
+            engine or _no_engine,
+        )
+        for page in pages
+    ]
     report(0.8, "storing")
     with db.write() as session:
         if not jobs.holds(session, job_id, worker_id):
@@ -282,49 +291,156 @@ def run_import(
         record = session.get(ImportRecord, import_id)
         if record is None:
             raise jobs.JobFailed(f"import {import_id} was deleted while it ran")
+        first = pages[0].parsed.provenance
         record.provenance = {
-            "source": provenance.source,
-            "sha256": provenance.sha256,
-            "size": provenance.size,
-            "importer": provenance.importer,
-            "importer_version": provenance.importer_version,
-            "imported_at": provenance.imported_at.isoformat(),
-            **extra,
+            "source": first.source,
+            "sha256": first.sha256,
+            "size": first.size,
+            "importer": first.importer,
+            "importer_version": first.importer_version,
+            "imported_at": first.imported_at.isoformat(),
+            **pages[0].extra,
         }
-        duplicate = _duplicate_of(session, user_id, provenance.sha256, import_id)
+        if depth:
+            record.provenance.update(depth=depth, pages=len(pages), skipped=skipped)
+        duplicate = _duplicate_of(session, user_id, first.sha256, import_id) if not depth else None
         counts: dict[str, Any] = {"documents": 0, "chunks": 0, "examples_made": 0}
-        if duplicate is None:
-            stored = ImportedDocument(
-                import_id=import_id,
-                title=title or document.title,
-                format=document.format,
-                text=document.text,
-                meta=dict(document.metadata),
-            )
-            session.add(stored)
-            session.flush()
-            session.add_all(
-                DocumentChunk(
-                    document_id=stored.id,
-                    index=chunk.index,
-                    start=chunk.start,
-                    end=chunk.end,
-                    headings=list(chunk.headings),
-                    text=chunk.text,
-                )
-                for chunk in parsed.chunks
-            )
-            counts.update(documents=1, chunks=len(parsed.chunks), duplicates_dropped=0)
-            if remembered is not None:
-                session.flush()
-                counts["memory_records"] = _remember_chunks(
-                    session, settings, record, stored, parsed.chunks, remembered
-                )
-        else:
+        if duplicate is not None:
             counts.update(duplicates_dropped=1, duplicate_of=duplicate)
+        else:
+            counts["duplicates_dropped"] = 0
+            seen: set[str] = set()
+            for page, embedded in zip(pages, remembered, strict=True):
+                if page.parsed.provenance.sha256 in seen:  # two URLs, the same page
+                    counts["duplicates_dropped"] += 1
+                    continue
+                seen.add(page.parsed.provenance.sha256)
+                named = title if len(pages) == 1 else None
+                _store_document(session, settings, record, page, named, embedded, counts)
         record.counts = counts
         record.state, record.finished_at = "succeeded", utcnow()
     return {"import_id": import_id, **counts}
+
+
+def _read_pages(
+    settings: Settings,
+    import_id: int,
+    kind: str,
+    source: str,
+    user_id: str,
+    depth: int,
+    report: Callable[[float, str], None],
+) -> tuple[list[_Page], list[dict[str, str]]]:
+    """The import's documents, parsed, and the crawled pages left out ({url, code, message}).
+    Raises the refusal of a file, a text or the first page."""
+    options = settings.imports
+    limits = ImportLimits(
+        max_bytes=options.max_bytes,
+        max_pdf_pages=options.max_pdf_pages,
+        max_image_pixels=options.max_image_pixels,
+        ocr_timeout_s=options.ocr_timeout_s,
+        ocr_languages=options.ocr_languages,
+    )
+    chunking = ChunkSettings(
+        target_chars=options.chunk_chars, overlap_chars=options.chunk_chars // 10
+    )
+
+    def parsed(data: bytes, name: str | None, from_source: str) -> ParsedImport:
+        return parse_document(
+            data, name, limits=limits, chunking=chunking, user=user_id, source=from_source
+        )
+
+    if kind != "url":
+        report(0.05, "reading")
+        data = upload_path(settings, import_id).read_bytes()
+        name = source if kind == "file" else None  # a text's bytes say what it is
+        report(0.3, "parsing")
+        return [_Page(parsed(data, name, source), {})], []
+    report(0.05, "fetching")
+    policy = FetchPolicy(
+        allow_private=options.allow_private_addresses,
+        timeout_s=options.fetch_timeout_s,
+        max_bytes=options.max_bytes,
+    )
+    fetched = (
+        crawl(source, policy, max_depth=depth, max_pages=options.max_crawl_pages)
+        if depth
+        else iter([fetch(source, policy)])
+    )
+    pages: list[_Page] = []
+    skipped: list[dict[str, str]] = []
+    for item in fetched:
+        try:
+            if isinstance(item, Refused):
+                raise FetchRefused(item.code, item.message, url=item.url, status=item.status)
+            extra: dict[str, Any] = {"url": item.url, "content_type": item.content_type}
+            if item.redirects:
+                extra["redirects"] = list(item.redirects)
+            name = _name_for(item.url, item.content_type)
+            pages.append(_Page(parsed(item.body, name, item.url if depth else source), extra))
+        except (ImportRefused, FetchRefused) as refused:
+            if not pages and not skipped:
+                raise  # the page asked for: the import fails with its reason
+            skipped.append(
+                {"url": getattr(item, "url", ""), "code": refused.code, "message": refused.message}
+            )
+        report(
+            0.05 + 0.25 * min(1.0, (len(pages) + len(skipped)) / options.max_crawl_pages),
+            f"fetched {len(pages)} pages" + (f", {len(skipped)} left out" if skipped else ""),
+        )
+    return pages, skipped
+
+
+def _store_document(
+    session: Session,
+    settings: Settings,
+    record: ImportRecord,
+    page: _Page,
+    title: str | None,
+    embedded: tuple[str, npt.NDArray[np.float32]] | None,
+    counts: dict[str, Any],
+) -> None:
+    """Store one document of the import: its chunks, its training examples, its memory."""
+    document, chunks = page.parsed.document, page.parsed.chunks
+    stored = ImportedDocument(
+        import_id=record.id,
+        title=title or document.title,
+        format=document.format,
+        text=document.text,
+        meta={**document.metadata, **({"url": page.extra["url"]} if "url" in page.extra else {})},
+    )
+    session.add(stored)
+    session.flush()
+    session.add_all(
+        DocumentChunk(
+            document_id=stored.id,
+            index=chunk.index,
+            start=chunk.start,
+            end=chunk.end,
+            headings=list(chunk.headings),
+            text=chunk.text,
+        )
+        for chunk in chunks
+    )
+    counts["documents"] += 1
+    counts["chunks"] += len(chunks)
+    made = _store_examples(
+        session,
+        settings,
+        record,
+        stored,
+        examples_from_chunks(chunks, stored.title, _kinds(settings.imports.examples)),
+    )
+    counts["examples_made"] += made["examples_made"]
+    counts["examples_not_kept"] = counts.get("examples_not_kept", 0) + made["examples_not_kept"]
+    counts["examples_kinds"] = sorted(
+        set(counts.get("examples_kinds", [])) | set(made["examples_kinds"])
+    )
+    if embedded is not None:
+        session.flush()
+        counts["memory_records"] = counts.get("memory_records", 0) + _remember_chunks(
+            session, settings, record, stored, chunks, embedded
+        )
 
 
 def find_import(db: Database, import_id: int, owner: str | None) -> ImportRecord | None:
@@ -369,6 +485,7 @@ def import_view(session: Session, record: ImportRecord, *, documents: bool) -> d
         "documents_made": counts.get("documents", 0),
         "chunks_made": counts.get("chunks", 0),
         "examples_made": counts.get("examples_made", 0),
+        "examples_not_kept": counts.get("examples_not_kept", 0),
         "duplicates_dropped": counts.get("duplicates_dropped", 0),
         "duplicate_of": counts.get("duplicate_of"),
         "created_at": as_utc(record.created_at).isoformat(),
@@ -397,7 +514,7 @@ def import_view(session: Session, record: ImportRecord, *, documents: bool) -> d
             }
             for doc, n in rows
         ]
-        view["examples_note"] = EXAMPLES_NOTE
+        view["examples_note"] = _examples_note(counts)
     return view
 
 
@@ -445,6 +562,7 @@ def delete_import(settings: Settings, db: Database, import_id: int) -> dict[str,
         forgotten = delete_records(
             session, [MemoryRecord.source_id.in_([f"chunk:{i}" for i in chunk_ids])]
         )
+        examples = _forget_examples(session, import_id)
         session.execute(delete(DocumentChunk).where(DocumentChunk.document_id.in_(document_ids)))
         session.execute(delete(ImportedDocument).where(ImportedDocument.id.in_(document_ids)))
         session.delete(record)
@@ -456,7 +574,110 @@ def delete_import(settings: Settings, db: Database, import_id: int) -> dict[str,
         "documents": len(document_ids),
         "chunks": chunks or 0,
         "memory_records": len(forgotten),
+        "examples": examples,
     }
+
+
+def _examples_note(counts: dict[str, Any]) -> str | None:
+    """What became of the training examples made from the import, in words."""
+    if "examples_kinds" not in counts:
+        return None
+    kinds = " and ".join(counts["examples_kinds"]) or "no"
+    return (
+        f"{counts.get('examples_made', 0)} training examples kept ({kinds} examples, as "
+        f"imports.examples says), {counts.get('examples_not_kept', 0)} not kept (duplicates, "
+        "quality): GET /api/examples?source=import lists them with their chunk"
+    )
+
+
+def _kinds(setting: str) -> tuple[ExampleKind, ...]:
+    """The example kinds imports.examples names."""
+    if setting == "both":
+        return KINDS
+    return tuple(kind for kind in KINDS if kind == setting)
+
+
+def _store_examples(
+    session: Session,
+    settings: Settings,
+    record: ImportRecord,
+    document: ImportedDocument,
+    made: list[DocumentExample],
+) -> dict[str, Any]:
+    """Curate the examples made from ``document`` against its owner's kept examples and store
+    them (source ``import``), kept ones active, with the chunk each came from; the counts."""
+    owner = record.user_id
+    # Copies and all but identical chats only: the questions asked about one sentence all end
+    # in that sentence, so the usual near-duplicate threshold would keep one and drop the rest.
+    curator = Curator(CurationPolicy(dedup=DedupSettings(threshold=0.95)))
+    for example in kept_examples(session, owner):
+        curator.remember(example)
+    result = CurationResult()
+    decided: list[tuple[DocumentExample, str, Example, str | None, str | None]] = []
+    for i, item in enumerate(made):
+        one = CurationResult()
+        curator.add(Example(item.messages, owner, "import", id=f"#{i}"), one)
+        result.scrubbed.update(one.scrubbed)
+        if one.kept:
+            decided.append((item, "kept", one.kept[0], None, None))
+        else:
+            [why] = one.rejected or one.flagged
+            state = "rejected" if one.rejected else "flagged"
+            decided.append((item, state, why.example, why.reason.value, why.detail))
+    session.add_all(
+        TrainingExample(
+            user_id=owner,
+            source="import",
+            messages=[dict(m) for m in example.messages],
+            active=state == "kept",
+            state=state,
+            reason=reason,
+            detail=detail,
+            provenance={
+                "importer": "document",
+                "import_id": record.id,
+                "document_id": document.id,
+                "chunk": item.chunk,
+                "kind": item.kind,
+            },
+        )
+        for item, state, example, reason, detail in decided
+    )
+    kept = sum(1 for _, state, *_ in decided if state == "kept")
+    return {
+        "examples_made": kept,
+        "examples_not_kept": len(decided) - kept,
+        "examples_kinds": sorted({item.kind for item in made}),
+    }
+
+
+def _forget_examples(session: Session, import_id: int) -> int:
+    """Delete the examples an import made; those a version trained on are kept for its lineage
+    but no longer trained on. How many were deleted or withdrawn."""
+    ids = list(
+        session.scalars(
+            select(TrainingExample.id).where(
+                TrainingExample.source == "import",
+                TrainingExample.provenance["import_id"].as_integer() == import_id,
+            )
+        )
+    )
+    if not ids:
+        return 0
+    in_lineage = set(
+        session.scalars(select(VersionExample.example_id).where(VersionExample.example_id.in_(ids)))
+    )
+    session.execute(
+        update(TrainingExample)
+        .where(TrainingExample.id.in_(in_lineage))
+        .values(active=False, detail=f"import {import_id} was deleted")
+    )
+    session.execute(
+        delete(TrainingExample).where(
+            TrainingExample.id.in_([i for i in ids if i not in in_lineage])
+        )
+    )
+    return len(ids)
 
 
 def _no_engine() -> Engine:

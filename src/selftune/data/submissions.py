@@ -27,20 +27,24 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from selftune.curate import CurationPolicy, CurationResult, Curator, Example
+from selftune.curate import CurationPolicy, CurationResult, Curator, Example, Reason, Rejection
 from selftune.store.db import Database
-from selftune.store.schema import TrainingExample, as_utc
+from selftune.store.schema import TrainingExample, VersionExample, as_utc
 from selftune.store.users import ensure_user
 
 __all__ = [
     "SUBMITTED",
     "Conversation",
+    "ExampleConflict",
     "SubmissionError",
     "example_view",
     "export_lines",
+    "kept_examples",
     "list_examples",
     "parse_json",
     "parse_jsonl",
+    "release_example",
+    "remove_example",
     "submit",
 ]
 
@@ -48,6 +52,10 @@ SUBMITTED = "submitted"  # the source of examples submitted directly
 STATES = ("kept", "rejected", "flagged")
 _ROLES = ("system", "user", "assistant")
 _ATTEMPTS = 3  # curations redone when the owner's kept examples changed meanwhile
+
+
+class ExampleConflict(ValueError):
+    """A quarantine action the example's state does not allow (409)."""
 
 
 class SubmissionError(ValueError):
@@ -202,7 +210,8 @@ def parse_json(body: bytes) -> list[Conversation]:
 
 
 # --- curation and storage -------------------------------------------------------------------
-def _kept_before(session: Session, owner: str) -> list[Example]:
+def kept_examples(session: Session, owner: str) -> list[Example]:
+    """``owner``'s active examples as curation reads them, to deduplicate new ones against."""
     rows = session.execute(
         select(TrainingExample.id, TrainingExample.source, TrainingExample.messages)
         .where(TrainingExample.user_id == owner, TrainingExample.active)
@@ -243,6 +252,7 @@ def _curated(
             Example(tuple(conversation.messages), owner, SUBMITTED, id=conversation.where), one
         )
         total.scrubbed.update(one.scrubbed)
+        total.floods.update(one.floods)
         if one.kept:
             decided.append(("kept", one.kept[0], None, None))
             total.kept.append(one.kept[0])
@@ -253,7 +263,24 @@ def _curated(
             [rejection] = one.rejected or one.flagged
             decided.append((state, rejection.example, rejection.reason.value, rejection.detail))
             bucket.append(rejection)
+    # A flooded example of this request is held instead of kept; flooded earlier ones are
+    # held when the request is stored (_store).
+    for i, (conversation, (state, example, _reason, _detail)) in enumerate(
+        zip(conversations, decided, strict=True)
+    ):
+        copies = total.floods.get(conversation.where)
+        if state == "kept" and copies:
+            decided[i] = ("flagged", example, Reason.FLOOD.value, _flood_detail(copies))
+            total.kept.remove(example)
+            total.flagged.append(Rejection(example, Reason.FLOOD, _flood_detail(copies)))
     return decided, total
+
+
+def _flood_detail(copies: int) -> str:
+    return (
+        f"its contributor sent {copies} more copies of it: held for an admin to release or "
+        "delete (docs/curation.md)"
+    )
 
 
 def _store(
@@ -263,6 +290,7 @@ def _store(
     decided: list[tuple[str, Example, str | None, str | None]],
     origin: dict[str, Any],
     seen: int | None,
+    floods: dict[str, int],
 ) -> list[int] | None:
     """Store the curated conversations in one transaction; their ids in order. None (nothing
     stored) when ``owner`` has kept examples with ids past ``seen``, which curation missed."""
@@ -278,6 +306,12 @@ def _store(
         ):
             return None
         ensure_user(session, owner)
+        for key, copies in floods.items():
+            earlier = key.removeprefix("example ")
+            row = session.get(TrainingExample, int(earlier)) if earlier.isdigit() else None
+            if row is not None and row.user_id == owner and row.state == "kept":
+                row.state, row.active = "flagged", False
+                row.reason, row.detail = Reason.FLOOD.value, _flood_detail(copies)
         rows = []
         for conversation, (state, example, reason, detail) in zip(
             conversations, decided, strict=True
@@ -326,10 +360,11 @@ def submit(
         # two (the last attempt stores regardless).
         with db.read() as session:
             seen = session.scalar(select(func.max(TrainingExample.id))) or 0
-            before = _kept_before(session, owner)
+            before = kept_examples(session, owner)
         decided, total = _curated(owner, conversations, before, policy)
         last = attempt == _ATTEMPTS - 1
-        ids = _store(db, owner, conversations, decided, origin, None if last else seen)
+        floods = total.floods
+        ids = _store(db, owner, conversations, decided, origin, None if last else seen, floods)
         if ids is not None:
             break
     assert ids is not None  # the last attempt always stores
@@ -349,6 +384,11 @@ def submit(
     ]
     reasons = Counter(r.reason.value for r in [*total.rejected, *total.flagged])
     return {
+        "held_earlier": sorted(  # earlier examples now held for review (flooded)
+            int(key.removeprefix("example "))
+            for key in total.floods
+            if key.startswith("example ") and key.removeprefix("example ").isdigit()
+        ),
         "kept": len(total.kept),
         "rejected": len(total.rejected),
         "flagged": len(total.flagged),
@@ -429,3 +469,42 @@ def export_lines(
             line = {"messages": _with_weights(messages, provenance)}
             yield json.dumps(line, ensure_ascii=False) + "\n"
         after = rows[-1][0]
+
+
+# --- the quarantine -------------------------------------------------------------------------
+def release_example(db: Database, example_id: int, actor: str) -> dict[str, Any] | None:
+    """Let training use a flagged (quarantined) example: kept and active, the flag's reason
+    kept in its provenance with who released it. None: no such example."""
+    with db.write() as session:
+        row = session.get(TrainingExample, example_id)
+        if row is None:
+            return None
+        if row.state != "flagged":
+            raise ExampleConflict(
+                f"example {example_id} is {row.state}, not flagged: only quarantined examples "
+                "are released"
+            )
+        released = {"reason": row.reason, "detail": row.detail, "by": actor}
+        row.provenance = {**(row.provenance or {}), "released": released}
+        row.state, row.active, row.reason, row.detail = "kept", True, None, None
+        session.flush()
+        return example_view(row)
+
+
+def remove_example(db: Database, example_id: int) -> bool:
+    """Delete an example that no version trained on or was judged on (a version's lineage
+    keeps its examples); False: no such example."""
+    with db.write() as session:
+        row = session.get(TrainingExample, example_id)
+        if row is None:
+            return False
+        used = session.scalar(
+            select(VersionExample.version_id).where(VersionExample.example_id == example_id)
+        )
+        if used is not None:
+            raise ExampleConflict(
+                f"example {example_id} trained or judged a version, whose lineage keeps it; "
+                "roll back or leave it (it is kept as the record of what that version saw)"
+            )
+        session.delete(row)
+        return True

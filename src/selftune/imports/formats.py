@@ -1,4 +1,4 @@
-"""What a file is, read from its bytes: PDF, HTML, Markdown or plain text, or refused.
+"""What a file is, read from its bytes: PDF, an image, HTML, Markdown or plain text, or refused.
 
 The bytes decide; the file name is only a hint. A ``.txt`` full of binary is refused as binary
 whatever its name, and a ``.txt`` with headings, lists and links is read as Markdown. The name tips
@@ -28,10 +28,11 @@ __all__ = [
     "RefusalCode",
     "decode_text",
     "detect_format",
+    "image_format",
     "markdown_score",
 ]
 
-Format = Literal["text", "markdown", "html", "pdf"]
+Format = Literal["text", "markdown", "html", "pdf", "image"]
 
 RefusalCode = Literal[
     "too_large",  # more bytes, pages or characters than the limits allow
@@ -39,7 +40,9 @@ RefusalCode = Literal[
     "binary_content",  # not text (NUL bytes, undecodable, mostly control characters)
     "unsupported_format",  # a known format that no importer reads yet (images, archives, ...)
     "unparseable_pdf",  # a PDF that pypdf cannot read: broken, truncated or encrypted
-    "no_extractable_text",  # a PDF whose pages hold no text (scanned images: OCR comes later)
+    "no_extractable_text",  # a PDF or image that holds no text
+    "unparseable_image",  # an image Pillow cannot read: broken or truncated
+    "ocr_unavailable",  # Tesseract (or the language asked for) is not installed
 ]
 
 
@@ -70,14 +73,32 @@ class Detected:
 # be refused as binary, with a less helpful message.
 _KNOWN_BINARY = [
     (b"PK\x03\x04", "a ZIP archive (or a .docx, .xlsx, .odt or .epub, which are ZIP archives)"),
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF87a", "a GIF image"),
-    (b"GIF89a", "a GIF image"),
     (b"\x1f\x8b", "a gzip-compressed file"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Microsoft Office file (.doc, .xls, .ppt)"),
     (b"{\\rtf", "an RTF document"),
 ]
+
+# The image formats imported (their text read by OCR), by their first bytes.
+_IMAGE_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+]
+# A BMP starts "BM", as text can; its DIB header's size (bytes 14-17) is one of these.
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+
+
+def image_format(data: bytes) -> str | None:
+    """The image format ``data`` starts like (WebP: "RIFF", its size, "WEBP"), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    return next((name for magic, name in _IMAGE_MAGIC if data.startswith(magic)), None)
+
 
 # Byte order marks, longest first: UTF-32's LE mark begins with UTF-16's.
 _BOMS = [
@@ -146,9 +167,9 @@ def markdown_score(text: str, name: str | None = None) -> int:
 def _binary_refusal(reason: str) -> ImportRefused:
     return ImportRefused(
         "binary_content",
-        f"this file is not text ({reason}), whatever its name says. Import text, Markdown, HTML "
-        "or PDF files; if it is text in UTF-16 or UTF-32, save it with a byte order mark or as "
-        "UTF-8.",
+        f"this file is not text ({reason}), whatever its name says. Import text, Markdown, "
+        "HTML, PDF or image files; if it is text in UTF-16 or UTF-32, save it with a byte order "
+        "mark or as UTF-8.",
     )
 
 
@@ -209,13 +230,15 @@ def _looks_like_html(text: str, name: str | None) -> bool:
 def detect_format(data: bytes, name: str | None = None) -> Detected:
     """The format of ``data``, read from its bytes (``name`` only tips close calls), with the
     decoded text for the text formats. Raises :class:`ImportRefused` for empty input,
-    recognisable but unsupported formats (images, archives, Office files) and binary content."""
+    recognisable but unsupported formats (archives, Office files) and binary content."""
     if not data.strip():
         raise ImportRefused(
             "empty_document", "the file is empty (or only whitespace): there is nothing to import."
         )
     if data.lstrip()[:5] == b"%PDF-":
         return Detected("pdf")
+    if image_format(data) is not None:
+        return Detected("image")
     for magic, description in _KNOWN_BINARY:
         if data.startswith(magic):
             raise ImportRefused(

@@ -5,7 +5,9 @@
 - HTML goes through trafilatura, which keeps the main text (as Markdown, so that headings and
   lists survive) and drops scripts, styles, navigation and other boilerplate; its title, author
   and date are kept;
-- PDF goes through pypdf, page by page; its title and author are kept.
+- PDF goes through pypdf, page by page; its title and author are kept;
+- images go through Tesseract (OCR, ``selftune.imports.images``); their EXIF description,
+  author, date and camera, and their size, are kept.
 
 Each parser says which importer and version produced the document, for the provenance record.
 Nothing here fetches anything: trafilatura is given the HTML, never a URL.
@@ -45,11 +47,16 @@ class ImportLimits:
     max_bytes: int = 20 * 1024 * 1024  # the upload's size: 20 MiB
     max_pdf_pages: int = 500  # pages of a PDF
     max_chars: int = 5_000_000  # characters of extracted text (a PDF's streams can inflate a lot)
+    max_image_pixels: int = (
+        40_000_000  # an image's declared width x height, checked before decoding
+    )
+    ocr_timeout_s: float = 120.0  # Tesseract's time on one image
+    ocr_languages: str = "eng"  # Tesseract's languages, "eng+deu" for two
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value < 1:
+            if isinstance(value, int | float) and value < 1:
                 raise ValueError(f"ImportLimits.{field.name} must be at least 1, not {value}")
 
 
@@ -248,6 +255,30 @@ def _read_pdf(data: bytes, detected: Detected, name: str | None, limits: ImportL
     return Parsed(_parse_pdf(data, name, limits), "pypdf", version("pypdf"))
 
 
+def _read_image(data: bytes, detected: Detected, name: str | None, limits: ImportLimits) -> Parsed:
+    from selftune.imports.images import ocr_image, tesseract_version
+
+    engine = tesseract_version()  # refuses first, with what to install, when it is missing
+    raw, metadata = ocr_image(
+        data,
+        name,
+        max_pixels=limits.max_image_pixels,
+        timeout_s=limits.ocr_timeout_s,
+        languages=limits.ocr_languages,
+    )
+    text = _normalize(raw)
+    if not text:
+        raise ImportRefused(
+            "no_extractable_text",
+            "no text was found in this image (OCR read none). Only images of text (a scan, a "
+            "screenshot, a photo of a page) can be imported.",
+        )
+    _check_text(text, limits, "")
+    title = str(metadata.get("description") or "") or _fallback_title(text, name)
+    document = Document(title=title[:_TITLE_LENGTH], text=text, format="image", metadata=metadata)
+    return Parsed(document, "tesseract", engine)
+
+
 Parser = Callable[[bytes, Detected, str | None, ImportLimits], Parsed]
 
 # The importers, one per format that :func:`detect_format` can return. A new format is a new
@@ -257,6 +288,7 @@ PARSERS: dict[Format, Parser] = {
     "markdown": _read_markdown,
     "html": _read_html,
     "pdf": _read_pdf,
+    "image": _read_image,
 }
 
 

@@ -13,12 +13,10 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
@@ -26,6 +24,7 @@ from selftune.config import Settings
 from selftune.data.augment import augmented_chats
 from selftune.data.curation import active_examples
 from selftune.data.neighbours import neighbour_questions
+from selftune.data.queue import Candidate, lineage_examples, plan_run
 from selftune.data.tokenize import TokenizedExample, first_answer_tokens, tokenize_chat
 from selftune.engines.base import AdapterRef, EvaluatingEngine
 from selftune.evaluation.gate import GateFigures, GatePolicy, decide
@@ -48,7 +47,7 @@ from selftune.registry.versions import (
 from selftune.store import jobs
 from selftune.store.db import Database
 from selftune.store.jobs import JobCancelled, JobFailed, JobLost
-from selftune.store.schema import TrainingExample, Version, VersionExample
+from selftune.store.schema import TrainingExample, Version, VersionExample, as_utc, utcnow
 from selftune.training.device import resolve_device, resolve_quantization, use_bf16, use_compile
 from selftune.training.frozen_layers import FrozenLayers
 from selftune.training.null_space import NullSpace
@@ -480,6 +479,7 @@ def run_training_job(
         "not_promoted": not_promoted,  # why a version that passed its gate is not served
         "gate": decision,
         "attempts": attempts,  # each candidate trained, in order; the last is the result's
+        "queue": dataset.queue,  # what the training queue took (lineage: GET /api/versions)
         "seconds": clock.laps,
     }
 
@@ -511,11 +511,13 @@ class _Dataset:
     """What a job trains on and is judged on, and what was served when it started."""
 
     current: ServingTarget  # the candidate's parent, and what the gate compares it with
-    train_rows: list[TrainingExample]
+    train_rows: list[TrainingExample]  # new material, held-out examples left out
+    replay_rows: list[TrainingExample]  # learned by the served version's lineage, replayed
     heldout_rows: list[TrainingExample]
     # The new material judged in-sample when none is held out: the examples the served version
     # never saw (all of them when there are none such).
     new_rows: list[TrainingExample]
+    queue: dict[str, Any]  # what the training queue selected and left out, in counts
     train_set: list[TokenizedExample]
     heldout_set: list[TokenizedExample]
     neighbour_set: list[TokenizedExample]  # held to the base while training (data.neighbours)
@@ -523,48 +525,61 @@ class _Dataset:
 
 
 def _build_dataset(ctx: TrainingContext, report: Report) -> _Dataset:
-    """The curated examples, split into train and held-out and tokenized, with the version
-    served now: the job judges its candidate against that one, whatever is served later."""
+    """The examples the training queue selects (``selftune.data.queue``), split into train and
+    held-out and tokenized, with the version served now: the job judges its candidate against
+    that one, whatever is served later."""
     settings = ctx.settings
     report(0.01, "building dataset")
     with ctx.db.read() as session:
         examples = active_examples(session)
         current = serving_target(session)
-        seen = _examples_of(session, current.version_id)
+        learned = lineage_examples(session, current.version_id)
     needed = settings.train.min_new_examples
     if len(examples) < needed:
         raise NoTrainingData(
             f"{len(examples)} curated examples, need {needed}: rate answers or send corrections "
             "with POST /api/feedback first"
         )
+    plan = plan_run(
+        (Candidate(e.id, e.user_id, e.source, as_utc(e.created_at)) for e in examples),
+        learned,
+        settings.queue,
+        utcnow(),
+    )
+    by_id = {e.id: e for e in examples}
     # The gate judges what this job adds: the examples the served version never saw. Drawn
     # from all of them, the held-out example was often an earlier fact's, which the served
-    # version already knew, so versions that learned none of their new facts passed.
-    new_rows = [e for e in examples if e.id not in seen] or examples
+    # version already knew, so versions that learned none of their new facts passed. With
+    # nothing new, the run retrains what it replays and is judged on that.
+    new_rows = [by_id[c.id] for c in plan.new] or [by_id[c.id] for c in plan.replay]
+    replay_rows = [by_id[c.id] for c in plan.replay] if plan.new else []
+    if not new_rows:
+        raise NoTrainingData(
+            f"the training queue selected none of {len(examples)} curated examples ("
+            f"{dict(Counter(plan.left_out.values()))}): see GET /api/queue/stats"
+        )
     _, heldout_rows = split_heldout(new_rows, settings.train.heldout_fraction, settings.train.seed)
     held = {e.id for e in heldout_rows}
-    train_rows = [e for e in examples if e.id not in held]
+    new_rows = [e for e in new_rows if e.id not in held]
+    train_rows = [*new_rows, *replay_rows]
     return _Dataset(
         current=current,
-        train_rows=train_rows,
+        train_rows=new_rows,
+        replay_rows=replay_rows,
         heldout_rows=heldout_rows,
-        new_rows=[e for e in new_rows if e.id not in held],
+        new_rows=new_rows,
+        queue={
+            "new": len(plan.new),
+            "replayed": len(plan.replay),
+            "left_out": dict(sorted(Counter(plan.left_out.values()).items())),
+            "user_shares": {user: round(share, 4) for user, share in plan.shares().items()},
+        },
         train_set=_tokenize(ctx, _with_rewordings(settings, [e.messages for e in train_rows])),
         heldout_set=_tokenize(ctx, [e.messages for e in heldout_rows]),
         # Made from every example, held-out ones too: what must not change is no secret.
         neighbour_set=ctx.neighbour_set(train_rows + heldout_rows),
         probes=ctx.probes,  # built on a worker's first job: its time counts as the dataset's
     )
-
-
-def _examples_of(session: Session, version_id: int | None) -> set[int]:
-    """The ids of the examples ``version_id`` trained on or held out (none for the base)."""
-    if version_id is None:
-        return set()
-    found = session.scalars(
-        select(VersionExample.example_id).where(VersionExample.version_id == version_id)
-    )
-    return set(found)
 
 
 def _train(
@@ -638,7 +653,12 @@ def _register_version(
             )
             session.add(version)
             session.flush()
-            for rows, role in ((dataset.train_rows, "train"), (dataset.heldout_rows, "heldout")):
+            roles = (
+                (dataset.train_rows, "train"),
+                (dataset.replay_rows, "replay"),
+                (dataset.heldout_rows, "heldout"),
+            )
+            for rows, role in roles:
                 for row in rows:
                     session.add(VersionExample(version_id=version.id, example_id=row.id, role=role))
             version_id = version.id

@@ -106,6 +106,7 @@ def import_document(run: JobRun) -> dict[str, Any]:
         run.report,
         worker_id=worker.worker_id,
         engine=lambda: worker.context().engine,
+        depth=int(run.params.get("depth") or 0),
     )
 
 
