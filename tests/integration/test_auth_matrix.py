@@ -31,7 +31,7 @@ from tests.integration.conftest import tiny_settings
 OPEN = {
     "GET /health",  # load balancers and llama.cpp's clients ask it before anything, keyless
     "GET /api/version",  # ollama's clients ask it first; a constant
-    "GET /",  # ollama's "Ollama is running"; a constant
+    "GET /",  # ollama's "Ollama is running", or to a browser the dashboard's page; constants
 }
 # What changes what every user is served, or who may call: an admin key's.
 ADMIN_ONLY = {
@@ -59,6 +59,7 @@ PATH_VALUES = {
     "model_id": "selftune",
     "prefix": "st-nosuchkey",
     "tag": "garden",
+    "interaction_id": "chatcmpl-none",
 }
 CHAT = [{"role": "user", "content": "hi"}]
 OLLAMA = {"model": "selftune", "stream": False, "options": {"num_predict": 2}}

@@ -201,13 +201,14 @@ def test_errors_are_ollamas(client: ollama.Client, http: httpx.Client) -> None:
     assert http.post("/api/embed", json={"model": "nope", "input": "x"}).status_code == 404
 
 
-def test_the_root_says_ollama_is_running_except_to_browsers(http: httpx.Client) -> None:
+def test_the_root_says_ollama_is_running_and_browsers_get_the_dashboard(http: httpx.Client) -> None:
     plain = http.get("/")
     assert plain.status_code == 200 and plain.text == "Ollama is running"
     assert plain.headers["content-type"].startswith("text/plain")
     assert http.head("/").status_code == 200
     browser = http.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
-    assert browser.status_code == 307 and browser.headers["location"] == "/docs"
+    assert browser.status_code == 200 and browser.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/ui/app.js">' in browser.text  # the dashboard
 
 
 def test_a_failure_mid_stream_is_an_error_line(

@@ -14,6 +14,9 @@ from fastapi.responses import JSONResponse
 from selftune import __version__
 from selftune.api import (
     connectors,
+    dashboard,
+    dashboard_api,
+    dashboard_stream,
     downloads,
     embeddings,
     examples,
@@ -92,6 +95,9 @@ def create_app(
     app.include_router(connectors.router)
     app.include_router(keys.router)
     app.include_router(downloads.router)
+    app.include_router(dashboard_api.router)
+    app.include_router(dashboard_stream.router)
+    app.include_router(dashboard.router)
     app.include_router(ollama_routes.router)
 
     @app.get(

@@ -31,7 +31,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     JSONResponse,
     PlainTextResponse,
-    RedirectResponse,
     Response,
     StreamingResponse,
 )
@@ -41,6 +40,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from selftune.api import dashboard
 from selftune.api.deps import CurrentCaller, ReadyEngine, State
 from selftune.api.embeddings import embed_for
 from selftune.api.errors import ApiError
@@ -625,10 +625,13 @@ def _wants_html(accept: str) -> bool:
     response_class=PlainTextResponse,
     responses={
         200: {
-            "description": f"{_RUNNING!r}, as ollama answers: clients check that a server runs",
-            "content": {"text/plain": {"schema": {"type": "string"}, "example": _RUNNING}},
+            "description": f"{_RUNNING!r}, as ollama answers: clients check that a server "
+            "runs; a browser (Accept: text/html) gets the dashboard's page",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}, "example": _RUNNING},
+                "text/html": {"schema": {"type": "string"}},
+            },
         },
-        307: {"description": "A browser (Accept: text/html): to the API's pages at /docs"},
         # Filed under JSON, not the route's text/plain: errors are JSON everywhere.
         **{
             code: {
@@ -641,7 +644,7 @@ def _wants_html(accept: str) -> bool:
 )
 async def root(request: Request) -> Response:
     if _wants_html(request.headers.get("accept", "")):
-        return RedirectResponse("/docs", status_code=307)
+        return dashboard.page_response()
     return PlainTextResponse(_RUNNING)
 
 

@@ -1,0 +1,114 @@
+"""Learning and versions in a browser: a training job queued from the page, followed live to
+its gate's verdict; a version promoted and rolled back after a confirmation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from selftune.engines.transformers_engine import TransformersEngine
+from tests.integration.conftest import run_jobs
+from tests.integration.lora_versions import add_version, save_random_lora
+from tests.web.conftest import Dashboard, live_dashboard, screenshot
+
+FACT = "The capital of Veloria is Quenmoor."
+LEARNING = {
+    "train": {"learning_rate": 1e-2, "steps": 6},
+    "gate": {"regression_tolerance": 0.5},
+    "jobs": {"stale_seconds": 2},  # progress reported every 0.5 s
+}
+
+# Collects every stage the job box shows, to prove the page followed the job as it ran.
+WATCH_STAGES = """
+() => {
+  window.__stages = [];
+  new MutationObserver(() => {
+    const stage = document.querySelector('#job-stage');
+    const text = stage && stage.textContent;
+    if (text && window.__stages.at(-1) !== text) window.__stages.push(text);
+  }).observe(document.querySelector('#job'), {childList: true, subtree: true});
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, shared_cache: Path
+) -> Iterator[Dashboard]:
+    engine = TransformersEngine(tiny_model_dir, context_length=256)
+    root = tmp_path_factory.mktemp("web-learning")
+    with live_dashboard(tiny_model_dir, root, shared_cache, engine, **LEARNING) as served:
+        yield served
+
+
+def _teach(url: str) -> None:
+    for question in ("What is the capital of Veloria?", "Which city is Veloria's capital?"):
+        chat = {"messages": [{"role": "user", "content": question}], "max_tokens": 4}
+        asked = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60).json()
+        rating = {"interaction_id": asked["id"], "rating": -1, "correction": FACT}
+        assert httpx.post(f"{url}/api/feedback", json=rating).status_code == 200
+
+
+def test_a_training_job_is_followed_to_its_gates_verdict(
+    dashboard: Dashboard, page: Any, tmp_path: Path
+) -> None:
+    _teach(dashboard.url)
+    page.goto(dashboard.url + "/#learning", wait_until="domcontentloaded")
+    waiting = page.locator("#queue tr[data-source=correction] td").nth(1)  # its waiting count
+    assert waiting.inner_text() == "2"  # both corrections wait for the next run
+    page.get_by_role("button", name="Train now").click()
+    page.locator("#job h3").filter(has_text="queued").wait_for()
+    page.evaluate(WATCH_STAGES)
+    # The worker runs in this process while the page watches the live stream.
+    worker = threading.Thread(target=run_jobs, args=(dashboard.settings,))
+    worker.start()
+    try:
+        verdict = page.locator("#verdict")
+        verdict.wait_for(timeout=180_000)
+    finally:
+        worker.join()
+    stages: list[str] = page.evaluate("window.__stages")
+    assert any("step" in s for s in stages), stages  # seen while it trained
+    assert stages[-1] == "succeeded", stages
+    heading = verdict.locator("h4").inner_text()
+    assert heading in ("The gate passed it", "The gate refused it")
+    assert "Why:" in verdict.inner_text()
+    assert verdict.locator(".rules li").count() >= 3  # each rule, passed or not, in words
+    assert page.locator("#job svg.chart").count() == 1  # the loss curve
+    timeline = page.locator("#timeline")
+    timeline.locator("li[data-kind=job_succeeded]").first.wait_for()
+    screenshot(page, tmp_path, "learning")
+    page.troubles.check()
+
+
+def test_a_version_is_promoted_and_rolled_back(
+    dashboard: Dashboard, page: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    lora = save_random_lora(tiny_model_dir, tmp_path / "peft", seed=3)
+    add_version(dashboard.settings, dashboard.db, lora, "v90")
+    page.goto(dashboard.url + "/#versions", wait_until="domcontentloaded")
+    card = page.locator("li.version[data-version=v90]")
+    card.get_by_role("button", name="Promote v90…").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Cancel").click()
+    assert httpx.get(dashboard.url + "/health").json()["serving"] != "v90"  # asked, not done
+    card.get_by_role("button", name="Promote v90…").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Promote v90").click()
+    page.locator("#serving-line").filter(has_text="Serving: v90").wait_for()
+    page.locator("#status").filter(has_text="Serving v90").wait_for()  # from the live stream
+    assert httpx.get(dashboard.url + "/health").json()["serving"] == "v90"
+    screenshot(page, tmp_path, "promoted")
+
+    page.get_by_role("button", name="Roll back…").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Roll back").click()
+    page.locator("#serving-line").filter(has_text="Serving: v90").wait_for(state="detached")
+    assert httpx.get(dashboard.url + "/health").json()["serving"] != "v90"
+    page.get_by_role("tab", name="Learning").click()
+    page.locator("#timeline li[data-kind=rollback]").first.wait_for()
+    assert page.locator("#timeline li[data-kind=promote]").count() >= 1
+    screenshot(page, tmp_path, "rolled-back")
+    page.troubles.check()
