@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # System packages the tests drive: Debian's Chromium (the dashboard's and the extension's browser
-# tests, through Playwright) and Tesseract (OCR of imported images). Installed only where missing;
+# tests, through Playwright), Tesseract (OCR of imported images) and Node.js (the extension's
+# JavaScript unit tests). Installed only where missing;
 # without root or apt-get, make says what to install and the tests that need them are skipped.
-SYSTEM_PACKAGES := chromium tesseract-ocr tesseract-ocr-eng
+SYSTEM_PACKAGES := chromium tesseract-ocr tesseract-ocr-eng nodejs
 sysdeps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
