@@ -46,12 +46,14 @@ def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.fixture
 def secured(
-    settings_env: Path, tiny_model_dir: Path, tiny_engine: TransformersEngine
+    settings_env: Path, tiny_model_dir: Path, adapter_engine: TransformersEngine
 ) -> Iterator[TestClient]:
+    """Keys required; the module's own engine, as a test here promotes a version (adapters
+    loaded into the session's engine would be taken for other modules' "v1")."""
     settings = tiny_settings(
         tiny_model_dir, serve={"auth_required": True, "auth_failures_per_minute": 0}
     )
-    with TestClient(create_app(settings, engine=tiny_engine)) as client:
+    with TestClient(create_app(settings, engine=adapter_engine)) as client:
         yield client
 
 
