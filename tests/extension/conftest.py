@@ -50,7 +50,9 @@ def site() -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API runs, its event loop counts as
+# running in this thread, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed")
