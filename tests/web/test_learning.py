@@ -73,8 +73,11 @@ def test_a_training_job_is_followed_to_its_gates_verdict(
     finally:
         worker.join()
     stages: list[str] = page.evaluate("window.__stages")
-    assert any("step" in s for s in stages), stages  # seen while it trained
+    # Seen live while it ran: stages between queued and the end. (Which ones depends on the
+    # machine's speed: the worker reports at most every 2 s, and the tiny model's training
+    # steps can all fall between two reports.)
     assert stages[-1] == "succeeded", stages
+    assert len([s for s in stages[:-1] if s not in ("queued", "starting")]) >= 2, stages
     heading = verdict.locator("h4").inner_text()
     assert heading in ("The gate passed it", "The gate refused it")
     assert "Why:" in verdict.inner_text()

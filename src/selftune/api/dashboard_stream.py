@@ -46,7 +46,7 @@ from selftune.api.errors import ApiError
 from selftune.api.responses import _SSE_EVENT, ERRORS
 from selftune.api.state import AppState
 from selftune.store import jobs
-from selftune.store.schema import MAX_ID, Event, Job
+from selftune.store.schema import MAX_ID, Event, Job, utcnow
 
 __all__ = ["COOKIE", "HOLD_SECONDS", "POLL_SECONDS", "TOKEN_SECONDS", "router"]
 
@@ -155,6 +155,9 @@ class _Watch:
     def __init__(self, state: AppState, caller: Caller, after: int | None) -> None:
         self.state, self.caller, self.after = state, caller, after
         self.jobs: dict[int, tuple[str, str, float]] = {}
+        # Jobs that end between two reads are never seen queued or running: those that ended
+        # since the last read are read too (before the connection, the page reads them itself).
+        self.since = utcnow()
 
     def read(self) -> list[str]:
         """The messages for what changed since the last read."""
@@ -172,8 +175,11 @@ class _Watch:
             for event in events:
                 out.append(_sse(event_view(event, self.caller), "store", event.id))
                 self.after = event.id
+            since, self.since = self.since, utcnow()
             query = select(Job).where(
-                Job.status.in_(("queued", "running")) | Job.id.in_(list(self.jobs))
+                Job.status.in_(("queued", "running"))
+                | Job.id.in_(list(self.jobs))
+                | (Job.finished_at >= since)
             )
             if self.caller.authenticated and not self.caller.admin:
                 query = query.where(Job.user_id == self.caller.user_id)

@@ -14,18 +14,27 @@ const context = {
   me: null,
   storeListeners: [],
   jobListeners: [],
+  openListeners: [],
   onStore(listener) {
     this.storeListeners.push(listener);
   },
   onJob(listener) {
     this.jobListeners.push(listener);
   },
+  // Each time the stream (re)connects: what changed while it was not connected is not sent
+  // again, so a panel reads its state anew.
+  onOpen(listener) {
+    this.openListeners.push(listener);
+  },
 };
 
 const live = new LiveEvents({
   store: (event) => context.storeListeners.forEach((listen) => listen(event)),
   job: (job) => context.jobListeners.forEach((listen) => listen(job)),
-  state: (connected) => document.body.classList.toggle("offline", !connected),
+  state: (connected) => {
+    document.body.classList.toggle("offline", !connected);
+    if (connected) context.openListeners.forEach((listen) => listen());
+  },
 });
 
 function showPanel(name) {

@@ -119,5 +119,6 @@ export function setupImport(context) {
     }
   }
   load().catch((e) => notify(e.message));
+  context.onOpen(() => load().catch(() => {}));
   return { shown: () => load().catch(() => {}) };
 }
