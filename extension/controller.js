@@ -7,7 +7,7 @@ import { parseCommand } from "./lib/commands.js";
 import { FindHistory } from "./lib/findhistory.js";
 import { DEFAULT_BINDINGS, actionFor } from "./lib/keymap.js";
 import { Session } from "./lib/recorder.js";
-import { SelftuneClient } from "./lib/selftune.js";
+import { SelftuneClient, SelftuneError } from "./lib/selftune.js";
 import { planLayout, schedule } from "./lib/sonify.js";
 import { findByChord, findByName, loadNames, nameTab, saveNames } from "./lib/tabnames.js";
 
@@ -410,14 +410,27 @@ export class Controller {
     return new SelftuneClient(this.settings);
   }
 
-  /** Asks selftune (the conversation so far, the last 10 turns) and reads the answer. */
+  /** Asks selftune (the conversation so far, the last 10 turns) and reads the answer. When
+   * selftune refuses the question, its own message is shown in the chat and read. */
   async ask(question) {
     const messages = [...this.conversation.slice(-9), { role: "user", content: question }];
-    const { interactionId, text } = await this.client().chat(messages);
+    let reply;
+    try {
+      reply = await this.client().chat(messages);
+    } catch (error) {
+      if (!(error instanceof SelftuneError) || !error.serverMessage) throw error;
+      const hint = error.code === "memory_disabled" ? " Or turn off “use selftune's memory” in the settings." : "";
+      const refusal = `selftune refused: ${error.serverMessage.replace(/[.\s]+$/, "")}.${hint}`;
+      await this.log("error", `ask ${question}: ${error.message}`);
+      this.ui.onChat?.({ question, refusal });
+      await this.say(refusal);
+      return null;
+    }
+    const { interactionId, text, memory } = reply;
     this.conversation = [...messages, { role: "assistant", content: text }];
-    this.ui.onChat?.({ question, answer: text, interactionId });
+    this.ui.onChat?.({ question, answer: text, interactionId, memory });
     await this.say(text || "selftune gave an empty answer");
-    return { interactionId, text };
+    return { interactionId, text, memory };
   }
 
   /** Sends the session's transcript to selftune as an import (its memory and documents). */

@@ -45,7 +45,13 @@ async function renderNames() {
   );
 }
 
-function renderChat(controller, { question, answer, interactionId }) {
+function renderChat(controller, { question, answer, interactionId, memory, refusal }) {
+  if (refusal) {
+    $("#chat").append(element("li", { className: "refused" },
+      element("div", { className: "question", textContent: question }),
+      element("div", { className: "refusal", role: "alert", textContent: refusal })));
+    return;
+  }
   const correction = element("textarea", { className: "correction", rows: 2, placeholder: "the answer you wanted" });
   const status = element("span", { className: "feedback-status" });
   const send = async (rating, text) => {
@@ -61,6 +67,8 @@ function renderChat(controller, { question, answer, interactionId }) {
   const item = element("li", {},
     element("div", { className: "question", textContent: question }),
     element("div", { className: "answer", textContent: answer }),
+    ...(memory?.length ? [element("ul", { className: "sources", title: "from selftune's memory" },
+      ...memory.map((p) => element("li", { textContent: p.title ? `${p.title}: ${p.text}` : p.text })))] : []),
     element("button", { type: "button", className: "thumb-up", title: "good answer", textContent: "👍", onclick: () => send(1) }),
     element("button", { type: "button", className: "thumb-down", title: "bad answer: correct it", textContent: "👎", onclick: () => form.classList.add("open") }),
     status, form);
@@ -91,7 +99,10 @@ function fillSettings(settings, voices, inputs) {
   voice.replaceChildren(element("option", { value: "", textContent: "default" }), ...voices.map((v) => element("option", { value: v.name, textContent: `${v.name} (${v.lang})` })));
   const midi = form.elements.midiInput;
   midi.replaceChildren(element("option", { value: "", textContent: "all inputs" }), ...inputs.map((i) => element("option", { value: i.id, textContent: i.name })));
-  for (const key of Object.keys(DEFAULT_SETTINGS)) form.elements[key].value = settings[key];
+  for (const [key, value] of Object.entries(DEFAULT_SETTINGS)) {
+    if (typeof value === "boolean") form.elements[key].checked = settings[key];
+    else form.elements[key].value = settings[key];
+  }
 }
 
 async function main() {

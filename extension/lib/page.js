@@ -113,10 +113,26 @@ export function listMedia(doc) {
   }));
 }
 
-/** Plays the ``index``-th medium (from 1); returns its label, or throws if there is none. */
+const PLAY_WAIT_MS = 3000;
+
+/** Plays the ``index``-th medium (from 1); returns its label, or throws if there is none or
+ * it cannot play. A medium still loading after 3 s is left to start by itself. */
 export async function playMedia(doc, index) {
   const m = media(doc)[index - 1];
   if (!m) throw new Error(`there is no medium ${index}; say listen to hear the list`);
-  await m.play();
-  return listMedia(doc)[index - 1].label;
+  const { kind, label } = listMedia(doc)[index - 1];
+  // Without a source, play() would wait forever for one (and the command with it).
+  if (!m.getAttribute("src") && !m.querySelector("source[src]") && !m.srcObject) {
+    throw new Error(`the ${kind} ${label} has no source to play`);
+  }
+  let timer = 0;
+  const loading = new Promise((resolve) => { timer = setTimeout(resolve, PLAY_WAIT_MS); });
+  try {
+    await Promise.race([m.play(), loading]);
+  } catch (error) {
+    throw new Error(`the ${kind} ${label} cannot play: ${error.message}`);
+  } finally {
+    clearTimeout(timer);
+  }
+  return label;
 }

@@ -7,6 +7,7 @@ export const DEFAULT_SETTINGS = Object.freeze({
   recognitionLang: "en-US", // the speech-recognition language
   voice: "", // the speech-synthesis voice's name; empty: the browser's default
   midiInput: "", // the MIDI input's id; empty: every input
+  useMemory: false, // chats ask selftune to add passages from its memory ("memory": true)
 });
 
 /** The settings in ``storage`` (chrome.storage.sync), defaults for what is missing. */
@@ -18,8 +19,11 @@ export async function loadSettings(storage) {
 /** Checks ``settings`` and saves them; throws with what to fix. */
 export async function saveSettings(storage, settings) {
   const clean = { ...DEFAULT_SETTINGS };
-  for (const key of Object.keys(DEFAULT_SETTINGS)) {
-    if (key in settings) clean[key] = String(settings[key] ?? "").trim();
+  for (const [key, value] of Object.entries(DEFAULT_SETTINGS)) {
+    if (!(key in settings)) continue;
+    // A checkbox: a form sends "on" when ticked and nothing when not.
+    if (typeof value === "boolean") clean[key] = settings[key] === true || settings[key] === "on" || settings[key] === "true";
+    else clean[key] = String(settings[key] ?? "").trim();
   }
   try {
     const url = new URL(clean.server);

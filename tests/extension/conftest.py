@@ -86,7 +86,7 @@ class Browser:
         page.goto(url)
         return page
 
-    def panel(self, settings: dict[str, str] | None = None) -> Any:
+    def panel(self, settings: dict[str, Any] | None = None) -> Any:
         page = self.context.new_page()
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.goto(f"{self.base}/panel.html")
@@ -168,9 +168,10 @@ def say_and_hear(panel: Any, text: str, expected: str) -> str:
     return wait_spoken(panel, lambda s: expected.lower() in s.lower(), before)
 
 
-def midi(panel: Any, *messages: list[int]) -> None:
+def midi(panel: Any, *messages: list[int], source: str = "fake-keys") -> None:
+    """Sends ``messages`` from the fake MIDI input ``source`` ("fake-keys" or "fake-pads")."""
     for message in messages:
-        panel.evaluate("m => window.__fake.midi(m)", message)
+        panel.evaluate("([m, s]) => window.__fake.midi(m, performance.now(), s)", [message, source])
 
 
 def chord(panel: Any, notes: list[int]) -> None:

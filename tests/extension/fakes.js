@@ -3,7 +3,8 @@
 // extension's code runs unchanged against them; the test drives them through window.__fake:
 //   __fake.say(text)        a final recognition result for every running recognizer
 //   __fake.spoken           what speechSynthesis was asked to say, in order
-//   __fake.midi(bytes, at)  a MIDI message from the fake input (timeStamp: at, or now)
+//   __fake.midi(bytes, at, input)  a MIDI message from a fake input (timeStamp: at, or
+//                           now; input: "fake-keys", the default, or "fake-pads")
 //   __fake.midiLog          every message sent, with its timeStamp
 //   __fake.oscillators      oscillators created on a live AudioContext (what is heard)
 (() => {
@@ -55,11 +56,15 @@
   };
   Object.defineProperty(window, "speechSynthesis", { value: synthesis, configurable: true });
 
-  const input = { id: "fake-keys", name: "Fake Keys", manufacturer: "tests", type: "input", state: "connected", connection: "open", onmidimessage: null };
-  const access = { inputs: new Map([[input.id, input]]), outputs: new Map(), sysexEnabled: false, onstatechange: null };
+  // Two inputs, so that the settings' choice of one can be tested.
+  const inputs = [["fake-keys", "Fake Keys"], ["fake-pads", "Fake Pads"]].map(([id, name]) => (
+    { id, name, manufacturer: "tests", type: "input", state: "connected", connection: "open", onmidimessage: null }));
+  const access = { inputs: new Map(inputs.map((i) => [i.id, i])), outputs: new Map(), sysexEnabled: false, onstatechange: null };
   Object.defineProperty(navigator, "requestMIDIAccess", { value: async () => access, configurable: true });
-  fake.midi = (data, timeStamp = performance.now()) => {
-    fake.midiLog.push({ data, timeStamp });
+  fake.midi = (data, timeStamp = performance.now(), inputId = "fake-keys") => {
+    const input = access.inputs.get(inputId);
+    if (!input) throw new Error(`no fake MIDI input ${inputId}`);
+    fake.midiLog.push({ data, timeStamp, input: inputId });
     input.onmidimessage?.({ data: new Uint8Array(data), timeStamp });
   };
 

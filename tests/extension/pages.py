@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import wave
+
+
+def _silence_wav(seconds: float = 0.5, rate: int = 8000) -> str:
+    """A short silent WAV as a data: URL, for a medium that can really play."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(rate)
+        w.writeframes(b"\x80" * int(seconds * rate))
+    return "data:audio/wav;base64," + base64.b64encode(out.getvalue()).decode()
+
+
 _IMAGE = (
     "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='40' height='40'%3E"
     "%3Crect width='40' height='40' fill='teal'/%3E%3C/svg%3E"
@@ -30,7 +46,8 @@ def _grid(title: str, cell: str) -> str:
 _FILLER = "<p style='height:1200px'>Fruit of the season, sorted by the grocer.</p>"
 _SHOP = (
     "<h1>Shop</h1>"
-    "<audio title='Morning song' controls></audio><video title='Intro film'></video>"
+    f"<audio title='Morning song' controls loop src='{_silence_wav()}'></audio>"
+    "<video title='Intro film'></video>"  # no source: it cannot play
     f"{_FILLER}<p id=fruit>Red apples, green apples and pears.</p>"
     f"{_FILLER}<p>Baked apples with pears.</p>{_FILLER}"
 )

@@ -10,8 +10,11 @@ from tests.extension.conftest import (
     Browser,
     chord,
     eventually,
+    midi,
     run_command,
+    say,
     say_and_hear,
+    spoken,
     storage,
     tab_id,
     wait_spoken,
@@ -221,3 +224,101 @@ def test_layout_feedback_follows_scrolling_and_links_are_moved_through(
     assert say_and_hear(panel, "move back", "Link") == "Link 4 of 100: a"
     say_and_hear(panel, "open", "Opening a")
     links.wait_for_url(f"{site}/links#l")
+
+
+def test_play_a_listed_medium_and_go_back_and_forward(browser: Browser, site: str) -> None:
+    shop = browser.open(f"{site}/news")
+    shop.goto(f"{site}/shop")  # the tab's history: the news, then the shop
+    panel = browser.panel()
+    panel.click("#listen")
+    shop.bring_to_front()
+
+    def paused() -> list[bool]:
+        media = "[...document.querySelectorAll('audio, video')]"
+        return list(shop.evaluate(f"{media}.map(m => m.paused)"))
+
+    say_and_hear(panel, "listen", "media")
+    assert paused() == [True, True]
+    assert say_and_hear(panel, "play one", "Playing") == "Playing Morning song"
+    eventually(panel, lambda: paused() == [False, True], "the audio playing")
+    assert say_and_hear(panel, "play number two", "Sorry") == (
+        "Sorry, the video Intro film has no source to play"
+    )
+    assert say_and_hear(panel, "play three", "Sorry") == (
+        "Sorry, there is no medium 3; say listen to hear the list"
+    )
+
+    before, logged = len(spoken(panel)), len(storage(panel, "local", "commandLog"))
+    run_command(panel, "go back")
+    shop.wait_for_url(f"{site}/news")
+    midi(panel, [0x90, 57, 100], [0x80, 57, 0])  # A3: forward
+    shop.wait_for_url(f"{site}/shop")
+    run_command(panel, "go back")
+    shop.wait_for_url(f"{site}/news")
+    run_command(panel, "go forward")
+    shop.wait_for_url(f"{site}/shop")
+    assert spoken(panel)[before:] == []  # nothing went wrong (an error is said and logged)
+    assert len(storage(panel, "local", "commandLog")) == logged
+
+
+def test_push_to_talk_hears_one_command(browser: Browser, site: str) -> None:
+    shop = browser.open(f"{site}/shop")
+    panel = browser.panel()
+    shop.bring_to_front()
+
+    def recognizers() -> int:
+        return int(panel.evaluate("window.__fake.recognitions.size"))
+
+    assert recognizers() == 0  # not listening: nothing hears
+    midi(panel, [0x90, 60, 100], [0x80, 60, 0])  # middle C
+    assert say_and_hear(panel, "find apples", "match") == "3 matches: 3 for apples"
+    eventually(panel, lambda: recognizers() == 0, "recognition stopping after one command")
+    assert browser.icon() == ("off", "")
+
+    # While listening, the phrase pushed for runs once (not also as a heard command).
+    panel.click("#listen")
+    midi(panel, [0x90, 60, 100], [0x80, 60, 0])
+    before = say(panel, "find pears")
+    wait_spoken(panel, lambda s: "match" in s, before)
+    panel.wait_for_timeout(300)
+    assert spoken(panel)[before:] == ["2 matches: 2 for pears"]
+    assert recognizers() == 1  # still listening
+
+
+def test_only_the_midi_input_chosen_in_the_settings_is_heard(browser: Browser) -> None:
+    panel = browser.panel()
+    options = panel.locator("#settings [name=midiInput] option")
+    assert options.all_text_contents() == ["all inputs", "Fake Keys", "Fake Pads"]
+    g_sharp = [[0x90, 68, 100], [0x80, 68, 0]]  # G#4: start or pause recording
+
+    # Every input by default.
+    before = len(spoken(panel))
+    midi(panel, *g_sharp, source="fake-pads")
+    midi(panel, *g_sharp)
+    wait_spoken(panel, lambda s: s == "Recording paused", before)
+    assert spoken(panel)[before:] == ["Recording", "Recording paused"]
+
+    panel.select_option("#settings [name=midiInput]", "fake-pads")
+    panel.click("#settings button[type=submit]")
+    panel.wait_for_selector("#settings-status:text('saved')")
+    assert storage(panel, "sync", "settings")["midiInput"] == "fake-pads"
+
+    def only_pads_heard() -> None:
+        before = len(spoken(panel))
+        midi(panel, *g_sharp)  # Fake Keys: ignored, so the pads' key starts recording
+        midi(panel, *g_sharp, source="fake-pads")
+        wait_spoken(panel, lambda s: s.startswith("Recording"), before)
+        panel.wait_for_timeout(200)
+        assert spoken(panel)[before:] == ["Recording"]
+        events = panel.evaluate("window.handsfree.session.eventCount")
+        midi(panel, [0x90, 50, 100], [0x80, 50, 0])  # not recorded either
+        assert panel.evaluate("window.handsfree.session.eventCount") == events
+        midi(panel, *g_sharp, source="fake-pads")  # pause again
+        wait_spoken(panel, lambda s: s == "Recording paused", before)
+
+    only_pads_heard()
+    # The choice holds in a panel opened later.
+    panel.reload()
+    panel.wait_for_selector("body[data-ready=true]")
+    assert panel.input_value("#settings [name=midiInput]") == "fake-pads"
+    only_pads_heard()

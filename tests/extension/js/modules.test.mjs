@@ -36,6 +36,9 @@ test("settings: defaults, cleaned, refused with what to fix", async () => {
   const saved = await saveSettings(storage, { server: " http://h:1/v1/ ", userId: "ada" });
   assert.equal(saved.server, "http://h:1");
   assert.equal((await loadSettings(storage)).userId, "ada");
+  assert.equal(saved.useMemory, false); // a form leaves an unticked checkbox out
+  assert.equal((await saveSettings(storage, { server: "http://h", userId: "ada", useMemory: "on" })).useMemory, true);
+  assert.equal((await loadSettings(storage)).useMemory, true);
   await assert.rejects(saveSettings(storage, { server: "h:1", userId: "x" }), /not an http\(s\) URL/);
   await assert.rejects(saveSettings(storage, { server: "http://h", userId: "" }), /user id is empty/);
 });
@@ -48,7 +51,7 @@ test("the selftune client sends the key, the user, and feedback", async () => {
     return new Response(JSON.stringify({ id: "i-1", choices: [{ message: { content: "Hi" } }] }), { status: 200 });
   };
   const client = new SelftuneClient({ server: "http://h/", apiKey: "sk", userId: "ada" }, fetch);
-  assert.deepEqual(await client.chat([{ role: "user", content: "hey" }]), { interactionId: "i-1", text: "Hi" });
+  assert.deepEqual(await client.chat([{ role: "user", content: "hey" }]), { interactionId: "i-1", text: "Hi", memory: null });
   await client.feedback("i-1", -1, "Hello!");
   assert.deepEqual(sent, [
     ["http://h/v1/chat/completions", { "Content-Type": "application/json", Authorization: "Bearer sk" }, { messages: [{ role: "user", content: "hey" }], user: "ada" }],
@@ -56,6 +59,34 @@ test("the selftune client sends the key, the user, and feedback", async () => {
   ]);
   const refusing = new SelftuneClient({ server: "http://h", apiKey: "", userId: "ada" }, async () => new Response(JSON.stringify({ error: { message: "bad key" } }), { status: 401 }));
   await assert.rejects(refusing.chat([]), /selftune answered 401 to \/v1\/chat\/completions: bad key; check the API key/);
+});
+
+test("the memory option: \"memory\": true only when on; the passages and a refusal come back", async () => {
+  const bodies = [];
+  const answer = (body) => new Response(JSON.stringify(body), { status: 200 });
+  const ok = async (_url, init) => {
+    const body = JSON.parse(init.body);
+    bodies.push(body);
+    return answer({ id: "i-2", choices: [{ message: { content: "Yes" } }], ...(body.memory ? { memory: [{ id: 7, text: "a note" }] } : {}) });
+  };
+  const settings = { server: "http://h", apiKey: "", userId: "ada" };
+  const off = await new SelftuneClient(settings, ok).chat([{ role: "user", content: "q" }]);
+  const on = await new SelftuneClient({ ...settings, useMemory: true }, ok).chat([{ role: "user", content: "q" }]);
+  assert.equal("memory" in bodies[0], false);
+  assert.equal(bodies[1].memory, true);
+  assert.equal(off.memory, null);
+  assert.deepEqual(on.memory, [{ id: 7, text: "a note" }]);
+
+  const error = { message: "this request asks for memory, which is off on this server", code: "memory_disabled", param: "memory" };
+  const refusing = new SelftuneClient({ ...settings, useMemory: true }, async () => new Response(JSON.stringify({ error }), { status: 400 }));
+  await assert.rejects(refusing.chat([{ role: "user", content: "q" }]), (e) => {
+    assert.equal(e.serverMessage, error.message);
+    assert.equal(e.code, "memory_disabled");
+    assert.equal(e.status, 400);
+    return true;
+  });
+  const unreadable = new SelftuneClient(settings, async () => new Response(JSON.stringify({ detail: [{ msg: "field required" }] }), { status: 422 }));
+  await assert.rejects(unreadable.chat([]), (e) => e.serverMessage === null && /422 .*field required/.test(e.message));
 });
 
 test("sonification plan: voices by kind and position, density sets volume and repetition", () => {
