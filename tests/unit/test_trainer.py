@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,13 @@ def test_same_seed_same_run_and_progress_is_reported(tiny_model_dir: Path, examp
         replay,
         config,
         pad_id=pad_id,
-        progress=lambda step, total, _loss: seen.append((step, total)),
+        progress=lambda step, total, _loss, _grad: seen.append((step, total)),
     )
     _, second = train_lora(tiny_model_dir, new, replay, config, pad_id=pad_id)
     assert first.losses == pytest.approx(second.losses, rel=1e-6)
     assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert len(first.grad_norms) == 3  # before clipping: what a troubleshooter reads
+    assert all(math.isfinite(g) and g > 0 for g in first.grad_norms)
 
 
 def test_training_needs_examples(tiny_model_dir: Path) -> None:
@@ -114,7 +117,9 @@ def test_training_stops_once_the_new_material_is_learned(
         stop_replay_kl=100.0, stop_patience=2,
     )  # fmt: skip
     _, result = train_lora(tiny_model_dir, new, replay, learned, pad_id=pad_id)
-    assert result.stopped_early and len(result.losses) == 2
+    # Every example must have been trained on first: 3 of them, 2 a step, all seen at step 2;
+    # the rule then holds at steps 2 and 3.
+    assert result.stopped_early and len(result.losses) == 3
     # The replay KL must be low too: with a threshold no KL meets, it runs every step.
     replay_not_back = dataclasses.replace(learned, stop_replay_kl=0.0)
     _, result = train_lora(tiny_model_dir, new, replay, replay_not_back, pad_id=pad_id)
@@ -124,7 +129,20 @@ def test_training_stops_once_the_new_material_is_learned(
         tiny_model_dir, new, [], dataclasses.replace(replay_not_back, replay_per_step=0),
         pad_id=pad_id,
     )  # fmt: skip
-    assert result.stopped_early and len(result.losses) == 2
+    assert result.stopped_early and len(result.losses) == 2  # all 3 in each step
+
+
+def test_early_stopping_waits_for_the_worst_example_not_the_batch_mean() -> None:
+    config = TrainConfig(stop_loss=0.05, stop_replay_kl=0.03, stop_patience=2)
+    stop = trainer._EarlyStop(config, n_examples=3)
+    # Two examples learned long ago keep the batch mean low; the third, new, is not learned.
+    assert not stop.done({0: 0.001, 1: 0.001, 2: 0.9}, replay_kl=0.01)
+    assert not stop.done({0: 0.001, 1: 0.002}, replay_kl=0.01)  # example 2's 0.9 still counts
+    assert not stop.done({2: 0.01}, replay_kl=0.01)  # now all learned: once
+    assert stop.done({0: 0.001, 2: 0.02}, replay_kl=0.01)  # twice: stop
+    # An example not yet trained on counts as unlearned.
+    fresh = trainer._EarlyStop(config, n_examples=2)
+    assert not fresh.done({0: 0.0}, replay_kl=None) and not fresh.done({0: 0.0}, replay_kl=None)
 
 
 def test_the_replay_reference_is_computed_once_per_base_and_replay_set(

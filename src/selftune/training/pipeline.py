@@ -589,8 +589,9 @@ def _train(
 
     label = "training" if attempt == 1 else "second attempt, replay held harder: training"
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        report(0.05 + 0.75 * step / total, f"{label} step {step}/{total} loss {loss:.3f}")
+    def on_step(step: int, total: int, loss: float, grad_norm: float) -> None:
+        stage = f"{label} step {step}/{total} loss {loss:.3f} grad {grad_norm:.3f}"
+        report(0.05 + 0.75 * step / total, stage)
 
     report(0.05, label)
     steps, batch_size = job_shape(ctx.settings, len(dataset.train_set))
@@ -601,6 +602,7 @@ def _train(
     return model, {
         "losses": [round(x, 5) for x in result.losses],
         "new_material_losses": [round(x, 5) for x in result.new_losses],
+        "grad_norms": [round(x, 4) for x in result.grad_norms],
         "seconds": round(result.seconds, 2),
         "step_seconds": [round(x, 3) for x in result.step_seconds],
         "tokens": result.tokens,

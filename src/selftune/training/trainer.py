@@ -23,6 +23,7 @@ at, so the gate's judgement of it stays unbiased.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections import OrderedDict
@@ -107,13 +108,15 @@ class TrainResult:
     # where those layers run at every step, the examples not seen before where their outputs
     # are kept (see training.frozen_layers).
     frozen_positions: list[int] = dataclasses.field(default_factory=list)
+    # Each step's gradient norm before clipping: spikes and collapse show in it first.
+    grad_norms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+ProgressFn = Callable[[int, int, float, float], None]  # (step, total_steps, loss, grad_norm)
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -207,8 +210,10 @@ def _output_layer(
 
 
 def _cross_entropy(head: torch.nn.Linear, states: torch.Tensor, targets: torch.Tensor) -> Any:
-    """The mean cross-entropy of the output layer's predictions at ``states``, in float32."""
-    return torch.nn.functional.cross_entropy(_output_layer(head, states).float(), targets)
+    """The cross-entropy of the output layer's predictions at ``states`` at each position, in
+    float32 (early stopping reads each example's mean, the step trains on their mean)."""
+    logits = _output_layer(head, states).float()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
 # With ``compile``: the (N, vocab) logits' conversion to float32, softmax and the backward's
@@ -395,7 +400,7 @@ def _step_loss(
     n_new: int,
     reference: list[_BaseDistribution],
     config: TrainConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Cross-entropy on the new examples + KL(base || model) on the replay examples after them.
 
     ``states`` are the loss positions' (see :func:`_answer_states`), ``head`` the output layer.
@@ -407,7 +412,7 @@ def _step_loss(
     the output layer runs on a few thousand words there instead of the whole vocabulary. The
     words the new material teaches are among them, so saying them where the base would not
     costs KL. KL = sum p log p - sum p log q over the replay answer positions; the first sum is
-    fixed, computed with p. Returns (total loss, new-material loss).
+    fixed, computed with p. Returns (total loss, new-material loss, each new example's loss).
 
     Measured on the teaching scenario (``bench.teaching_quality``, 3 seeds) at k = 64 against
     the whole vocabulary: every known answer kept on each seed, the regression loss 0.3-2.2%
@@ -417,28 +422,39 @@ def _step_loss(
     n_new_positions = sum(batch.counts[:n_new])
     targets = batch.targets[:n_new_positions]
     cross_entropy = _compiled_cross_entropy if config.compile else _cross_entropy
-    new_loss = cross_entropy(head, states[:n_new_positions], targets)
+    token_losses = cross_entropy(head, states[:n_new_positions], targets)
+    new_loss = token_losses.mean()
+    each = [float(part.mean()) for part in token_losses.detach().split(batch.counts[:n_new])]
     if not reference:
-        return new_loss, new_loss
+        return new_loss, new_loss, each
     base_words = torch.cat([base.words for base in reference])
     words, column = torch.cat([base_words.flatten(), targets]).unique(return_inverse=True)
     log_q = torch.log_softmax(_output_layer(head, states[n_new_positions:], words).float(), dim=-1)
     p = torch.cat([base.probs for base in reference])
     cross = (p * log_q.gather(1, column[: base_words.numel()].view_as(base_words))).sum()
     kl = (sum(base.sum_p_log_p for base in reference) - cross) / max(log_q.shape[0], 1)
-    return new_loss + config.replay_weight * kl, new_loss
+    return new_loss + config.replay_weight * kl, new_loss, each
 
 
 class _EarlyStop:
-    """Whether the new material is learned and the replay KL is low, for long enough."""
+    """Whether every new example is learned and the replay KL is low, for long enough.
 
-    def __init__(self, config: TrainConfig) -> None:
+    Each example's loss is the one of the last step that trained on it, and the rule waits
+    for the worst of them: a job that re-trains earlier material (learned already) beside a
+    new fact has a low batch mean while the new fact is still unlearned, and the mean stopped
+    such jobs before they learned it."""
+
+    def __init__(self, config: TrainConfig, n_examples: int) -> None:
         self.config = config
         self.steps_met = 0
+        self.latest = [math.inf] * n_examples  # each example's loss when last trained on
 
-    def done(self, new_loss: float, replay_kl: float | None) -> bool:
+    def done(self, losses: dict[int, float], replay_kl: float | None) -> bool:
+        """Record this step's ``losses`` (example index: its loss); whether to stop now."""
         config = self.config
-        met = new_loss < config.stop_loss and (
+        for index, loss in losses.items():
+            self.latest[index] = loss
+        met = max(self.latest) < config.stop_loss and (
             replay_kl is None or replay_kl < config.stop_replay_kl
         )
         self.steps_met = self.steps_met + 1 if met else 0
@@ -508,11 +524,12 @@ class LoraRun:
         self.plan = _batches(len(new), len(replay) - len(neighbours), config, len(neighbours))
         self.losses: list[float] = []
         self.new_losses: list[float] = []
+        self.grad_norms: list[float] = []
         self.tokens = self.computed = 0
         self.step_seconds: list[float] = []
         self.frozen_positions: list[int] = []
         self.stopped_early = False
-        self._stop = _EarlyStop(config)
+        self._stop = _EarlyStop(config, len(new))
 
     @property
     def finished(self) -> bool:
@@ -530,7 +547,7 @@ class LoraRun:
         frozen_before = self.frozen.computed_positions
         with _autocast(config):  # the output layer's products too
             states = self._answer_states(batch, examples)
-            loss, new_loss = _step_loss(
+            loss, new_loss, each = _step_loss(
                 states,
                 self.head,
                 batch,
@@ -539,17 +556,20 @@ class LoraRun:
                 config,
             )
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.projectors:
             project_(self.a_weights, self.projectors)
         self.losses.append(float(loss.detach()))
         self.new_losses.append(float(new_loss.detach()))
+        self.grad_norms.append(float(grad_norm))
         self.tokens += batch.tokens
         self.computed += batch.computed
         replay_kl = (self.losses[-1] - self.new_losses[-1]) / config.replay_weight
-        held = self._stop.done(self.new_losses[-1], replay_kl if replay_ids else None)
+        held = self._stop.done(
+            dict(zip(new_ids, each, strict=True)), replay_kl if replay_ids else None
+        )
         self.stopped_early = held and len(self.losses) < len(self.plan)
         self.frozen_positions.append(
             self.frozen.computed_positions - frozen_before if self.split else batch.computed
@@ -598,6 +618,7 @@ class LoraRun:
             self.stopped_early,
             self.step_seconds,
             self.frozen_positions,
+            self.grad_norms,
         )
         return self.model, figures
 
@@ -636,5 +657,5 @@ def train_lora(
     while not run.finished:
         new_loss = run.step()
         if progress is not None:
-            progress(len(run.losses), config.steps, new_loss)
+            progress(len(run.losses), config.steps, new_loss, run.grad_norms[-1])
     return run.result()
