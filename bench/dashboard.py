@@ -10,9 +10,10 @@ times in a fresh browser context.
 
 Time to first render is from the navigation's start (``performance.timeOrigin``) to the moment
 the panel shows its data: the chat's first page of past chats, the learning panel's job and
-timeline, every version, the imports. Memory is off here (its panel needs an embedding model
-and is not timed). Printed per panel: the median and the slowest of the rounds, and the API
-calls behind them (median of ``ROUNDS`` calls each, over HTTP on loopback).
+timeline, the first page of versions (``VERSIONS_PAGE``), the imports. Memory is off here (its
+panel needs an embedding model and is not timed). Printed per panel: the median and the
+slowest of the rounds, and the API calls behind them (median of ``ROUNDS`` calls each, over
+HTTP on loopback).
 """
 
 from __future__ import annotations
@@ -51,19 +52,26 @@ VERSIONS = 100
 USERS = 20
 IMPORTS = 200
 ROUNDS = 5
+VERSIONS_PAGE = 20  # the versions panel's page (web/versions.js)
 CHROMIUM = "/usr/bin/chromium"
 # What each panel shows once its data is in: a JavaScript condition on the page.
 PANELS = {
     "chat": "document.querySelectorAll('#history-list li').length >= 30",
     "learning": "document.querySelector('#job h3') && document.querySelectorAll('#timeline li')"
     ".length >= 30",
-    "versions": f"document.querySelectorAll('#version-list li.version').length === {VERSIONS}",
+    "versions": "document.querySelectorAll('#version-list li.version').length === "
+    f"{min(VERSIONS, VERSIONS_PAGE)}",
     "import": f"document.querySelectorAll('#import-list li.import').length === {min(IMPORTS, 100)}",
 }
 API_CALLS = {
     "chat": ["/api/me", "/api/interactions?kind=chat&limit=30"],
-    "learning": ["/api/jobs", "/api/events?limit=30", "/api/versions"],
-    "versions": ["/api/versions"],
+    # The shown job's version: the newest older than the next id, one.
+    "learning": [
+        "/api/jobs",
+        "/api/events?limit=30",
+        f"/api/versions?before={VERSIONS + 1}&limit=1",
+    ],
+    "versions": [f"/api/versions?limit={VERSIONS_PAGE}", "/api/versions"],
     "import": ["/api/imports?limit=100"],
 }
 

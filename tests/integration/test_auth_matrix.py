@@ -47,6 +47,7 @@ ADMIN_ONLY = {
     "POST /api/keys/{prefix}/rotate",
     "POST /api/examples/{example_id}/release",
     "DELETE /api/examples/{example_id}",
+    "GET /api/settings",  # what the server runs with: addresses, paths, limits
 }
 
 # Plausible path parameters: none of them names anything the test would change.

@@ -16,10 +16,12 @@ from selftune.api.app import create_app
 from selftune.api.auth import Caller, create_key
 from selftune.engines.transformers_engine import TransformersEngine
 from selftune.store import jobs
+from selftune.store.schema import Version
 from tests.integration.conftest import tiny_settings
 from tests.integration.lora_versions import add_version
 
 CHAT = [{"role": "user", "content": "hi"}]
+YOUTUBE_KEY = "AIza-not-for-your-eyes"
 
 
 def _ask(client: TestClient, text: str, headers: dict[str, str] | None = None) -> str:
@@ -51,7 +53,9 @@ def secured(
     """Keys required; the module's own engine, as a test here promotes a version (adapters
     loaded into the session's engine would be taken for other modules' "v1")."""
     settings = tiny_settings(
-        tiny_model_dir, serve={"auth_required": True, "auth_failures_per_minute": 0}
+        tiny_model_dir,
+        serve={"auth_required": True, "auth_failures_per_minute": 0},
+        youtube={"api_key": YOUTUBE_KEY},  # a secret GET /api/settings must not show
     )
     with TestClient(create_app(settings, engine=adapter_engine)) as client:
         yield client
@@ -224,3 +228,101 @@ def test_a_stream_token_expires() -> None:
     assert dashboard_stream.read_token(token, now=1000.0 + 300) is None
     assert dashboard_stream.read_token("not.a-token") is None
     assert dashboard_stream.read_token("nodot") is None
+
+
+def test_an_admins_key_sees_and_acts_on_every_users_jobs(secured: TestClient) -> None:
+    db = secured.app.state.selftune.db  # type: ignore[attr-defined]
+    alice, bob = _bearer(create_key(db, "alice")), _bearer(create_key(db, "bob"))
+    admin = _bearer(create_key(db, "ops", admin=True))
+    alices_job = jobs.enqueue(db, "train", "alice")
+    bobs_job = jobs.enqueue(db, "train", "bob")
+
+    def listed(headers: dict[str, str], **params: str) -> list[tuple[int, str]]:
+        page = secured.get("/api/jobs", params=params, headers=headers)
+        assert page.status_code == 200, page.text
+        return [(job["job_id"], job["user"]) for job in page.json()["data"]]
+
+    assert listed(admin) == [(bobs_job, "bob"), (alices_job, "alice")]
+    assert listed(admin, user="alice") == [(alices_job, "alice")]
+    assert listed(alice) == [(alices_job, "alice")]
+    assert listed(alice, user="bob") == []  # naming another user reads nothing
+    assert secured.get(f"/api/jobs/{bobs_job}", headers=alice).status_code == 404
+    assert secured.get(f"/api/jobs/{bobs_job}", headers=admin).json()["user"] == "bob"
+    # What an admin's key sees, it may act on: cancel bob's job, then retry it.
+    assert secured.post(f"/api/jobs/{bobs_job}/cancel", headers=alice).status_code == 404
+    cancelled = secured.post(f"/api/jobs/{bobs_job}/cancel", headers=admin)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    retried = secured.post(f"/api/jobs/{bobs_job}/retry", headers=admin)
+    assert retried.status_code == 200 and retried.json()["status"] == "queued"
+    again = secured.post(f"/api/jobs/{bobs_job}/retry", headers=admin)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_conflict"
+    assert bob  # bob's own key was never needed
+
+
+def _add_versions(db: Any, count: int) -> list[int]:
+    """``count`` bare version rows (no files): enough for listing them."""
+    with db.write() as session:
+        rows = [
+            Version(
+                name=f"p{i}",
+                base_model="tiny",
+                base_fingerprint="f" * 16,
+                path=f"/nowhere/p{i}",
+                chat_template="",
+                gate={"passed": True, "reason": "test fixture"},
+            )
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+
+def test_versions_are_paged_newest_first(client: TestClient) -> None:
+    ids = _add_versions(client.app.state.selftune.db, 5)  # type: ignore[attr-defined]
+    whole = client.get("/api/versions").json()  # no paging asked: all, oldest first, as before
+    assert [v["id"] for v in whole["data"]] == ids
+    assert (whole["total"], whole["next"], whole["serving"]) == (5, None, "base")
+
+    seen: list[int] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = client.get("/api/versions", params=params).json()
+        assert page["total"] == 5
+        seen += [v["id"] for v in page["data"]]
+        if page["next"] is None:
+            break
+        params["before"] = page["next"]
+    assert seen == ids[::-1]
+    one = client.get("/api/versions", params={"before": ids[2] + 1, "limit": 1}).json()
+    assert [v["name"] for v in one["data"]] == ["p2"]  # one version by its id
+    assert client.get("/api/versions", params={"limit": 0}).status_code == 400
+
+
+def test_settings_are_an_admins_with_secrets_hidden(secured: TestClient) -> None:
+    db = secured.app.state.selftune.db  # type: ignore[attr-defined]
+    alice = _bearer(create_key(db, "alice"))
+    admin = _bearer(create_key(db, "ops", admin=True))
+    refused = secured.get("/api/settings", headers=alice)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "admin_key_required"
+    assert refused.json()["error"]["type"] == "permission_error"
+    assert secured.get("/api/settings").status_code == 401
+
+    answer = secured.get("/api/settings", headers=admin)
+    assert answer.status_code == 200, answer.text
+    assert YOUTUBE_KEY not in answer.text
+    settings = {item["name"]: item for item in answer.json()["data"]}
+    assert settings["serve.auth_required"]["value"] is True
+    assert settings["youtube.api_key"] == {
+        "name": "youtube.api_key",
+        "value": "********",
+        "description": settings["youtube.api_key"]["description"],
+        "redacted": True,
+    }
+    assert settings["proxy.upstream_api_key"]["value"] == ""  # not set: nothing to hide
+    assert settings["serve.default_max_tokens"] == {
+        **settings["serve.default_max_tokens"],
+        "value": 8,
+        "redacted": False,
+    }

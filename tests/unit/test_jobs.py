@@ -372,6 +372,7 @@ def test_job_view(db: Database) -> None:
     assert set(queued) == {
         "job_id",
         "kind",
+        "user",
         "status",
         "stage",
         "progress",

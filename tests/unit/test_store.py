@@ -68,7 +68,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0008"]
+    assert versions == ["0009"]
 
 
 def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
@@ -213,6 +213,29 @@ def test_examples_made_before_curation_states_are_kept_and_train_as_before(
     _migrate_to(db, "0005", down=True)
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT active FROM training_examples")).scalars().all() == [1, 0]
+
+
+def test_newest_interactions_are_read_by_index_without_sorting(tmp_path: Path) -> None:
+    """GET /api/interactions' order, (created_at, id) newest first, is an index's (0009): the
+    page is read from it, not sorted. The step back removes the index, and it comes again."""
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    db.migrate()
+    page = (
+        "EXPLAIN QUERY PLAN SELECT id FROM interactions WHERE (created_at, id) < ('2027', 'x') "
+        "ORDER BY created_at DESC, id DESC LIMIT 31"
+    )
+
+    def plan() -> str:
+        db.engine.dispose()  # a fresh connection: a cached statement keeps its old plan
+        with db.engine.connect() as conn:
+            return " ".join(row[-1] for row in conn.execute(text(page)))
+
+    assert "ix_interactions_created_at_id" in plan(), plan()
+    assert "TEMP B-TREE" not in plan(), plan()
+    _migrate_to(db, "0008", down=True)
+    assert "TEMP B-TREE" in plan()
+    db.migrate()
+    assert "ix_interactions_created_at_id" in plan()
 
 
 def test_migrating_twice_is_a_no_op(db: Database) -> None:

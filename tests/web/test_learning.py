@@ -1,8 +1,10 @@
 """Learning and versions in a browser: a training job queued from the page, followed live to
-its gate's verdict; a version promoted and rolled back after a confirmation."""
+its gate's verdict; jobs cancelled and retried from the list, with their gradient norms; a
+version promoted and rolled back after a confirmation; the versions a page at a time."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,8 @@ import httpx
 import pytest
 
 from selftune.engines.transformers_engine import TransformersEngine
+from selftune.store import jobs
+from selftune.store.schema import Job, Version, utcnow
 from tests.integration.conftest import run_jobs
 from tests.integration.lora_versions import add_version, save_random_lora
 from tests.web.conftest import Dashboard, live_dashboard, screenshot
@@ -114,4 +118,106 @@ def test_a_version_is_promoted_and_rolled_back(
     page.locator("#timeline li[data-kind=rollback]").first.wait_for()
     assert page.locator("#timeline li[data-kind=promote]").count() >= 1
     screenshot(page, tmp_path, "rolled-back")
+    page.troubles.check()
+
+
+def _bare_version(dashboard: Dashboard, name: str, **metrics: Any) -> int:
+    """A version row without files: enough to list it and show its figures."""
+    with dashboard.db.write() as session:
+        version = Version(
+            name=name,
+            base_model="tiny",
+            base_fingerprint="f" * 16,
+            path=f"/nowhere/{name}",
+            chat_template="",
+            train_metrics=metrics,
+            gate={"passed": False, "reason": "test fixture"},
+        )
+        session.add(version)
+        session.flush()
+        return version.id
+
+
+def _set_job(dashboard: Dashboard, job_id: int, **values: Any) -> None:
+    with dashboard.db.write() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        for name, value in values.items():
+            setattr(job, name, value)
+
+
+def test_jobs_are_cancelled_and_retried_with_their_gradient_norms(
+    dashboard: Dashboard, page: Any, tmp_path: Path
+) -> None:
+    failed = jobs.enqueue(dashboard.db, "train", "alice")
+    _set_job(dashboard, failed, status="failed", stage="failed", error="out of memory")
+    # A finished job whose version's metrics hold a gradient norm per step (newest: shown).
+    norms = _bare_version(dashboard, "g1", losses=[2.0, 1.5], grad_norms=[0.9, 0.412], steps=2)
+    done = jobs.enqueue(dashboard.db, "train", "bob")
+    _set_job(
+        dashboard,
+        done,
+        status="succeeded",
+        stage="succeeded",
+        progress=1.0,
+        result={"version_id": norms},
+        finished_at=utcnow(),
+    )
+    page.goto(dashboard.url + "/#learning", wait_until="domcontentloaded")
+    page.locator("#job h3").filter(has_text=re.compile(rf"^Job {done}:")).wait_for()
+    page.locator("#job-grad-norm").filter(has_text="0.412").wait_for()
+
+    item = page.locator(f"#job-list li[data-job='{failed}']")
+    assert "alice" in item.inner_text()  # an admin sees whose job it is
+    assert item.get_by_role("button", name=f"Cancel job {failed}").count() == 0
+    item.get_by_role("button", name=f"Retry job {failed}").click()
+    page.locator(f"#job-list li[data-job='{failed}'][data-status=queued]").wait_for()
+    item.get_by_role("button", name=f"Cancel job {failed}").click()
+    page.locator(f"#job-list li[data-job='{failed}'][data-status=cancelled]").wait_for()
+    item.get_by_role("button", name=f"Retry job {failed}").wait_for()
+    with dashboard.db.read() as session:
+        assert session.get(Job, failed).status == "cancelled"  # type: ignore[union-attr]
+
+    # A job the worker is running, seen on the live stream: its stage names the gradient norm.
+    running = jobs.enqueue(dashboard.db, "train", "alice")
+    _set_job(
+        dashboard,
+        running,
+        status="running",
+        progress=0.3,
+        started_at=utcnow(),
+        stage="training step 3/10 loss 2.412 grad 0.531",
+    )
+    page.locator("#job h3").filter(has_text=re.compile(rf"^Job {running}:")).wait_for()
+    page.locator("#job-grad-norm").filter(has_text="0.531").wait_for()
+    assert page.locator("#job-stage").inner_text().endswith("grad 0.531")
+    item = page.locator(f"#job-list li[data-job='{running}']")
+    item.get_by_role("button", name=f"Cancel job {running}").click()
+    item.filter(has_text="(stopping)").wait_for()  # it stops at its next step
+    assert item.get_by_role("button", name=f"Cancel job {running}").count() == 0
+    with dashboard.db.read() as session:
+        assert session.get(Job, running).cancel_requested  # type: ignore[union-attr]
+    screenshot(page, tmp_path, "job-actions")
+    _set_job(dashboard, running, status="cancelled", stage="cancelled", finished_at=utcnow())
+    page.troubles.check()
+
+
+def test_versions_are_shown_a_page_at_a_time(
+    dashboard: Dashboard, page: Any, tmp_path: Path
+) -> None:
+    for i in range(25):
+        _bare_version(dashboard, f"page{i}")
+    total = httpx.get(dashboard.url + "/api/versions", params={"limit": 1}).json()["total"]
+    assert total >= 25
+    page.goto(dashboard.url + "/#versions", wait_until="domcontentloaded")
+    page.locator("#serving-line").filter(has_text=f"{total} versions").wait_for()
+    cards = page.locator("#version-list li.version")
+    assert cards.count() == 20
+    assert cards.first.get_attribute("data-version") == "page24"  # newest first
+    page.get_by_role("button", name="Older versions").click()
+    page.locator(f"#version-list li.version >> nth={total - 1}").wait_for()
+    names = [c.get_attribute("data-version") for c in cards.all()]
+    assert len(names) == len(set(names)) == total
+    assert not page.get_by_role("button", name="Older versions").is_visible()
+    screenshot(page, tmp_path, "versions-paged")
     page.troubles.check()

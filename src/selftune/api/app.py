@@ -29,6 +29,7 @@ from selftune.api import (
     openai_routes,
     proxy,
     queue,
+    settings_view,
     vllm_routes,
 )
 from selftune.api.deps import State
@@ -97,6 +98,7 @@ def create_app(
     app.include_router(downloads.router)
     app.include_router(dashboard_api.router)
     app.include_router(dashboard_stream.router)
+    app.include_router(settings_view.router)
     app.include_router(dashboard.router)
     app.include_router(ollama_routes.router)
 

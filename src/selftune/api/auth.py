@@ -86,8 +86,8 @@ class Caller:
         if not self.admin:
             raise ApiError(
                 403,
-                f"{action} changes what every user is served and needs an admin key; an "
-                "operator creates one with 'selftune keys create --user NAME --admin'",
+                f"{action} needs an admin key; an operator creates one with "
+                "'selftune keys create --user NAME --admin'",
                 type="permission_error",
                 code="admin_key_required",
             )

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from selftune.api.auth import Caller
@@ -113,11 +113,14 @@ async def train(
 
 
 def _job_or_404(state: AppState, caller: Caller, job_id: int) -> Job:
+    """The job, if ``caller`` may see it (and so act on it): a user's key its own jobs, an
+    admin's any job. Another user's job answers 404, as if it did not exist."""
     job = None
     if 0 < job_id <= MAX_ID:  # an id beyond the store's integers names no job
         with state.db.read() as session:
             job = session.get(Job, job_id)
-    if job is None or (caller.authenticated and job.user_id != caller.user_id):
+    owner = caller.reads(None)
+    if job is None or (owner is not None and job.user_id != owner):
         raise ApiError(404, f"no job {job_id}", code="job_not_found")
     return job
 
@@ -129,12 +132,24 @@ async def get_job(job_id: int, state: State, caller: CurrentCaller) -> dict[str,
 
 
 @router.get("/jobs", response_model=JobList)
-async def list_jobs(state: State, caller: CurrentCaller) -> dict[str, Any]:
+async def list_jobs(
+    state: State,
+    caller: CurrentCaller,
+    user: Annotated[
+        str | None, Query(max_length=128, description="Only this user's (an admin's view)")
+    ] = None,
+) -> dict[str, Any]:
+    """The latest 100 jobs, newest first: a user's key sees its own, an admin's everyone's
+    (``?user=`` for one)."""
+    owner = caller.reads(user)
+    if owner is False:
+        return {"data": []}
+
     def read() -> list[dict[str, Any]]:
         with state.db.read() as session:
             query = select(Job).order_by(Job.id.desc()).limit(100)
-            if caller.authenticated:
-                query = query.where(Job.user_id == caller.user_id)
+            if owner is not None:
+                query = query.where(Job.user_id == owner)
             return [jobs.job_view(j) for j in session.scalars(query)]
 
     return {"data": await run_in_threadpool(read)}
@@ -163,13 +178,41 @@ async def cancel_job(job_id: int, state: State, caller: CurrentCaller) -> dict[s
 
 
 @router.get("/versions", response_model=VersionList)
-async def list_versions(state: State, _caller: CurrentCaller) -> dict[str, Any]:
+async def list_versions(
+    state: State,
+    _caller: CurrentCaller,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=200, description="Page: at most this many (50 if only ?before=)"),
+    ] = None,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="Page: versions older than this id (a page's next)"),
+    ] = None,
+) -> dict[str, Any]:
+    """Versions. Without ``?limit=`` or ``?before=``, every one, oldest first (as earlier
+    releases answered); with either, newest first, a page at a time: ``next`` is the
+    ``?before=`` of the next (older) page."""
+    paged = limit is not None or before is not None
+
     def read() -> dict[str, Any]:
         with state.db.read() as session:
             serving = registry.serving_target(session)
-            rows = session.scalars(select(Version).order_by(Version.id))
+            total = session.scalar(select(func.count()).select_from(Version)) or 0
+            query = select(Version)
+            if not paged:
+                rows = list(session.scalars(query.order_by(Version.id)))
+                more = False
+            else:
+                if before is not None:
+                    query = query.where(Version.id < before)
+                size = limit or 50
+                rows = list(session.scalars(query.order_by(Version.id.desc()).limit(size + 1)))
+                more, rows = len(rows) > size, rows[:size]
             return {
                 "serving": serving.name,
+                "total": total,
+                "next": rows[-1].id if more else None,
                 "data": [registry.version_summary(session, v, serving.version_id) for v in rows],
             }
 

@@ -482,6 +482,7 @@ class JobQueued(_Body):
 class JobView(_Body):
     job_id: int
     kind: str
+    user: str = Field(description="who queued it")
     status: str
     stage: str
     progress: float
@@ -525,6 +526,10 @@ class VersionSummary(_Body):
 
 class VersionList(_Body):
     serving: str
+    total: int = Field(description="how many versions there are in all")
+    next: int | None = Field(
+        description="a paged list's: pass it as ?before= for the next (older) page; null: no more"
+    )
     data: list[VersionSummary]
 
 

@@ -316,6 +316,7 @@ def job_view(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "kind": job.kind,
+        "user": job.user_id,
         "status": job.status,
         "stage": job.stage,
         "progress": round(job.progress, 4),

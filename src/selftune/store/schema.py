@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -108,6 +109,8 @@ class Interaction(Base):
     """One request and the answer served for it, with the version that answered."""
 
     __tablename__ = "interactions"
+    # GET /api/interactions reads newest first, by (created_at, id): this index is that order.
+    __table_args__ = (Index("ix_interactions_created_at_id", "created_at", "id"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)

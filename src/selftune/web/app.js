@@ -8,6 +8,7 @@ import { setupLearning } from "./learning.js";
 import { setupVersions } from "./versions.js";
 import { setupImport } from "./imports.js";
 import { setupMemory } from "./memory.js";
+import { setupSettings } from "./settings.js";
 
 // What the panels share: the caller, and listeners for the live stream.
 const context = {
@@ -87,6 +88,7 @@ async function start() {
     import: setupImport(context),
     memory: setupMemory(context),
   };
+  if (context.me.admin) context.panels.settings = setupSettings(context);
   context.onStore((event) => {
     if (event.kind === "promote" || event.kind === "rollback") {
       api("GET", "/api/me").then((me) => {

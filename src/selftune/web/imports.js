@@ -4,6 +4,7 @@
 
 import { api, upload } from "./api.js";
 import { $, clear, el, notify, percent, when } from "./dom.js";
+import { setupQuarantine } from "./quarantine.js";
 
 function tags() {
   return $("#import-tags")
@@ -118,7 +119,13 @@ export function setupImport(context) {
       if (view.job_id && (view.state === "queued" || view.state === "running")) byJob.set(view.job_id, view.id);
     }
   }
+  const quarantine = setupQuarantine(context);
   load().catch((e) => notify(e.message));
   context.onOpen(() => load().catch(() => {}));
-  return { shown: () => load().catch(() => {}) };
+  return {
+    shown: () => {
+      load().catch(() => {});
+      quarantine.load().catch(() => {});
+    },
+  };
 }

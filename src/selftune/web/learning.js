@@ -3,9 +3,20 @@
 
 import { api } from "./api.js";
 import { $, append, clear, el, lineChart, notify, number, percent, when } from "./dom.js";
+import { jobItem } from "./joblist.js";
 import { describeEvent } from "./timeline.js";
 
-const STEP = /step (\d+)\/(\d+) loss ([\d.]+)/;
+// A running training job's stage: "training step 3/10 loss 2.412", and from trainers that
+// record it, " grad 0.531" (the gradient norm before clipping; nan or inf when it blew up).
+const STEP = /step (\d+)\/(\d+) loss ([\d.]+)(?: grad ([\d.]+|nan|inf))?/;
+
+// The latest gradient norm: the running job's stage says it, a finished one's metrics list one
+// per step (grad_norms); "—" where neither does.
+function gradientNorm(step, metrics) {
+  if (step && step[4] !== undefined) return step[4];
+  const norms = Array.isArray(metrics.grad_norms) ? metrics.grad_norms.filter((x) => typeof x === "number") : [];
+  return norms.length ? number(norms[norms.length - 1]) : "—";
+}
 
 // The learning rate at each step, as the trainer's schedule makes it (training/trainer.py):
 // linear warm-up, then constant.
@@ -102,8 +113,10 @@ export function setupLearning(context) {
     }
     let version = null;
     if (job.status === "succeeded" && job.result?.version_id) {
-      const versions = await api("GET", "/api/versions").catch(() => null);
-      version = versions?.data.find((v) => v.id === job.result.version_id) || null;
+      // The one version: the newest older than the next id (GET /api/versions is paged).
+      const id = job.result.version_id;
+      const versions = await api("GET", `/api/versions?before=${id + 1}&limit=1`).catch(() => null);
+      version = versions?.data.find((v) => v.id === id) || null;
     }
     const metrics = version?.train_metrics || {};
     const curve = metrics.losses || (losses.get(job.job_id) || []).filter((x) => x !== undefined);
@@ -128,7 +141,7 @@ export function setupLearning(context) {
         el("dt", {}, "Step"), el("dd", {}, step ? `${step[1]} of ${step[2]}` : metrics.steps ? `${metrics.steps} done` : "—"),
         el("dt", {}, "Loss"), el("dd", {}, step ? step[3] : curve.length ? number(curve[curve.length - 1]) : "—"),
         el("dt", {}, "Learning rate"), el("dd", {}, rates.length ? rates[rates.length - 1].toExponential(2) : "—"),
-        el("dt", {}, "Gradient norm"), el("dd", {}, "not recorded by the trainer"),
+        el("dt", {}, "Gradient norm"), el("dd", { id: "job-grad-norm" }, gradientNorm(step, metrics)),
         el("dt", {}, "Time left"), el("dd", {}, left),
       ),
       curve.length > 1 ? lineChart(curve, `Training loss over ${curve.length} steps`) : null,
@@ -139,17 +152,16 @@ export function setupLearning(context) {
     box.querySelector(".bar").style.width = percent(job.progress);
   }
 
-  function jobItem(job) {
-    return el(
-      "li",
-      {},
-      el(
-        "button",
-        { type: "button", class: "link", onclick: () => renderJob(job) },
-        `#${job.job_id} ${job.kind}: ${job.status}${job.outcome ? ` (${job.outcome})` : ""}`,
-      ),
-      el("span", { class: "muted" }, ` ${when(job.created_at)}`),
-    );
+  function listed(job) {
+    return jobItem(job, {
+      open: (shown) => renderJob(shown).catch((e) => notify(e.message)),
+      changed: (changed) => {
+        jobs.set(changed.job_id, changed);
+        if (current === changed.job_id) renderJob(changed).catch(() => {});
+        loadJobs().catch((e) => notify(e.message));
+      },
+      showUser: context.me.admin,
+    });
   }
 
   async function loadQueue() {
@@ -165,7 +177,7 @@ export function setupLearning(context) {
     const page = await api("GET", "/api/jobs");
     jobs.clear();
     for (const job of page.data) jobs.set(job.job_id, job);
-    clear(jobList).append(...page.data.slice(0, 20).map(jobItem));
+    clear(jobList).append(...page.data.slice(0, 20).map(listed));
     const running = page.data.find((j) => j.kind === "train" && (j.status === "running" || j.status === "queued"));
     const shown = running || page.data.find((j) => j.kind === "train");
     if (shown && current === null) await renderJob(shown);
@@ -200,14 +212,14 @@ export function setupLearning(context) {
   moreEvents.addEventListener("click", () => loadEvents(nextEvents).catch((e) => notify(e.message)));
 
   context.onJob((job) => {
+    const known = jobs.has(job.job_id);
     jobs.set(job.job_id, job);
     if (job.kind === "train" && (current === null || current === job.job_id || job.status === "running")) {
       renderJob(job).catch((e) => notify(e.message));
     }
-    if (job.status === "succeeded" || job.status === "failed" || job.status === "cancelled") {
-      loadJobs().catch(() => {});
-      loadQueue();
-    }
+    const ended = job.status === "succeeded" || job.status === "failed" || job.status === "cancelled";
+    if (ended || !known) loadJobs().catch(() => {}); // a new job joins the list, with its actions
+    if (ended) loadQueue();
   });
   context.onStore((event) => timeline.prepend(eventItem(event)));
 

@@ -1,4 +1,5 @@
-// The versions panel: every version with its lineage, its figures against what was served when
+// The versions panel: the versions, newest first, a page at a time (GET /api/versions?limit=),
+// each with its lineage, its figures against what was served when
 // it was judged (its gate's), promote and roll back (admin keys, after a confirmation), and
 // downloads (fetched with the key, saved from a blob; the checksum is shown).
 
@@ -28,8 +29,12 @@ function figuresTable(version) {
   );
 }
 
+const PAGE = 20;
+
 export function setupVersions(context) {
   const list = $("#version-list");
+  const more = $("#versions-more");
+  let next = null;
 
   async function act(path, body, question, yes) {
     if (!(await confirmAction(question, yes))) return;
@@ -121,12 +126,19 @@ export function setupVersions(context) {
     );
   }
 
-  async function load() {
-    const versions = await api("GET", "/api/versions");
-    $("#serving-line").textContent = `Serving: ${versions.serving}. ${versions.data.length} versions.`;
-    clear(list).append(...[...versions.data].reverse().map(item));
+  // The first page anew (older: false), or the page after the last one shown.
+  async function load(older = false) {
+    const query = new URLSearchParams({ limit: String(PAGE) });
+    if (older && next) query.set("before", String(next));
+    const versions = await api("GET", `/api/versions?${query}`);
+    $("#serving-line").textContent = `Serving: ${versions.serving}. ${versions.total} versions.`;
+    if (!older) clear(list);
+    list.append(...versions.data.map(item));
+    next = versions.next;
+    more.hidden = !next;
   }
 
+  more.addEventListener("click", () => load(true).catch((e) => notify(e.message)));
   $("#rollback").addEventListener("click", () =>
     act("/api/rollback", { reason: "rolled back from the dashboard" }, "Serve what was served before this?", "Roll back"),
   );
