@@ -17,7 +17,7 @@ from selftune.curate.caps import CappedRun, cap_contributors
 from selftune.curate.dedup import Deduplicator, DedupSettings, Duplicate, normalize
 from selftune.curate.example import Example, chat_text
 from selftune.curate.pii import KINDS, Scrubbed, scrub
-from selftune.curate.pipeline import CurationPolicy, CurationResult, Curator, curate
+from selftune.curate.pipeline import CurationPolicy, CurationResult, Curator, Decision, curate
 from selftune.curate.quality import QualitySettings, Reason, Rejection, quality_rejection
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "CurationPolicy",
     "CurationResult",
     "Curator",
+    "Decision",
     "DedupSettings",
     "Deduplicator",
     "Duplicate",

@@ -17,7 +17,7 @@ from selftune.curate.example import Example, chat_text
 from selftune.curate.pii import DEFAULT_PHONE_REGIONS, scrub
 from selftune.curate.quality import QualitySettings, Reason, Rejection, quality_rejection
 
-__all__ = ["CurationPolicy", "CurationResult", "Curator", "curate"]
+__all__ = ["CurationPolicy", "CurationResult", "Curator", "Decision", "curate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,17 @@ class CurationResult:
     def reasons(self) -> Counter[str]:
         """How many examples were rejected for each reason."""
         return Counter(rejection.reason.value for rejection in self.rejected)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What curation decided for one example: its state, the example as it will be stored
+    (scrubbed), and for one not kept the reason and its detail."""
+
+    state: str  # "kept" | "rejected" | "flagged"
+    example: Example
+    reason: str | None = None
+    detail: str | None = None
 
 
 class Curator:
@@ -100,6 +111,20 @@ class Curator:
                 result.flagged.append(flag)
                 return
         result.kept.append(example)
+
+    def decide(self, example: Example, totals: CurationResult) -> Decision:
+        """Curate one example (as :meth:`add`), add it to ``totals`` and say what became of it."""
+        one = CurationResult()
+        self.add(example, one)
+        totals.scrubbed.update(one.scrubbed)
+        totals.floods.update(one.floods)
+        if one.kept:
+            totals.kept.append(one.kept[0])
+            return Decision("kept", one.kept[0])
+        [why] = one.rejected or one.flagged
+        (totals.rejected if one.rejected else totals.flagged).append(why)
+        state = "rejected" if one.rejected else "flagged"
+        return Decision(state, why.example, why.reason.value, why.detail)
 
     def _count_copy(self, contributor: str, original: str, result: CurationResult) -> None:
         """Count a copy of ``original`` by its own contributor; at policy.flood_copies the

@@ -612,27 +612,20 @@ def _store_examples(
     curator = Curator(CurationPolicy(dedup=DedupSettings(threshold=0.95)))
     for example in kept_examples(session, owner):
         curator.remember(example)
-    result = CurationResult()
-    decided: list[tuple[DocumentExample, str, Example, str | None, str | None]] = []
-    for i, item in enumerate(made):
-        one = CurationResult()
-        curator.add(Example(item.messages, owner, "import", id=f"#{i}"), one)
-        result.scrubbed.update(one.scrubbed)
-        if one.kept:
-            decided.append((item, "kept", one.kept[0], None, None))
-        else:
-            [why] = one.rejected or one.flagged
-            state = "rejected" if one.rejected else "flagged"
-            decided.append((item, state, why.example, why.reason.value, why.detail))
+    totals = CurationResult()
+    decided = [
+        (item, curator.decide(Example(item.messages, owner, "import", id=f"#{i}"), totals))
+        for i, item in enumerate(made)
+    ]
     session.add_all(
         TrainingExample(
             user_id=owner,
             source="import",
-            messages=[dict(m) for m in example.messages],
-            active=state == "kept",
-            state=state,
-            reason=reason,
-            detail=detail,
+            messages=[dict(m) for m in decision.example.messages],
+            active=decision.state == "kept",
+            state=decision.state,
+            reason=decision.reason,
+            detail=decision.detail,
             provenance={
                 "importer": "document",
                 "import_id": record.id,
@@ -641,12 +634,11 @@ def _store_examples(
                 "kind": item.kind,
             },
         )
-        for item, state, example, reason, detail in decided
+        for item, decision in decided
     )
-    kept = sum(1 for _, state, *_ in decided if state == "kept")
     return {
-        "examples_made": kept,
-        "examples_not_kept": len(decided) - kept,
+        "examples_made": len(totals.kept),
+        "examples_not_kept": len(decided) - len(totals.kept),
         "examples_kinds": sorted({item.kind for item in made}),
     }
 

@@ -247,22 +247,9 @@ def _curated(
     total = CurationResult()
     decided: list[tuple[str, Example, str | None, str | None]] = []
     for conversation in conversations:
-        one = CurationResult()
-        curator.add(
-            Example(tuple(conversation.messages), owner, SUBMITTED, id=conversation.where), one
-        )
-        total.scrubbed.update(one.scrubbed)
-        total.floods.update(one.floods)
-        if one.kept:
-            decided.append(("kept", one.kept[0], None, None))
-            total.kept.append(one.kept[0])
-        else:
-            state, bucket = (
-                ("rejected", total.rejected) if one.rejected else ("flagged", total.flagged)
-            )
-            [rejection] = one.rejected or one.flagged
-            decided.append((state, rejection.example, rejection.reason.value, rejection.detail))
-            bucket.append(rejection)
+        example = Example(tuple(conversation.messages), owner, SUBMITTED, id=conversation.where)
+        decision = curator.decide(example, total)
+        decided.append((decision.state, decision.example, decision.reason, decision.detail))
     # A flooded example of this request is held instead of kept; flooded earlier ones are
     # held when the request is stored (_store).
     for i, (conversation, (state, example, _reason, _detail)) in enumerate(
