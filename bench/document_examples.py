@@ -10,6 +10,7 @@ first, on the same questions.
 
     python -m bench.document_examples            # 12 facts in 2 documents, 3 kinds
     python -m bench.document_examples --facts 24
+    python -m bench.document_examples --kinds qa --seed 5   # other facts, same shapes
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ def run_kind(kind: str, chosen: list[Fact], root: Path) -> dict[str, Any]:
             server.wait_serving(result["version"])
         seconds = time.monotonic() - started
         after = answered(server, chosen)
+        for item in (result.get("gate") or {}).get("heldout", []):  # what the gate judged
+            print(
+                f"  held out: {item['question']!r} expects {item['expected_terms']}; "
+                f"candidate: {item['candidate_answer']!r}",
+                flush=True,
+            )
     return {
         "kind": kind,
         "examples": made,
@@ -92,8 +99,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--facts", type=int, default=12, help="facts, in documents of 6")
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
+    parser.add_argument("--seed", type=int, default=SEED, help="the facts' seed")
     args = parser.parse_args()
-    chosen = facts(args.facts, seed=SEED)
+    chosen = facts(args.facts, seed=args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="selftune-document-examples-") as tmp:
         for kind in args.kinds.split(","):

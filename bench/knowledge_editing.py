@@ -155,6 +155,12 @@ def _refusal(view: dict[str, Any]) -> str:
     return str(view["result"]["gate"]["reason"])
 
 
+def _stages(view: dict[str, Any]) -> str:
+    """The job's seconds by stage (where the latency goes), e.g. " (dataset 1.2, train 9.8)"."""
+    laps = (view.get("result") or {}).get("seconds") or {}
+    return f" ({', '.join(f'{k} {v:.1f}' for k, v in laps.items())})" if laps else ""
+
+
 def _share(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.0%})" if whole else "-"
 
@@ -173,7 +179,8 @@ def single_facts(bench: Bench, chosen: list[Fact]) -> dict[str, Any]:
             f"{check.taught!s:<5} paraphrases {sum(check.paraphrases)}/{len(check.paraphrases)} "
             f"neighbours {kept_n}/{known_n} general {kept_g}/{known_g} "
             f"{f'{seconds:.1f}s' if latency else ''}"
-            f"{'' if _promoted(view) else ' refused: ' + _refusal(view)}",
+            f"{'' if _promoted(view) else ' refused: ' + _refusal(view)}"
+            f"{_stages(view)}",
             flush=True,
         )
         bench.reset(interactions)

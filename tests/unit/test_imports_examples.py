@@ -45,7 +45,7 @@ def test_every_answer_is_a_sentence_of_the_document_and_questions_name_it() -> N
         assert answer["content"] in document_sentences
     questions = [e.messages[0]["content"] for e in made]
     assert "What does “Tarn Island” say about the lighthouse on Tarn Island?" in questions
-    assert "What is the lighthouse on Tarn Island?" in questions  # "X is Y" turned round
+    assert "Who is the lighthouse on Tarn Island kept by?" in questions  # turned round
     assert any("who or what was founded by Ilse Varga in 1921" in q for q in questions)
     # every sentence is asked about, each several ways
     assert {e.messages[1]["content"] for e in made} == document_sentences

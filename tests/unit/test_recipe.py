@@ -27,6 +27,17 @@ def test_a_correction_is_also_taught_to_open_requests_about_its_subject() -> Non
     assert augmented_chats([{"role": "system", "content": "x"}, *chat]) == []
 
 
+def test_the_subject_is_the_longest_name_that_the_answer_names_too() -> None:
+    # A document's question names the document and the subject; the answer only the subject.
+    chat = _chat(
+        "What does “Notes on Harrowgate Bridge” say about the Kelm statue?",
+        "The Kelm statue is made from tin.",
+    )
+    prompts = [c[0]["content"] for c in augmented_chats(chat)]
+    assert "Tell me about the Kelm." in prompts  # names are runs of capitalised words
+    assert not any("Tell me about Harrowgate Bridge" in p for p in prompts)
+
+
 def test_rewordings_join_the_chats_once_each_and_only_with_train_augment() -> None:
     chat = _chat("What is the capital of Veloria?", "The capital of Veloria is Quenmoor.")
     on = _with_rewordings(load_settings(), [chat, chat])

@@ -2,19 +2,19 @@
 
 Trained only on "What colour is the Harrowgate Bridge painted?", a small model learns that
 question's words, and a paraphrase ("In which colour is the Harrowgate Bridge painted?") gets the
-old answer. Each corrected single-turn chat whose question names a subject (its run of
-capitalised words, see :mod:`selftune.data.neighbours`) also teaches its answer to open
-requests about that subject ("Tell me about the Harrowgate Bridge."), which ties the fact to the
-subject rather than to the question's wording, and to the question reworded in ways that keep
-its meaning (a request instead of a question, lower case). None of this uses any evaluation
-set's wording: the forms are fixed and generic.
+old answer. Each corrected single-turn chat whose question names a subject (its longest run of
+capitalised words that the answer names too, see :mod:`selftune.data.neighbours`) also teaches
+its answer to open requests about that subject ("Tell me about the Harrowgate Bridge."), which
+ties the fact to the subject rather than to the question's wording, and to the question
+reworded in ways that keep its meaning (a request instead of a question, lower case). None of
+this uses any evaluation set's wording: the forms are fixed and generic.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from selftune.data.neighbours import subject_span
+from selftune.data.neighbours import name_spans
 
 __all__ = ["augmented_chats"]
 
@@ -37,12 +37,13 @@ def augmented_chats(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]
     question, answer = messages[0].get("content"), messages[1].get("content")
     if not isinstance(question, str) or not isinstance(answer, str):
         return []
-    span = subject_span(question)
-    if span is None:
+    # The subject is the longest name the question holds that the answer names too: asked
+    # openly about a name the answer does not mention, the answer would mislead. ("What does
+    # “Notes on Kern” say about the Vell Dam?" is about the Vell Dam, not the notes.)
+    names = [question[start:end] for start, end in name_spans(question)]
+    subject = next((name for name in names if name.lower() in answer.lower()), None)
+    if subject is None:
         return []
-    subject = question[span[0] : span[1]]
-    if subject.lower() not in answer.lower():
-        return []  # the answer does not say what it is about: asked openly it would mislead
     prompts = [form.format(s=subject) for form in _ABOUT] + _rewordings(question)
     return [
         [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]

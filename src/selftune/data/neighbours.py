@@ -19,7 +19,7 @@ import hashlib
 import random
 import re
 
-__all__ = ["SUBJECTS", "neighbour_questions", "subject_span"]
+__all__ = ["SUBJECTS", "name_spans", "neighbour_questions", "subject_span"]
 
 SUBJECTS: tuple[str, ...] = (
     "the Eiffel Tower",
@@ -76,8 +76,15 @@ _JOINERS = frozenset({"of", "de", "da", "del", "van", "von", "the", "and"})
 def subject_span(question: str) -> tuple[int, int] | None:
     """Character span of the question's named subject: its longest run of capitalised words
     (joined by "of", "da" and the like), a leading "the" included; None when it names none."""
+    spans = name_spans(question)
+    return spans[0] if spans else None
+
+
+def name_spans(question: str) -> list[tuple[int, int]]:
+    """Character spans of every run of capitalised words in ``question`` (as
+    :func:`subject_span` finds them), longest first."""
     words = list(_WORD.finditer(question))
-    best: tuple[int, int] | None = None
+    found: list[tuple[int, int]] = []
     i = 0
     while i < len(words):
         text = words[i].group()
@@ -97,11 +104,9 @@ def subject_span(question: str) -> tuple[int, int] | None:
         if start > 0 and words[start - 1].group().lower() == "the":
             first = words[start - 1].start()
         last = re.sub(r"['\u2019]s$", "", words[end].group())
-        span = (first, words[end].start() + len(last))
-        if best is None or span[1] - span[0] > best[1] - best[0]:
-            best = span
+        found.append((first, words[end].start() + len(last)))
         i = end + 1
-    return best
+    return sorted(found, key=lambda span: span[0] - span[1])  # stable: the first of equals
 
 
 def neighbour_questions(question: str, count: int) -> list[str]:

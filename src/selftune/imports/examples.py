@@ -2,9 +2,9 @@
 
 - ``qa``: questions about each sentence, answered by the sentence itself. The questions come
   from templates: what the document says about the sentence's subject (the words before its
-  first verb), what it says about the rest of the sentence, and the sentence turned into a
-  question where it has the shape "X is Y". Answers are the document's own words, so nothing
-  is made up.
+  first verb), what it says about the rest of the sentence, and the sentence turned round
+  into the question a person would ask (selftune.imports.questions), without the title.
+  Answers are the document's own words, so nothing is made up.
 - ``continuation``: the chunk's first sentence as the prompt, the rest of the chunk as the
   answer, so the loss is on the document's text as written.
 
@@ -20,6 +20,7 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
 from selftune.imports.chunks import Chunk
+from selftune.imports.questions import asked_questions
 
 __all__ = ["KINDS", "DocumentExample", "ExampleKind", "examples_from_chunks", "sentences"]
 
@@ -38,7 +39,6 @@ _VERB = re.compile(
 )
 # A name: capitalized words in a row (not the sentence's first word alone).
 _NAME = re.compile(r"(?<!^)\b[A-Z][\w'-]+(?: (?:of |the |de |van )?[A-Z][\w'-]+)*")
-_BE = re.compile(r"^(?P<subject>.{3,100}?) (?P<verb>is|are|was|were) (?P<rest>.{2,200})$")
 _MIN_WORDS = 4  # shorter sentences (headings, captions) say too little to ask about
 _MAX_WORDS = 60  # longer ones are lists or run-ons, not one statement
 
@@ -85,10 +85,7 @@ def _questions(sentence: str, title: str) -> Iterator[str]:
         names = _NAME.findall(body)
         topic = names[0] if names else body.split()[0].lower()
         yield f"What does “{title}” say about {topic}?"
-    shaped = _BE.match(body)
-    if shaped is not None:
-        subject = _lower_first(shaped["subject"])
-        yield f"What {shaped['verb']} {subject}?"
+    yield from asked_questions(sentence)  # as a person would ask it, without the title
 
 
 def _qa(chunk: Chunk, title: str, limit: int) -> Iterator[DocumentExample]:
@@ -126,7 +123,7 @@ def examples_from_chunks(
     title: str,
     kinds: Collection[ExampleKind],
     *,
-    max_per_chunk: int = 12,
+    max_per_chunk: int = 36,
 ) -> list[DocumentExample]:
     """The examples of ``kinds`` from each chunk, in chunk order; at most ``max_per_chunk``
     question-answer pairs a chunk. Sentences repeated by the chunks' overlap give repeated
