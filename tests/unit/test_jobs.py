@@ -316,6 +316,9 @@ def test_cancel_a_queued_job_at_once(db: Database) -> None:
     assert (job.status, job.stage) == ("cancelled", "cancelled")
     assert job.finished_at is not None
     assert jobs.claim(db, W) is None
+    with db.read() as session:  # the timeline says so, as it does for a running job's end
+        kinds = list(session.scalars(select(Event.kind).order_by(Event.id)))
+    assert kinds == ["job_queued", "job_cancelled"]
 
 
 def test_cancel_a_running_job_asks_it_to_stop(db: Database) -> None:

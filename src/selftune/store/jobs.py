@@ -264,6 +264,8 @@ def cancel(db: Database, job_id: int) -> str:
             raise JobError(f"no job with id {job_id}")
         if job.status == "queued":
             job.status, job.stage, job.finished_at = "cancelled", "cancelled", utcnow()
+            # A running job's end writes its own (job_cancelled, when the worker stops it).
+            session.add(Event(kind="job_cancelled", payload={"job_id": job_id, "error": None}))
         elif job.status == "running":
             job.cancel_requested = True
         else:
