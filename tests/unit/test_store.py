@@ -225,13 +225,16 @@ def test_newest_interactions_are_read_by_index_without_sorting(tmp_path: Path) -
         "ORDER BY created_at DESC, id DESC LIMIT 31"
     )
 
-    def plan() -> str:
+    def plan(query: str = page) -> str:
         db.engine.dispose()  # a fresh connection: a cached statement keeps its old plan
         with db.engine.connect() as conn:
-            return " ".join(row[-1] for row in conn.execute(text(page)))
+            return " ".join(row[-1] for row in conn.execute(text(query)))
 
     assert "ix_interactions_created_at_id" in plan(), plan()
     assert "TEMP B-TREE" not in plan(), plan()
+    own = page.replace("WHERE", "WHERE user_id = 'ann' AND")  # a user's key: its own
+    assert "ix_interactions_user_created_at_id" in plan(own), plan(own)
+    assert "TEMP B-TREE" not in plan(own), plan(own)
     _migrate_to(db, "0008", down=True)
     assert "TEMP B-TREE" in plan()
     db.migrate()

@@ -109,8 +109,12 @@ class Interaction(Base):
     """One request and the answer served for it, with the version that answered."""
 
     __tablename__ = "interactions"
-    # GET /api/interactions reads newest first, by (created_at, id): this index is that order.
-    __table_args__ = (Index("ix_interactions_created_at_id", "created_at", "id"),)
+    # GET /api/interactions reads newest first, by (created_at, id): these indexes are that
+    # order, everyone's (an admin's view) and one user's.
+    __table_args__ = (
+        Index("ix_interactions_created_at_id", "created_at", "id"),
+        Index("ix_interactions_user_created_at_id", "user_id", "created_at", "id"),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
