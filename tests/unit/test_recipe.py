@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from selftune.config import load_settings
 from selftune.data.augment import augmented_chats
-from selftune.training.pipeline import _second_attempt, _with_rewordings, job_shape
+from selftune.training.pipeline import _second_attempt, _with_rewordings, job_shape, split_heldout
 from selftune.training.trainer import TrainConfig, _batches
 
 
@@ -78,3 +79,25 @@ def test_a_second_attempt_only_for_forgetting_and_only_once() -> None:
     assert _second_attempt(settings, config, {"passed": True, "decided_by": []}, 1) is None
     off = load_settings(train={"second_attempt": False})
     assert _second_attempt(off, config, forgot, attempts=1) is None
+
+
+def test_a_fact_taught_once_is_never_held_out() -> None:
+    """Held out, the only example of a fact is never learned, and the gate would refuse the
+    job for not recalling it; one of a fact taught three ways may be."""
+    once = _chat("What colour is the Faro Bridge painted?", "The Faro Bridge is painted teal.")
+    thrice = [
+        _chat(q, "The Kelmar vault opens with the code 2883.")
+        for q in (
+            "What is the code of the Kelmar vault?",
+            "Which number opens the Kelmar vault?",
+            "Tell me the Kelmar vault's code.",
+        )
+    ]
+    for seed in range(20):  # whichever the hash ranks first
+        rows = [SimpleNamespace(id=i, messages=m) for i, m in enumerate([once, *thrice])]
+        train, heldout = split_heldout(rows, 0.5, seed)  # type: ignore[arg-type]
+        assert [e.id for e in heldout] and 0 not in [e.id for e in heldout]
+        assert 0 in [e.id for e in train] and len(train) + len(heldout) == 4
+    # Unrelated questions taught once each: nothing to hold out, judged in-sample.
+    alone = [SimpleNamespace(id=i, messages=m) for i, m in enumerate([once, thrice[0]])]
+    assert split_heldout(alone, 0.5, 0)[1] == []  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from selftune.atomic import atomic_directory
 from selftune.config import Settings
 from selftune.data.augment import augmented_chats
 from selftune.data.curation import active_examples
-from selftune.data.neighbours import neighbour_questions
+from selftune.data.neighbours import name_spans, neighbour_questions
 from selftune.data.queue import Candidate, lineage_examples, plan_run
 from selftune.data.tokenize import TokenizedExample, first_answer_tokens, tokenize_chat
 from selftune.engines.base import AdapterRef, EvaluatingEngine
@@ -368,13 +368,40 @@ def job_shape(settings: Settings, n_examples: int) -> tuple[int, int]:
 def split_heldout(
     examples: list[TrainingExample], fraction: float, seed: int
 ) -> tuple[list[TrainingExample], list[TrainingExample]]:
-    """Deterministic split by a hash of each example id: (train, heldout)."""
+    """Deterministic split by a hash of each example id: (train, heldout).
+
+    An example is held out only while another about the same subject stays to be trained on
+    (:func:`_subject_of`): a fact taught once, held out, is never learned, and the gate then
+    refused a job for not recalling what it was never shown. With none to hold out, the
+    gate judges the new material in-sample."""
     if len(examples) < 2 or fraction <= 0:
         return examples, []
     n_heldout = max(1, round(len(examples) * fraction))
     ranked = sorted(examples, key=lambda e: hashlib.sha256(f"{seed}:{e.id}".encode()).hexdigest())
-    heldout = {e.id for e in ranked[:n_heldout]}
+    left = Counter(_subject_of(e.messages) for e in examples)
+    heldout: set[int] = set()
+    for example in ranked:
+        subject = _subject_of(example.messages)
+        if len(heldout) == n_heldout:
+            break
+        if left[subject] > 1:
+            heldout.add(example.id)
+            left[subject] -= 1
     return [e for e in examples if e.id not in heldout], [e for e in examples if e.id in heldout]
+
+
+def _subject_of(messages: list[dict[str, Any]]) -> str:
+    """What a chat teaches about: the longest name in its last question that its answer names
+    too, else the question itself (normalized)."""
+    question = _last_user_text(messages)
+    answer = next(
+        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "assistant"),
+        "",
+    ).lower()
+    for start, end in name_spans(question):
+        if question[start:end].lower() in answer:
+            return question[start:end].lower()
+    return " ".join(question.lower().split())
 
 
 def _tokenize(ctx: TrainingContext, chats: list[list[dict[str, Any]]]) -> list[TokenizedExample]:
