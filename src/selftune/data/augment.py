@@ -16,7 +16,7 @@ from typing import Any
 
 from selftune.data.neighbours import name_spans
 
-__all__ = ["augmented_chats"]
+__all__ = ["answered_subject", "augmented_chats"]
 
 # Open requests about the subject: answered with the taught sentence, which names it.
 _ABOUT = ("Tell me about {s}.", "What do you know about {s}?")
@@ -29,6 +29,14 @@ def _rewordings(question: str) -> list[str]:
     return [f"Please answer: {lowered}?", f"{lowered}?"]
 
 
+def answered_subject(question: str, answer: str) -> str | None:
+    """The longest name ``question`` holds that ``answer`` names too (as written in the
+    question), or None. ("What does “Notes on Kern” say about the Vell Dam?" is about the Vell
+    Dam, not the notes.)"""
+    names = [question[start:end] for start, end in name_spans(question)]
+    return next((name for name in names if name.lower() in answer.lower()), None)
+
+
 def augmented_chats(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Further chats teaching the answer of ``messages`` (a user question and the assistant's
     answer, plain text); [] for anything else, or a question that names no subject."""
@@ -37,11 +45,8 @@ def augmented_chats(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]
     question, answer = messages[0].get("content"), messages[1].get("content")
     if not isinstance(question, str) or not isinstance(answer, str):
         return []
-    # The subject is the longest name the question holds that the answer names too: asked
-    # openly about a name the answer does not mention, the answer would mislead. ("What does
-    # “Notes on Kern” say about the Vell Dam?" is about the Vell Dam, not the notes.)
-    names = [question[start:end] for start, end in name_spans(question)]
-    subject = next((name for name in names if name.lower() in answer.lower()), None)
+    # Asked openly about a name the answer does not mention, the answer would mislead.
+    subject = answered_subject(question, answer)
     if subject is None:
         return []
     prompts = [form.format(s=subject) for form in _ABOUT] + _rewordings(question)

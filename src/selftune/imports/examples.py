@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
 from selftune.imports.chunks import Chunk
-from selftune.imports.questions import asked_questions
+from selftune.imports.questions import asked_questions, lower_first
 
 __all__ = ["KINDS", "DocumentExample", "ExampleKind", "examples_from_chunks", "sentences"]
 
@@ -64,20 +64,11 @@ def _chat(question: str, answer: str) -> tuple[dict[str, str], ...]:
     return ({"role": "user", "content": question}, {"role": "assistant", "content": answer})
 
 
-def _lower_first(text: str) -> str:
-    """``text`` with its first letter lowered, unless it starts a name ("The" is lowered,
-    "Mirelle" is not: only a first word that is a common article or pronoun)."""
-    first, _, rest = text.partition(" ")
-    if first in ("The", "A", "An", "This", "These", "That", "Those", "Its", "Their", "His", "Her"):
-        return f"{first.lower()} {rest}".strip()
-    return text
-
-
 def _questions(sentence: str, title: str) -> Iterator[str]:
     body = sentence.rstrip(".!?\"'\u201d\u2019)] ")
     verb = _VERB.search(body, 1)
     if verb is not None and verb.start() > 2:
-        subject = _lower_first(body[: verb.start()].strip(" ,;:"))
+        subject = lower_first(body[: verb.start()].strip(" ,;:"))
         rest = body[verb.start() :].strip()
         yield f"What does “{title}” say about {subject}?"
         yield f"According to “{title}”, who or what {rest}?"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["Clause", "asked_questions", "split_clause"]
+__all__ = ["Clause", "asked_questions", "lower_first", "split_clause"]
 
 _BE = {"is", "are", "was", "were"}
 _HAVE = {"has": "does", "have": "do", "had": "did"}
@@ -73,7 +73,7 @@ class Clause:
     rest: str  # what follows the verb, the answer among it
 
 
-def _lower_first(text: str) -> str:
+def lower_first(text: str) -> str:
     """``text`` with a leading article or pronoun lowered; a leading name stays as it is."""
     first, _, rest = text.partition(" ")
     return f"{first.lower()} {rest}".strip() if first in _ARTICLES else text
@@ -90,7 +90,7 @@ def split_clause(sentence: str) -> Clause | None:
     rest = body[verb.end() :].strip()
     if not subject or "," in subject or not 1 <= len(subject.split()) <= 12 or not rest:
         return None
-    return Clause(_lower_first(subject), verb.group(1), rest)
+    return Clause(lower_first(subject), verb.group(1), rest)
 
 
 def _is_participle(word: str) -> bool:

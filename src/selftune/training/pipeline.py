@@ -21,9 +21,9 @@ from typing import Any
 from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
 from selftune.config import Settings
-from selftune.data.augment import augmented_chats
+from selftune.data.augment import answered_subject, augmented_chats
 from selftune.data.curation import active_examples
-from selftune.data.neighbours import name_spans, neighbour_questions
+from selftune.data.neighbours import neighbour_questions
 from selftune.data.queue import Candidate, lineage_examples, plan_run
 from selftune.data.tokenize import TokenizedExample, first_answer_tokens, tokenize_chat
 from selftune.engines.base import AdapterRef, EvaluatingEngine
@@ -397,11 +397,9 @@ def _subject_of(messages: list[dict[str, Any]]) -> str:
     answer = next(
         (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "assistant"),
         "",
-    ).lower()
-    for start, end in name_spans(question):
-        if question[start:end].lower() in answer:
-            return question[start:end].lower()
-    return " ".join(question.lower().split())
+    )
+    subject = answered_subject(question, answer) or question
+    return " ".join(subject.lower().split())
 
 
 def _tokenize(ctx: TrainingContext, chats: list[list[dict[str, Any]]]) -> list[TokenizedExample]:
