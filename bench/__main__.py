@@ -14,6 +14,7 @@ BENCHMARKS = (
     "bench.knowledge_editing",
     "bench.training_throughput",
     "bench.serving",
+    "bench.serving_under_training",
     "bench.proxy_latency",
     "bench.fuzz",
     "bench.curation",

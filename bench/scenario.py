@@ -155,6 +155,8 @@ def running_server(
     the model is loaded (for a server started with ``SELFTUNE_SERVE__START_WORKER=false``)."""
     port = free_port()
     environment = {
+        # Benchmarks queue their own jobs: the autopilot's would race them (env turns it on).
+        "SELFTUNE_AUTOPILOT__ENABLED": "false",
         **os.environ,
         "SELFTUNE_DATA_DIR": str(data_dir),
         "SELFTUNE_SERVE__PORT": str(port),

@@ -73,6 +73,9 @@ def isolate_settings(env: pytest.MonkeyPatch, root: Path, shared_cache: Path) ->
     # Memory loads an embedding model in every server that records a chat: the tests of memory
     # turn it on (tests/integration/test_memory*.py), the others run without it.
     env.setenv("SELFTUNE_MEMORY__ENABLED", "false")
+    # The autopilot queues training jobs by itself: the tests of it turn it on
+    # (tests/integration/test_autopilot*.py); the others queue the jobs they run.
+    env.setenv("SELFTUNE_AUTOPILOT__ENABLED", "false")
 
 
 @pytest.fixture

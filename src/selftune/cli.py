@@ -304,6 +304,45 @@ def rollback(
     _move_alias(lambda session: do_rollback(session, actor="cli", reason=reason))
 
 
+@app.command()
+def autopilot(
+    action: Annotated[
+        Literal["on", "off", "status"],
+        typer.Argument(help="on / off: let it train by itself or not; status: what it does."),
+    ] = "status",
+    reason: Annotated[str, typer.Option(help="Recorded in the event timeline.")] = "",
+) -> None:
+    """Switch the autopilot on or off, or show what it is doing and why."""
+    from selftune.autopilot.control import current, update
+    from selftune.autopilot.scheduler import scheduler_state
+
+    settings = _settings()
+    db = _database(settings)
+    if action != "status":
+        update(settings, db, {"enabled": action == "on"}, actor="cli", reason=reason)
+    with db.read() as session:
+        state = scheduler_state(settings, session)
+        config = current(settings, session)
+    typer.echo(f"autopilot: {'on' if state['enabled'] else 'off'}")
+    running = state["job_id"] if state["running"] or state["scheduled"] else None
+    if running is not None:
+        paused = " (paused for serving)" if state["paused"] else ""
+        typer.echo(f"training job: {running} {'running' if state['running'] else 'queued'}{paused}")
+    last = state["last_run"]
+    if last:
+        typer.echo(
+            f"last run: {last['at']} job {last['job_id']} ({last['trigger']}): {last['reason']}"
+        )
+    typer.echo(f"next run: {state['next_run'] or '-'}")
+    typer.echo(f"why: {state['why']}")
+    on = [name for name, enabled in state["triggers"].items() if enabled]
+    typer.echo(f"triggers on: {', '.join(on) or 'none'}")
+    typer.echo(
+        f"troubleshooter: {'on' if config.troubleshoot else 'off'}, "
+        f"pause while serving: {'on' if config.pause_on_inference else 'off'}"
+    )
+
+
 def _version_id(settings: Settings, version: str) -> int:
     """The id of a version given by name or id; fails with a hint when there is none."""
     from selftune.registry.versions import version_ref

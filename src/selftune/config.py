@@ -410,6 +410,14 @@ class JobsSettings(_Section):
         description="CPU priority of the worker (Unix nice value; higher is lower priority), so "
         "training slows answers down little. 0 keeps the priority.",
     )
+    worker_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads the worker trains and evaluates with (PyTorch's, and its "
+        "llama.cpp engine's); 0: half of threads (or of the cores), at least 1, so that serving "
+        "keeps the other half. A worker on another machine than the server, or training on a "
+        "GPU where the server has cores to spare, can take every core: set it to their number.",
+    )
 
 
 class ImportsSettings(_Section):
@@ -703,6 +711,111 @@ class YouTubeSettings(_Section):
         return self
 
 
+class AutopilotSettings(_Section):
+    """When selftune trains by itself, how training keeps out of serving's way, and how the
+    troubleshooter repairs training that goes wrong (docs/autopilot.md). Every field can be
+    changed at run time: PATCH /api/settings/autopilot or ``selftune autopilot``."""
+
+    enabled: bool = Field(
+        True, description="Let the triggers queue training jobs and the troubleshooter act."
+    )
+    check_seconds: float = Field(
+        5.0, gt=0, description="How often an idle worker looks at the triggers."
+    )
+    debounce_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Quiet time after the newest feedback before a trigger queues its job, so a "
+        "burst of corrections makes one job, not several.",
+    )
+    time_trigger: bool = Field(
+        True, description="Train every time_minutes when there is new curated material."
+    )
+    time_minutes: float = Field(60.0, gt=0, description="Minutes between runs of the time trigger.")
+    volume_trigger: bool = Field(
+        True, description="Train once volume_examples new curated examples are waiting."
+    )
+    volume_examples: int = Field(
+        3, ge=1, description="New curated examples (not yet learned) that fire the volume trigger."
+    )
+    quality_trigger: bool = Field(
+        True,
+        description="Train when the share of negative ratings among the last quality_window "
+        "rises above quality_negative_rate.",
+    )
+    quality_window: int = Field(20, ge=2, description="Ratings the quality trigger looks at.")
+    quality_min_ratings: int = Field(
+        10, ge=1, description="Fewest ratings in the window before the quality trigger judges."
+    )
+    quality_negative_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of negative ratings that fires the quality trigger."
+    )
+    failure_trigger: bool = Field(
+        True, description="Train after failure_streak negative ratings in a row."
+    )
+    failure_streak: int = Field(3, ge=1, description="Negative ratings in a row that fire it.")
+    pattern_trigger: bool = Field(
+        True,
+        description="Train when pattern_corrections corrections of similar questions arrive "
+        "within pattern_window_minutes.",
+    )
+    pattern_corrections: int = Field(
+        2, ge=2, description="Corrections of similar questions that fire the pattern trigger."
+    )
+    pattern_window_minutes: float = Field(
+        60.0, gt=0, description="Window in which the similar corrections must arrive."
+    )
+    pattern_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Cosine similarity of two questions' embeddings that counts as similar "
+        "(with memory on; without it, questions match by normalized text).",
+    )
+    pause_on_inference: bool = Field(
+        True,
+        description="Training pauses between steps while chat requests are in flight, and "
+        "resumes after resume_idle_seconds without one.",
+    )
+    resume_idle_seconds: float = Field(
+        1.0, ge=0, description="Seconds without a request in flight before training resumes."
+    )
+    min_train_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of time training keeps under steady traffic, so a long job "
+        "finishes: it takes a step once it has paused this share of the time it ran.",
+    )
+    troubleshoot: bool = Field(
+        True, description="Diagnose each training job and apply fixes (docs/autopilot.md)."
+    )
+    max_fixes: int = Field(
+        4,
+        ge=0,
+        description="Retries the troubleshooter queues for one problem before it switches the "
+        "triggers off and raises an alert.",
+    )
+    learning_rate_factor: float = Field(
+        0.1, gt=0, lt=1, description="A retry for diverging loss trains at this times the rate."
+    )
+    rollback_min_ratings: int = Field(
+        5,
+        ge=1,
+        description="Ratings of a newly promoted version before its feedback can roll it back.",
+    )
+    rollback_negative_rate: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="A promoted version whose share of negative ratings reaches this, and "
+        "exceeds its parent's by rollback_margin, is rolled back.",
+    )
+    rollback_margin: float = Field(
+        0.2, ge=0, le=1, description="How much worse than its parent a version must be rated."
+    )
+
+
 # The flat names of earlier releases, by (section, name) now.
 LEGACY_NAMES: dict[str, tuple[str, str]] = {
     **{name: ("serve", name) for name in ServeSettings.model_fields},
@@ -843,6 +956,10 @@ class Settings(BaseSettings):
     youtube: YouTubeSettings = Field(
         default_factory=lambda: YouTubeSettings.model_validate({}),
         description="[youtube]: the YouTube comment responder.",
+    )
+    autopilot: AutopilotSettings = Field(
+        default_factory=lambda: AutopilotSettings.model_validate({}),
+        description="[autopilot]: training by itself, out of serving's way, and repairing it.",
     )
 
     @model_validator(mode="before")

@@ -35,6 +35,7 @@ OPEN = {
 }
 # What changes what every user is served, or who may call: an admin key's.
 ADMIN_ONLY = {
+    "PATCH /api/settings/autopilot",
     "POST /api/versions/{ref}/promote",
     "POST /api/rollback",
     "POST /lora-adapters",

@@ -186,3 +186,14 @@ def test_status_settings_lists_every_setting_with_its_section(settings_env: Path
         "jobs.poll_seconds",
     ):
         assert name in result.output
+
+
+def test_autopilot_on_off_and_status(settings_env: Path) -> None:
+    on = runner.invoke(app, ["autopilot", "on", "--reason", "trying it"])
+    assert on.exit_code == 0, on.output
+    assert "autopilot: on" in on.output and "why:" in on.output
+    off = runner.invoke(app, ["autopilot", "off"])
+    assert off.exit_code == 0 and "autopilot: off" in off.output
+    assert "why: the autopilot is off" in runner.invoke(app, ["autopilot"]).output
+    wrong = runner.invoke(app, ["autopilot", "maybe"])
+    assert wrong.exit_code != 0

@@ -381,6 +381,7 @@ def test_job_view(db: Database) -> None:
         "progress",
         "attempts",
         "cancel_requested",
+        "params",
         "result",
         "error",
         "created_at",

@@ -60,6 +60,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
         "memory_tags",
         "memory_vectors",
         "memory_summaries",
+        "setting_overrides",
     }
     assert set(inspect(db.engine).get_table_names()) >= KEYWORD_TABLES
     assert _tables(db) == expected | {"alembic_version"}
@@ -68,7 +69,7 @@ def test_migrate_creates_every_table(db: Database) -> None:
 def test_migrate_records_the_head_revision(db: Database) -> None:
     with db.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0009"]
+    assert versions == ["0010"]
 
 
 def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:

@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 
 from selftune import __version__
 from selftune.api import (
+    analytics,
+    autopilot,
     connectors,
     dashboard,
     dashboard_api,
@@ -59,6 +61,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state.start_activity()
         worker = start_worker_process() if with_worker else None
         if state.engine is None:
             threading.Thread(target=state.load_engine, daemon=True, name="load-model").start()
@@ -75,6 +78,7 @@ def create_app(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            state.stop_activity()
             await proxy.close_proxy(_app)
             db.dispose()
 
@@ -91,6 +95,7 @@ def create_app(
     app.include_router(manage.router)
     app.include_router(examples.router)
     app.include_router(queue.router)
+    app.include_router(analytics.router)
     app.include_router(imports.router)
     app.include_router(memory.router)
     app.include_router(connectors.router)
@@ -99,6 +104,7 @@ def create_app(
     app.include_router(dashboard_api.router)
     app.include_router(dashboard_stream.router)
     app.include_router(settings_view.router)
+    app.include_router(autopilot.router)
     app.include_router(dashboard.router)
     app.include_router(ollama_routes.router)
 

@@ -96,7 +96,9 @@ class InteractionDetail(_Body):
 
 class EventView(_Body):
     id: int
-    kind: str = Field(description="job_queued, job_succeeded, promote, rollback, ...")
+    kind: str = Field(
+        description="job_queued, job_succeeded, promote, rollback, autopilot_triggered, ..."
+    )
     created_at: str
     payload: dict[str, Any]
 
@@ -309,14 +311,18 @@ async def list_events(
     before: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="the last id of the page before")
     ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="only events newer than this id")
+    ] = None,
     kind: Annotated[
         list[str] | None, Query(max_length=64, description="only these kinds (repeatable)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     """The event timeline, newest first, paged: jobs queued, started, finished; promotions and
-    rollbacks; connector runs. A user's key sees its own jobs' events and the promotions and
-    rollbacks; an admin's every event."""
+    rollbacks; connector runs; the autopilot's triggers, diagnoses, fixes, alerts and settings
+    changes. A user's key sees its own jobs' events and the promotions and rollbacks; an
+    admin's every event."""
 
     def read() -> dict[str, Any]:
         query = select(Event).where(visible_events(caller))
@@ -324,6 +330,8 @@ async def list_events(
             query = query.where(Event.kind.in_(kind))
         if before is not None:
             query = query.where(Event.id < before)
+        if after is not None:
+            query = query.where(Event.id > after)
         query = query.order_by(Event.id.desc()).limit(limit + 1)
         with state.db.read() as session:
             rows = list(session.scalars(query))

@@ -72,6 +72,7 @@ from selftune.api.schemas import (
     TokenizeRequest,
 )
 from selftune.api.state import AppState
+from selftune.api.store_metrics import scrape
 from selftune.api.targets import (
     Target,
     artifact_path,
@@ -419,18 +420,21 @@ async def slots(
     "/metrics",
     response_class=PrometheusResponse,
     responses=plain_text(
-        "llama.cpp's metrics, in Prometheus' text format",
+        "llama.cpp's metrics, then selftune's (selftune_...: feedback, jobs, the training "
+        "queue, the autopilot, the last training run), in Prometheus' text format",
         "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
         "# TYPE llamacpp:prompt_tokens_total counter\n"
-        "llamacpp:prompt_tokens_total 42\n",
+        "llamacpp:prompt_tokens_total 42.0\n",
         PrometheusResponse.media_type,
     ),
 )
-async def metrics(state: State, _caller: CurrentCaller) -> PrometheusResponse:
+async def metrics(state: State, caller: CurrentCaller) -> PrometheusResponse:
+    """Prometheus metrics: llama.cpp's, then selftune's from the store (a user's key: its own
+    interactions, feedback, jobs and examples; an admin's everyone's)."""
     # Served while the model loads too: a scraper should see the server before its first answer.
     # The header is llama-server's: a scraper that sees it change knows the counters restarted.
     start = {"Process-Start-Time-Unix": str(state.metrics.started_unix)}
-    return PrometheusResponse(state.metrics.render(), headers=start)
+    return PrometheusResponse(await run_in_threadpool(scrape, state, caller), headers=start)
 
 
 # --- adapters ------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Server metrics under llama.cpp's names, in Prometheus' text format, for ``GET /metrics``.
 
 Every generation route counts here (the OpenAI routes and llama.cpp's ``/completion``), so a
-dashboard built for ``llama-server --metrics`` works unchanged. The exposition is written by hand:
-a dozen lines of text need no client library, and llama.cpp's names (``llamacpp:...``, counters
-without a ``_created`` series) are reproduced exactly.
+dashboard built for ``llama-server --metrics`` works unchanged: llama.cpp's names
+(``llamacpp:...``, counters without a ``_created`` series) and help texts. ``prometheus-client``
+writes the exposition, from a registry of the app's own (tests make many apps; the client's
+global one would mix them); selftune's figures from the store join it at scrape time
+(api/store_metrics.py). One type differs: llama.cpp's ``n_tokens_max`` is a counter without the
+``_total`` every counter has in the client, so it is a gauge here, under the same name.
 
 Timing is measured around the engine, not inside it: the prompt phase runs from the request's
 admission to its first piece of text (so it includes waiting for the engine), the prediction
@@ -18,6 +21,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "RequestTimings", "ServerMetrics"]
 
@@ -55,7 +63,8 @@ def _rate(tokens: int, seconds: float) -> float:
 
 
 class ServerMetrics:
-    """Counters and gauges of the generation routes; safe to update from any thread."""
+    """Counters and gauges of the generation routes; safe to update from any thread. A
+    collector, in a registry of its own (``registry``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,6 +77,8 @@ class ServerMetrics:
         self.decodes = 0  # engine steps: one for the prompt, one per token after the first
         self.processing = 0  # producing text
         self.deferred = 0  # admitted, no text yet: waiting for the engine or reading the prompt
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
 
     def admitted(self) -> None:
         with self._lock:
@@ -99,49 +110,62 @@ class ServerMetrics:
             self.predicted_seconds += timings.predicted_seconds
             self.n_tokens_max = max(self.n_tokens_max, timings.prompt_n + timings.predicted_n)
 
-    def render(self) -> str:
-        """The Prometheus text exposition, llama.cpp's metric names and help texts."""
+    def collect(self) -> Iterator[Metric]:
+        """llama.cpp's series, with its names and help texts (the registry calls this)."""
         with self._lock:
-            rows = [
-                ("prompt_tokens_total", "counter", "Number of prompt tokens processed.",
-                 self.prompt_tokens),
-                ("prompt_tokens_cached_total", "counter",
-                 "Number of prompt tokens reused from the cache", 0),
-                ("prompt_seconds_total", "counter", "Prompt process time in seconds.",
-                 self.prompt_seconds),
-                ("tokens_predicted_total", "counter", "Number of generation tokens processed.",
-                 self.predicted_tokens),
-                ("tokens_predicted_seconds_total", "counter", "Predict process time in seconds.",
-                 self.predicted_seconds),
-                ("n_decode_total", "counter", "Total number of llama_decode() calls",
-                 self.decodes),
-                ("n_tokens_max", "counter", "Largest observed n_tokens (prompt + predicted).",
+            counters = [
+                ("prompt_tokens_total", "Number of prompt tokens processed.", self.prompt_tokens),
+                ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache", 0),
+                ("prompt_seconds_total", "Prompt process time in seconds.", self.prompt_seconds),
+                (
+                    "tokens_predicted_total",
+                    "Number of generation tokens processed.",
+                    self.predicted_tokens,
+                ),
+                (
+                    "tokens_predicted_seconds_total",
+                    "Predict process time in seconds.",
+                    self.predicted_seconds,
+                ),
+                ("n_decode_total", "Total number of llama_decode() calls", self.decodes),
+                (
+                    "spec_decode_num_draft_tokens_total",
+                    "Speculative: Total draft tokens generated",
+                    0,
+                ),
+                (
+                    "spec_decode_num_accepted_tokens_total",
+                    "Speculative: Total draft tokens accepted by the target model",
+                    0,
+                ),
+                (
+                    "spec_decode_num_drafts_total",
+                    "Speculative: Total speculative decoding verification steps",
+                    0,
+                ),
+            ]
+            gauges = [
+                # A counter in llama.cpp, but the client names every counter ..._total: a gauge
+                # keeps the name (a maximum is a gauge's kind of figure anyway).
+                ("n_tokens_max", "Largest observed n_tokens (prompt + predicted).",
                  self.n_tokens_max),
-                ("spec_decode_num_draft_tokens_total", "counter",
-                 "Speculative: Total draft tokens generated", 0),
-                ("spec_decode_num_accepted_tokens_total", "counter",
-                 "Speculative: Total draft tokens accepted by the target model", 0),
-                ("spec_decode_num_drafts_total", "counter",
-                 "Speculative: Total speculative decoding verification steps", 0),
-                ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.",
+                ("prompt_tokens_seconds", "Average prompt throughput in tokens/s.",
                  _rate(self.prompt_tokens, self.prompt_seconds)),
-                ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.",
+                ("predicted_tokens_seconds", "Average generation throughput in tokens/s.",
                  _rate(self.predicted_tokens, self.predicted_seconds)),
-                ("requests_processing", "gauge", "Number of requests processing.",
-                 self.processing),
-                ("requests_deferred", "gauge", "Number of requests deferred.", self.deferred),
+                ("requests_processing", "Number of requests processing.", self.processing),
+                ("requests_deferred", "Number of requests deferred.", self.deferred),
                 # One request per engine step: 1 once anything was decoded (llama.cpp: busy
                 # slots summed over its decode calls, divided by their number).
-                ("n_busy_slots_per_decode", "gauge",
-                 "Average number of busy slots per llama_decode() call",
+                ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
                  1.0 if self.decodes else 0.0),
             ]  # fmt: skip
-        lines = []
-        for name, kind, help_text, value in rows:
-            metric = f"llamacpp:{name}"
-            lines += [
-                f"# HELP {metric} {help_text}",
-                f"# TYPE {metric} {kind}",
-                f"{metric} {value}",
-            ]
-        return "\n".join(lines) + "\n"
+        for name, help_text, value in counters:
+            yield CounterMetricFamily(f"llamacpp:{name}", help_text, value=value)
+        for name, help_text, value in gauges:
+            yield GaugeMetricFamily(f"llamacpp:{name}", help_text, value=value)
+
+    def render(self, *more: Collector) -> str:
+        """The Prometheus text exposition: this app's registry (llama.cpp's series), then the
+        series of ``more``, collected now (selftune's own, read from the store per scrape)."""
+        return b"".join(generate_latest(c) for c in (self.registry, *more)).decode()

@@ -12,7 +12,8 @@ rate_limit_per_minute`` calls a minute, as a token bucket: that many at once, th
 60/N seconds; past it, 429 with ``Retry-After``.
 
 Both are plain counters under a lock, with no store read and no thread hop: they sit on every
-generation request's path.
+generation request's path. Admission also tells the worker, through a shared file, whether any
+request is inside, so that training pauses for it (api/activity.py).
 """
 
 from __future__ import annotations
@@ -39,9 +40,17 @@ class Admission:
     ends, is stopped, or its client went away while it waited.
     """
 
-    def __init__(self, queued: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        queued: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[int], None] | None = None,
+    ) -> None:
         self.limit = queued + 1
         self.clock = clock
+        # Told each new count of requests inside, under the lock: the worker pauses training
+        # while there are any (api/activity.py).
+        self.on_change = on_change
         self.inside = 0  # requests answered or waiting now
         self._held: collections.deque[float] = collections.deque(maxlen=_RECENT)
         self._last_served = 0.0  # when the last answered request left the engine
@@ -62,6 +71,8 @@ class Admission:
                     headers={"Retry-After": str(wait)},
                 )
             self.inside += 1
+            if (notify := self.on_change) is not None:
+                notify(self.inside)
             return self.clock()
 
     def leave(self, entered: float, *, served: bool) -> None:
@@ -70,6 +81,8 @@ class Admission:
         waited tells nothing about how long answers take."""
         with self._lock:
             self.inside -= 1
+            if (notify := self.on_change) is not None:
+                notify(self.inside)
             if served:
                 now = self.clock()
                 # It held the engine from when the one before it left (it waited until then),

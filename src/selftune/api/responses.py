@@ -488,6 +488,11 @@ class JobView(_Body):
     progress: float
     attempts: int
     cancel_requested: bool
+    params: dict[str, Any] = Field(
+        description="what the job was asked to do: a training job's reason, and for the "
+        "autopilot's jobs the trigger, the troubleshooter's recipe changes (overrides) and the "
+        "jobs it retries (chain)"
+    )
     result: dict[str, Any] | None
     error: str | None
     created_at: str = Field(description="ISO 8601")

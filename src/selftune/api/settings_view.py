@@ -18,10 +18,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from selftune.api.auth import Caller
 from selftune.api.deps import State, admin_caller
 from selftune.api.responses import ERRORS
+from selftune.autopilot.control import current
 from selftune.config import Settings, iter_settings
 
 __all__ = ["REDACTED", "redacted_settings", "router"]
@@ -98,6 +100,12 @@ def redacted_settings(settings: Settings) -> list[dict[str, Any]]:
 async def get_settings(
     state: State, _caller: Annotated[Caller, admin_caller("reading the server's settings")]
 ) -> dict[str, Any]:
-    """The effective settings (file, environment and defaults merged), secrets hidden; an
-    admin's key only."""
-    return {"data": redacted_settings(state.settings)}
+    """The effective settings (file, environment and defaults merged, and the autopilot's
+    changes made at run time), secrets hidden; an admin's key only."""
+
+    def read() -> Settings:
+        with state.db.read() as session:
+            autopilot = current(state.settings, session)
+        return state.settings.model_copy(update={"autopilot": autopilot})
+
+    return {"data": redacted_settings(await run_in_threadpool(read))}

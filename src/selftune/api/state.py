@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from selftune.api.activity import ServingActivity, open_activity
 from selftune.api.auth import FailedAttempts
 from selftune.api.errors import ApiError
 from selftune.api.metrics import ServerMetrics
@@ -71,6 +72,21 @@ class AppState:
         self._base_source: BaseModelSource | None = None
         self._base_folder: Path | None = None
         self.memory: Memory | None = memory_of(settings, db, self.wait_for_engine)
+        self._activity: ServingActivity | None = None
+
+    # --- requests in flight, for the worker -----------------------------------------------
+    def start_activity(self) -> None:
+        """Tell the worker of this data folder when requests are in flight, so that training
+        pauses for them (api/activity.py); for the app's lifetime."""
+        self._activity = open_activity(self.settings.data_dir)
+        if self._activity is not None:
+            self.admission.on_change = self._activity.changed
+
+    def stop_activity(self) -> None:
+        self.admission.on_change = None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
 
     # --- loading ---------------------------------------------------------------------------
     def wait_for_engine(self, timeout: float = 600.0) -> Engine:

@@ -56,7 +56,12 @@ class JobError(ValueError):
 
 class JobFailed(RuntimeError):
     """A job cannot do its work for a reason its message gives the user (no training data, an
-    export that is not possible): recorded as the job's error, with no traceback in the log."""
+    export that is not possible): recorded as the job's error, with no traceback in the log.
+    ``figures``: what led to it, kept as the job's result for the troubleshooter."""
+
+    def __init__(self, message: str, figures: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.figures = figures
 
 
 class JobCancelled(RuntimeError):
@@ -324,6 +329,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "progress": round(job.progress, 4),
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
+        "params": job.params or {},
         "result": job.result,
         "error": job.error,
         "created_at": job.created_at.isoformat(),

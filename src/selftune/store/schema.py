@@ -400,6 +400,17 @@ class Event(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SettingOverride(Base):
+    """Values of one settings section changed at run time (PATCH /api/settings/autopilot),
+    laid over the settings file's by every process."""
+
+    __tablename__ = "setting_overrides"
+    section: Mapped[str] = mapped_column(String(32), primary_key=True)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def table_of(model: type[Base]) -> Table:
     """The Core table of a mapped class, for prepared Core statements on hot paths."""
     return Base.metadata.tables[model.__tablename__]

@@ -11,12 +11,15 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from selftune.artifacts import GGUF_ADAPTER
 from selftune.atomic import atomic_directory
@@ -56,12 +59,21 @@ from selftune.training.trainer import (
     ProgressFn,
     ReplayReference,
     TrainConfig,
+    TrainingDiverged,
     TrainResult,
     train_lora,
     warm_replay,
 )
 
-__all__ = ["JobCancelled", "JobLost", "NoTrainingData", "TrainingContext", "run_training_job"]
+__all__ = [
+    "RECIPE_OVERRIDES",
+    "JobCancelled",
+    "JobLost",
+    "NoTrainingData",
+    "TrainingContext",
+    "run_training_job",
+    "with_overrides",
+]
 
 log = logging.getLogger(__name__)
 
@@ -445,14 +457,20 @@ def _top_layers(base_dir: Path, share: float) -> tuple[int, ...]:
 
 
 def run_training_job(
-    ctx: TrainingContext, job_id: int, report: Report, *, worker_id: str
+    ctx: TrainingContext,
+    job_id: int,
+    report: Report,
+    *,
+    worker_id: str,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run job ``job_id``, which ``worker_id`` claimed. Raises :class:`JobLost` if the job stops
     being this worker's before its version is registered (nothing is kept) or promoted (the
-    version keeps its figures and is not served)."""
+    version keeps its figures and is not served). ``overrides``: recipe fields this job changes
+    (:data:`RECIPE_OVERRIDES`; the troubleshooter's retries), under the same gate."""
     clock = _StageClock()
     dataset = _build_dataset(ctx, report)
-    config = ctx.train_config()
+    config = with_overrides(ctx.train_config(), overrides or {})
     clock.lap("dataset")
     attempts: list[dict[str, Any]] = []
     while True:
@@ -507,6 +525,27 @@ def run_training_job(
         "queue": dataset.queue,  # what the training queue took (lineage: GET /api/versions)
         "seconds": clock.laps,
     }
+
+
+# The recipe fields a job may change (the troubleshooter's fixes); batch_size caps the
+# sequences a step, which job_shape otherwise sizes to the material.
+RECIPE_OVERRIDES = frozenset(
+    {"learning_rate", "batch_size", "replay_per_step", "replay_weight", "rank", "alpha"}
+)
+
+
+def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """``config`` with a job's recipe changes; raises JobFailed naming one it cannot make."""
+    unknown = sorted(set(overrides) - RECIPE_OVERRIDES)
+    if unknown:
+        raise JobFailed(
+            f"a training job cannot change {', '.join(unknown)}; it can change "
+            f"{', '.join(sorted(RECIPE_OVERRIDES))}"
+        )
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise JobFailed(f"the job's recipe changes {overrides} are not possible: {exc}") from exc
 
 
 # Rules a stronger hold on what the model knew can satisfy: not the new material's.
@@ -620,10 +659,28 @@ def _train(
 
     report(0.05, label)
     steps, batch_size = job_shape(ctx.settings, len(dataset.train_set))
+    if config.batch_size < ctx.settings.train.batch_size:  # a job's cap (with_overrides)
+        batch_size = max(config.replay_per_step + 1, min(batch_size, config.batch_size))
     config = dataclasses.replace(config, steps=steps, batch_size=batch_size)
-    model, result = ctx.train(dataset.train_set, config, on_step, dataset.neighbour_set)
+    try:
+        model, result = ctx.train(dataset.train_set, config, on_step, dataset.neighbour_set)
+    except TrainingDiverged as exc:
+        raise JobFailed(
+            str(exc),
+            {
+                "diverged": {"step": exc.step, "loss": str(exc.loss)},
+                "config": dataclasses.asdict(config),
+            },
+        ) from exc
     if config.compile and not ctx.compile_works:  # it failed and trained again uncompiled
         config = dataclasses.replace(config, compile=False)
+    health = _adapter_health(model)
+    if not health["finite"]:
+        raise JobFailed(
+            "training diverged: the adapter's weights are not finite numbers; train with a "
+            "lower train.learning_rate",
+            {"adapter": health, "config": dataclasses.asdict(config)},
+        )
     return model, {
         "losses": [round(x, 5) for x in result.losses],
         "new_material_losses": [round(x, 5) for x in result.new_losses],
@@ -635,9 +692,35 @@ def _train(
         "steps": len(result.losses),
         "stopped_early": result.stopped_early,
         "neighbour_prompts": len(dataset.neighbour_set),
+        # The troubleshooter's figures: a loss above ln(vocabulary) at the start diverges, a
+        # share of 1 means the prompts' tokens are trained on too (labels not masked).
+        "initial_loss_limit": round(math.log(len(ctx.engine.tokenizer)), 4),
+        "supervised_share": _supervised_share(dataset.train_set),
+        "adapter": health,
         "attempt": attempt,  # 2: trained again after the first candidate forgot too much
         "config": dataclasses.asdict(config),
     }
+
+
+def _supervised_share(examples: Sequence[TokenizedExample]) -> float:
+    """The share of the new examples' tokens that carry a loss: the answers' share."""
+    total = sum(len(example.labels) for example in examples)
+    return round(sum(e.n_loss_tokens for e in examples) / total, 4) if total else 0.0
+
+
+def _adapter_health(model: Any) -> dict[str, Any]:
+    """Whether the trained adapter's weights are finite, and the norm of its LoRA B matrices
+    (0: it changes nothing, as when every update was lost)."""
+    finite, squares = True, 0.0
+    for name, param in model.named_parameters():
+        if "lora_" not in name:
+            continue
+        data = param.detach().float()
+        finite = finite and bool(torch.isfinite(data).all())
+        if "lora_B" in name:
+            squares += float(data.pow(2).sum())
+    norm = math.sqrt(squares) if math.isfinite(squares) else float("inf")
+    return {"finite": finite, "b_norm": round(norm, 6) if math.isfinite(norm) else None}
 
 
 def _save_adapter(ctx: TrainingContext, model: Any, report: Report) -> tuple[str, Path]:

@@ -45,9 +45,22 @@ __all__ = [
     "ReplayReference",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "train_lora",
     "warm_replay",
 ]
+
+
+class TrainingDiverged(ArithmeticError):
+    """The loss stopped being a finite number: nothing learned after it means anything, so the
+    run stops there rather than save an adapter of NaNs."""
+
+    def __init__(self, step: int, loss: float, learning_rate: float) -> None:
+        super().__init__(
+            f"training diverged: the loss was {loss} at step {step} (learning rate "
+            f"{learning_rate:g}); train with a lower train.learning_rate"
+        )
+        self.step, self.loss, self.learning_rate = step, loss, learning_rate
 
 
 # The recipe's defaults come from the settings: tests, benchmarks and jobs run one recipe.
@@ -656,6 +669,8 @@ def train_lora(
     )
     while not run.finished:
         new_loss = run.step()
+        if not math.isfinite(run.losses[-1]):
+            raise TrainingDiverged(len(run.losses), run.losses[-1], config.learning_rate)
         if progress is not None:
             progress(len(run.losses), config.steps, new_loss, run.grad_norms[-1])
     return run.result()

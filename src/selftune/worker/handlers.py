@@ -50,10 +50,20 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
 
 @handles("train")
 def train(run: JobRun) -> dict[str, Any]:
-    """Train an adapter on the curated examples, evaluate it, gate it, maybe promote it."""
-    return run_training_job(
-        run.worker.context(), run.job_id, run.report, worker_id=run.worker.worker_id
+    """Train an adapter on the curated examples, evaluate it, gate it, maybe promote it.
+    Between steps it waits while the server answers chats (``selftune.autopilot.pacing``)."""
+    from selftune.autopilot.pacing import pacer_for
+
+    pacer = pacer_for(run.worker.settings, run.worker.db)
+    result = run_training_job(
+        run.worker.context(),
+        run.job_id,
+        pacer.paced(run.report),
+        worker_id=run.worker.worker_id,
+        overrides=run.params.get("overrides"),
     )
+    result["seconds"]["paused"] = round(pacer.paused, 3)  # waited for serving, in its stages
+    return result
 
 
 @handles("export")

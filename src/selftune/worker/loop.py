@@ -40,7 +40,13 @@ from selftune.training.device import (
 from selftune.training.pipeline import TrainingContext
 from selftune.worker.handlers import HANDLERS, JobRun
 
-__all__ = ["Worker", "WorkerSettingsError", "check_worker_settings", "run_worker"]
+__all__ = [
+    "Worker",
+    "WorkerSettingsError",
+    "check_worker_settings",
+    "run_worker",
+    "worker_threads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,7 @@ class Worker:
         self.presence = _Presence(self.db, self.worker_id)
         self._next_timestep_check = 0.0  # time.monotonic() of the next look
         self._next_summary_check = 0.0  # the next look for stale memory summaries
+        self._next_autopilot_check = 0.0  # the next look at the autopilot's triggers
 
     def context(self) -> TrainingContext:
         if self._context is None:
@@ -189,21 +196,33 @@ class Worker:
         except JobCancelled as exc:
             self._finish(job.id, "cancelled", error=str(exc))
         except JobFailed as exc:
-            self._finish(job.id, "failed", error=str(exc))
+            self._finish(job.id, "failed", error=str(exc), result=exc.figures)
         except Exception as exc:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self._finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
         else:
             self._finish(job.id, "succeeded", result=result)
         self.presence.state = idle_state
+        if job.kind == "train":
+            self._troubleshoot(job.id)
         return True
+
+    def _troubleshoot(self, job_id: int) -> None:
+        """Let the troubleshooter diagnose a finished training job; its failure is logged,
+        never the worker's."""
+        from selftune.autopilot.troubleshooter import after_training_job
+
+        try:
+            after_training_job(self.settings, self.db, job_id)
+        except Exception:
+            log.error("the troubleshooter failed on job %s:\n%s", job_id, traceback.format_exc())
 
     def work_once(self) -> bool:
         """Run a queued job, or else compile the training step for one more batch shape;
         returns whether there was anything to do."""
         if self.run_once():
             return True
-        if self._queue_due_connectors() or self._queue_stale_summaries():
+        if self._queue_due_connectors() or self._queue_stale_summaries() or self._run_autopilot():
             return True
         context = self.context()
         if context.compile_pending:
@@ -240,6 +259,28 @@ class Worker:
             return False
         return bool(queue_stale(self.db))
 
+    def _run_autopilot(self) -> bool:
+        """Every ``autopilot.check_seconds``: roll back a promotion whose feedback regressed,
+        then queue a training job if a trigger fires; whether anything was done."""
+        from selftune.autopilot.scheduler import tick
+        from selftune.autopilot.troubleshooter import watch_served
+
+        now = time.monotonic()
+        if now < self._next_autopilot_check:
+            return False
+        self._next_autopilot_check = now + self.settings.autopilot.check_seconds
+        try:
+            rolled_back = watch_served(self.settings, self.db)
+            queued = tick(self.settings, self.db)
+        except Exception:
+            log.error("the autopilot failed:\n%s", traceback.format_exc())
+            return False
+        if rolled_back is not None:
+            log.warning("autopilot: rolled back version %s for its feedback", rolled_back)
+        if queued is not None:
+            log.info("autopilot: queued training job %s", queued)
+        return rolled_back is not None or queued is not None
+
     def _finish(self, job_id: int, status: str, **outcome: Any) -> None:
         if jobs.finish(self.db, job_id, status, worker_id=self.worker_id, **outcome):
             log.info("job %s: %s", job_id, status)
@@ -274,15 +315,30 @@ def _yield_cpu_to_serving(niceness: int) -> None:
         os.nice(niceness - current)
 
 
+def worker_threads(settings: Settings) -> int:
+    """The worker's thread budget (``jobs.worker_threads``; 0: half of ``threads`` or of the
+    cores, at least 1).
+
+    Training and llama.cpp decoding both on 2 threads of 2 cores took decoding from about 105
+    to 25 tokens/s: PyTorch's and ggml's threads spin at barriers, and a thread of each per
+    core starves the other. With one thread each, decoding kept about 92.
+    """
+    if settings.jobs.worker_threads:
+        return settings.jobs.worker_threads
+    return max(1, (settings.threads or len(os.sched_getaffinity(0))) // 2)
+
+
 def run_worker(settings: Settings) -> None:
     _yield_cpu_to_serving(settings.jobs.worker_niceness)
     # torch.compile's kernels (train.compile) are kept with the other derived data, so that a
     # restart, even after a reboot cleared /tmp, reuses them instead of compiling again.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "torchinductor"))
-    if settings.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(settings.threads)
+    threads = worker_threads(settings)
+    torch.set_num_threads(threads)
+    # Its llama.cpp engine (the gate's answers, exports' checks) keeps to the budget too.
+    settings = settings.model_copy(update={"threads": threads})
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     worker = Worker(settings)
