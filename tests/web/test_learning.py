@@ -22,7 +22,8 @@ from tests.web.conftest import Dashboard, live_dashboard, screenshot
 
 FACT = "The capital of Veloria is Quenmoor."
 LEARNING = {
-    "train": {"learning_rate": 1e-2, "steps": 6},
+    # Enough steps, none stopped early, for the page to see training go by (reports every 0.5 s).
+    "train": {"learning_rate": 1e-2, "steps": 16, "stop_loss": 0.0},
     "gate": {"regression_tolerance": 0.5},
     "jobs": {"stale_seconds": 2},  # progress reported every 0.5 s
 }
@@ -220,4 +221,23 @@ def test_versions_are_shown_a_page_at_a_time(
     assert len(names) == len(set(names)) == total
     assert not page.get_by_role("button", name="Older versions").is_visible()
     screenshot(page, tmp_path, "versions-paged")
+    page.troubles.check()
+
+
+def test_the_autopilot_card_tells_its_state_and_an_admin_switches_it(
+    dashboard: Dashboard, page: Any, tmp_path: Path
+) -> None:
+    page.goto(dashboard.url + "/#learning", wait_until="domcontentloaded")
+    state = page.locator("#autopilot-state")
+    state.filter(has_text="Off").wait_for()
+    page.get_by_role("button", name="Switch on").click()
+    state.filter(has_text="On.").wait_for()
+    page.locator("#timeline li[data-kind=autopilot_settings_changed]").first.wait_for()
+    assert (
+        "enabled false → true"
+        in page.locator("#timeline li[data-kind=autopilot_settings_changed]").first.inner_text()
+    )
+    screenshot(page, tmp_path, "autopilot-on")
+    page.get_by_role("button", name="Switch off").click()  # the module's other jobs: by hand
+    state.filter(has_text="Off").wait_for()
     page.troubles.check()

@@ -3,6 +3,7 @@
 
 import { api } from "./api.js";
 import { $, append, clear, el, lineChart, notify, number, percent, when } from "./dom.js";
+import { setupAutopilot } from "./autopilot.js";
 import { jobItem } from "./joblist.js";
 import { describeEvent } from "./timeline.js";
 
@@ -223,6 +224,7 @@ export function setupLearning(context) {
   });
   context.onStore((event) => timeline.prepend(eventItem(event)));
 
+  const autopilot = setupAutopilot(context);
   loadJobs().catch((e) => notify(e.message));
   loadEvents(null).catch((e) => notify(e.message));
   loadQueue();
@@ -230,6 +232,7 @@ export function setupLearning(context) {
     shown: () => {
       loadJobs().catch(() => {});
       loadQueue();
+      autopilot.shown();
     },
   };
 }

@@ -1,5 +1,5 @@
 // Events of the store's timeline in words (the kinds are written by store/jobs.py,
-// registry/versions.py and the connectors).
+// registry/versions.py, the connectors and the autopilot).
 
 function version(id) {
   return id === null || id === undefined ? "the base model" : `version #${id}`;
@@ -33,6 +33,16 @@ export function describeEvent(event) {
       return `connector ${p.connector} ran`;
     case "connector_failed":
       return `connector ${p.connector} failed: ${p.error || ""}`;
+    case "autopilot_triggered":
+      return `the autopilot queued ${job}, ${p.trigger} trigger: ${p.reason}`;
+    case "autopilot_diagnosis":
+      return `the autopilot diagnosed ${p.job_id !== undefined ? job : "the served version"}: ${(p.diagnoses || []).map((d) => d.kind.replaceAll("_", " ")).join(", ")}`;
+    case "autopilot_fix":
+      return `the autopilot's fix${p.job_id !== undefined ? ` for ${job}` : ""}: ${p.fix}${p.retry_job_id ? ` (job ${p.retry_job_id})` : ""}`;
+    case "autopilot_alert":
+      return `autopilot alert: ${p.message}`;
+    case "autopilot_settings_changed":
+      return `${p.by || "someone"} changed the autopilot: ${Object.entries(p.changed || {}).map(([name, c]) => `${name} ${c.from} → ${c.to}`).join(", ")}`;
     default:
       return `${event.kind.replaceAll("_", " ")} ${JSON.stringify(p).slice(0, 160)}`;
   }
