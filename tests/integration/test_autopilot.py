@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 
 from selftune.api.app import create_app
 from selftune.autopilot.scheduler import tick
+from selftune.autopilot.troubleshooter import after_training_job
 from selftune.engines.transformers_engine import TransformersEngine
-from selftune.store.schema import Version
+from selftune.store.schema import Job, Version
+from selftune.store.users import ensure_user
 from selftune.worker.loop import Worker
 from tests.integration.conftest import tiny_settings
 from tests.integration.lora_versions import add_version
@@ -183,3 +185,32 @@ def test_the_autopilot_is_switched_off_and_on_at_run_time(autopilot_client: Any)
         {"enabled": {"from": True, "to": False}},
         {"enabled": {"from": False, "to": True}},
     ]
+
+
+def test_when_the_fixes_run_out_the_trigger_is_switched_off_with_an_alert(
+    autopilot_client: Any,
+) -> None:
+    client, worker = autopilot_client
+    with worker.db.write() as session:
+        ensure_user(session, "autopilot")
+        job = Job(
+            kind="train",
+            status="failed",
+            user_id="autopilot",
+            params={"trigger": "failures", "chain": [1, 2, 3, 4]},  # four retries already
+            result={"diverged": {"step": 2, "loss": "nan"}, "config": {"learning_rate": 1e-6}},
+            error="training diverged: the loss was nan at step 2",
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    assert after_training_job(worker.settings, worker.db, job_id) == []  # no fifth retry
+
+    [alert] = events(client, "autopilot_alert")
+    assert "4 fixes did not help" in alert["payload"]["message"]
+    assert alert["payload"]["jobs"] == [1, 2, 3, 4, job_id]
+    [switched] = events(client, "autopilot_settings_changed")
+    assert switched["payload"]["changed"] == {"failure_trigger": {"from": True, "to": False}}
+    assert switched["payload"]["by"] == "autopilot"
+    settings = client.get("/api/autopilot").json()["settings"]
+    assert settings["failure_trigger"] is False and settings["enabled"] is True

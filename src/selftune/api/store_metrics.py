@@ -23,7 +23,7 @@ from selftune.api.analytics import interaction_source
 from selftune.api.auth import Caller
 from selftune.api.state import AppState
 from selftune.autopilot.control import current
-from selftune.autopilot.scheduler import pending_training
+from selftune.autopilot.scheduler import pending_training, training_flags
 from selftune.config import Settings
 from selftune.registry.versions import serving_target
 from selftune.store.schema import (
@@ -152,13 +152,9 @@ class StoreMetrics:
     def _autopilot(self) -> Iterator[Metric]:
         # The scheduler's flags (scheduler_state's), without its reasons: those read every
         # waiting example, too much for each scrape.
-        job = pending_training(self.session)
-        running = job is not None and job.status == "running"
         flags = {
             "enabled": current(self.settings, self.session).enabled,
-            "scheduled": job is not None and job.status == "queued",
-            "running": running,
-            "paused": running and job is not None and "paused" in (job.stage or ""),
+            **training_flags(pending_training(self.session)),
         }
         for name, value in flags.items():
             yield GaugeMetricFamily(

@@ -17,7 +17,7 @@ from selftune.config import AutopilotSettings, Settings
 from selftune.store.db import Database
 from selftune.store.schema import Event, SettingOverride, utcnow
 
-__all__ = ["AutopilotSettingsError", "alert", "current", "update"]
+__all__ = ["AutopilotSettingsError", "alert", "apply", "current", "update"]
 
 SECTION = "autopilot"
 
@@ -43,40 +43,47 @@ def update(
 ) -> AutopilotSettings:
     """Apply ``changes`` (field: value) on top of the current settings and store them, with an
     event; raise :class:`AutopilotSettingsError` naming what is wrong, changing nothing."""
+    with db.write() as session:
+        return apply(settings, session, changes, actor=actor, reason=reason)
+
+
+def apply(
+    settings: Settings, session: Session, changes: dict[str, Any], *, actor: str, reason: str = ""
+) -> AutopilotSettings:
+    """:func:`update` in the caller's write transaction (the troubleshooter's, with its alert)."""
     unknown = sorted(set(changes) - set(AutopilotSettings.model_fields))
     if unknown:
         raise AutopilotSettingsError(
             f"no autopilot setting named {', '.join(unknown)}; the settings are "
             f"{', '.join(AutopilotSettings.model_fields)}"
         )
-    with db.write() as session:
-        before = current(settings, session)
-        try:
-            after = AutopilotSettings.model_validate({**before.model_dump(), **changes})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'autopilot'}: {error['msg']}"
-                for error in exc.errors()
-            )
-            raise AutopilotSettingsError(f"invalid autopilot settings: {problems}") from None
-        file_values = settings.autopilot.model_dump()
-        stored = {k: v for k, v in after.model_dump().items() if v != file_values[k]}
-        row = session.get(SettingOverride, SECTION)
-        if row is None:
-            row = SettingOverride(section=SECTION)
-            session.add(row)
-        row.values, row.updated_by, row.updated_at = stored, actor, utcnow()
-        changed = {
-            name: {"from": getattr(before, name), "to": getattr(after, name)}
-            for name in changes
-            if getattr(before, name) != getattr(after, name)
-        }
-        session.add(
-            Event(
-                kind="autopilot_settings_changed",
-                payload={"changed": changed, "by": actor, "reason": reason},
-            )
+    before = current(settings, session)
+    try:
+        after = AutopilotSettings.model_validate({**before.model_dump(), **changes})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'autopilot'}: {error['msg']}"
+            for error in exc.errors()
         )
+        raise AutopilotSettingsError(f"invalid autopilot settings: {problems}") from None
+    file_values = settings.autopilot.model_dump()
+    stored = {k: v for k, v in after.model_dump().items() if v != file_values[k]}
+    row = session.get(SettingOverride, SECTION)
+    if row is None:
+        row = SettingOverride(section=SECTION)
+        session.add(row)
+    row.values, row.updated_by, row.updated_at = stored, actor, utcnow()
+    changed = {
+        name: {"from": getattr(before, name), "to": getattr(after, name)}
+        for name in changes
+        if getattr(before, name) != getattr(after, name)
+    }
+    session.add(
+        Event(
+            kind="autopilot_settings_changed",
+            payload={"changed": changed, "by": actor, "reason": reason},
+        )
+    )
     return after
 
 

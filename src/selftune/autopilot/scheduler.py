@@ -23,7 +23,7 @@ from selftune.store.db import Database
 from selftune.store.jobs import add_job
 from selftune.store.schema import Event, Job, utcnow
 
-__all__ = ["pending_training", "scheduler_state", "tick"]
+__all__ = ["pending_training", "scheduler_state", "tick", "training_flags"]
 
 
 def pending_training(session: Session) -> Job | None:
@@ -34,6 +34,17 @@ def pending_training(session: Session) -> Job | None:
         .order_by(Job.id)
         .limit(1)
     )
+
+
+def training_flags(job: Job | None) -> dict[str, bool]:
+    """Whether a training job is scheduled (queued), running, and paused for serving, from the
+    pending one (:func:`pending_training`)."""
+    running = job is not None and job.status == "running"
+    return {
+        "scheduled": job is not None and job.status == "queued",
+        "running": running,
+        "paused": running and job is not None and "paused" in (job.stage or ""),
+    }
 
 
 def _due(
@@ -112,9 +123,7 @@ def scheduler_state(settings: Settings, session: Session) -> dict[str, Any]:
     )
     state: dict[str, Any] = {
         "enabled": config.enabled,
-        "scheduled": job is not None and job.status == "queued",
-        "running": job is not None and job.status == "running",
-        "paused": job is not None and job.status == "running" and "paused" in (job.stage or ""),
+        **training_flags(job),
         "job_id": job.id if job is not None else None,
         "last_run": (
             {

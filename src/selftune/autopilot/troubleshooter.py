@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from selftune.autopilot.control import SECTION, alert, current
+from selftune.autopilot.control import alert, apply, current
 from selftune.config import AutopilotSettings, Settings
 from selftune.registry.versions import RegistryError, rollback, serving_target
 from selftune.store.db import Database
@@ -31,10 +31,8 @@ from selftune.store.schema import (
     Feedback,
     Interaction,
     Job,
-    SettingOverride,
     Version,
     as_utc,
-    utcnow,
 )
 
 __all__ = [
@@ -272,7 +270,7 @@ def after_training_job(settings: Settings, db: Database, job_id: int) -> list[in
             return []  # served: whatever was odd, the gate found it better
         fixes_so_far = len(chain) - 1
         if fix is None or fixes_so_far >= config.max_fixes:
-            _give_up(session, config, params, diagnoses, chain, fix is None)
+            _give_up(settings, session, config, params, diagnoses, chain, fix is None)
             return []
         what, overrides = fix
         retry = add_job(
@@ -317,6 +315,7 @@ def _recipe_of(settings: Settings) -> dict[str, Any]:
 
 
 def _give_up(
+    settings: Settings,
     session: Session,
     config: AutopilotSettings,
     params: dict[str, Any],
@@ -338,22 +337,7 @@ def _give_up(
     )
     alert(session, message, jobs=chain, diagnoses=[d.kind for d in diagnoses])
     if switched:
-        row = session.get(SettingOverride, SECTION)
-        if row is None:
-            row = SettingOverride(section=SECTION, values={})
-            session.add(row)
-        row.values = {**row.values, switched: False}
-        row.updated_by, row.updated_at = AUTOPILOT, utcnow()
-        session.add(
-            Event(
-                kind="autopilot_settings_changed",
-                payload={
-                    "changed": {switched: {"from": True, "to": False}},
-                    "by": AUTOPILOT,
-                    "reason": message,
-                },
-            )
-        )
+        apply(settings, session, {switched: False}, actor=AUTOPILOT, reason=message)
 
 
 _TRIGGER_FIELDS = {
